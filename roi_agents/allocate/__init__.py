@@ -1,0 +1,8 @@
+"""The budget controller: multiple-choice knapsack allocation with hard caps.
+
+See `roi_agents.allocate.controller` for the method and its guarantees.
+"""
+
+from roi_agents.allocate.controller import Controller, SolverName, allocate
+
+__all__ = ["Controller", "SolverName", "allocate"]

@@ -1,0 +1,486 @@
+"""The budget controller: turn forecasts and what is left into one capped decision per step.
+
+`allocate` solves one planning turn; `Controller` holds the settings and the predictor and is
+called again after every step with what is really left (receding horizon).
+
+The problem (OS-MCKP): pick one option per pending step, ``skip`` included, to maximise
+``sum(weight * p_success)`` subject to the planned costs fitting the remaining budget. Costs are
+random, so each option is budgeted at a quantile of its forecast (the chance constraint, p90 by
+default). The main resource is solved exactly (`solve_dp`) or by the LP-relaxation greedy; any
+other limited resource is priced in by a Lagrange multiplier, found by bisection, on its share of
+its budget, and the returned plan fits every limited resource.
+
+Each decision gets a hard cap: the option's p99 cost, never less than what the plan budgeted for
+it and never more than the budget minus what the plan budgets for the steps after it. So the
+realised spend of a run that respects its caps can never exceed its budget, whatever the
+forecasts said.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import numpy as np
+
+from roi_agents.allocate._mckp import FloatArray, IntArray, Method, Solution, polish, solve
+from roi_agents.errors import InvalidValueError
+from roi_agents.predict.base import Predictor
+from roi_agents.types import (
+    SKIP,
+    Budget,
+    Cap,
+    CostForecast,
+    Decision,
+    Forecast,
+    Option,
+    Plan,
+    Quantile,
+    Resource,
+    Step,
+)
+
+__all__ = ["Controller", "SolverName", "allocate"]
+
+SolverName = Literal["auto", "dp", "greedy"]
+
+# Above this many DP cells (steps x options x bins) "auto" switches to the greedy.
+_DP_CELLS = 4_000_000
+_BISECTION_STEPS = 40
+
+
+def allocate(
+    pending: Sequence[Step],
+    forecasts: Sequence[Forecast],
+    remaining: Budget,
+    *,
+    resource: Resource = "tokens",
+    quantile: Quantile = "p90",
+    resolution: float = 0.01,
+    solver: SolverName = "auto",
+) -> Plan:
+    """Allocate ``remaining`` over ``pending`` steps, one option (or skip) each.
+
+    Args:
+        pending: the steps still to run, in order.
+        forecasts: one per (step, option) to consider; ``skip`` needs none.
+        remaining: what is left. Unlimited resources are not planned for.
+        resource: the resource to solve for exactly when the budget limits it; otherwise the
+            first limited one. Other limited resources are priced in by a multiplier.
+        quantile: cost quantile each option is budgeted at.
+        resolution: DP budget unit as a fraction of the remaining budget (0.01 = 1%).
+        solver: ``"dp"``, ``"greedy"``, or ``"auto"`` (DP unless the instance is very large).
+
+    Returns:
+        The plan, its decisions in step order.
+
+    Raises:
+        InvalidValueError: on a forecast for an unknown step or option, a missing forecast,
+            duplicate step ids, a resolution outside (0, 1], or a budget that limits nothing.
+
+    Example:
+        >>> from roi_agents.types import Budget, CostForecast, Forecast, Option, Step
+        >>> step = Step(id="a", options=[Option(name="fast")])
+        >>> cost = CostForecast(mean=90, p50=80, p90=120, p99=200)
+        >>> fc = Forecast(step_id="a", option="fast", p_success=0.8, tokens=cost)
+        >>> allocate([step], [fc], Budget(tokens=1000)).next.option
+        'fast'
+    """
+    if not 0 < resolution <= 1:
+        raise InvalidValueError("resolution", f"must be in (0, 1], got {resolution}")
+    limited = remaining.limited()
+    if not limited:
+        raise InvalidValueError("remaining", "the budget limits no resource")
+    primary = resource if resource in limited else limited[0]
+    secondary = [r for r in limited if r != primary]
+    table = _Table.build(pending, forecasts, limited, quantile)
+    capacity = float(remaining.get(primary) or 0.0)
+    bins = max(1, round(1 / resolution))
+    if solver == "auto":
+        method: Method = "best" if table.values.size * bins <= _DP_CELLS else "greedy"
+    else:
+        method = solver
+
+    def solve_for(values: FloatArray) -> Solution:
+        return solve(
+            values, table.costs[primary], table.feasible, capacity, bins=bins, method=method
+        )
+
+    solution, multiplier, bound = _price_in(table, remaining, primary, secondary, solve_for)
+    return table.plan(solution, remaining, primary, quantile, bound, multiplier)
+
+
+def _price_in(
+    table: _Table,
+    remaining: Budget,
+    primary: Resource,
+    secondary: list[Resource],
+    solve_for: Callable[[FloatArray], Solution],
+) -> tuple[Solution, float, float]:
+    """Solve, pricing the secondary resources in until the plan fits them all.
+
+    An option's penalty is ``multiplier * sum(cost_r / budget_r)`` over the secondary resources
+    ``r``. A larger multiplier never uses more of them, and a large enough one skips every
+    option that uses any, which always fits; bisection finds the smallest multiplier that fits.
+    Returns the solution (valued at the true values), the multiplier, and an upper bound on the
+    optimum: for any multiplier, the Lagrangian dual (the penalised problem's LP bound plus
+    ``multiplier * len(secondary)``) is at least the optimum of the real problem.
+    """
+    values = table.values
+    rows = np.arange(values.shape[0])
+    if not secondary:
+        solution = solve_for(values)
+        return solution, 0.0, solution.bound
+    share = np.zeros_like(values)
+    for r in secondary:
+        limit = float(remaining.get(r) or 0.0)
+        used = table.costs[r]
+        with np.errstate(divide="ignore"):
+            share += np.where(used > 0, used / limit if limit > 0 else np.inf, 0.0)
+    usable = np.isfinite(share)
+
+    def fits(choice: IntArray) -> bool:
+        return all(
+            float(table.costs[r][rows, choice].sum()) <= float(remaining.get(r) or 0.0) * (1 + 1e-9)
+            for r in secondary
+        )
+
+    def attempt(multiplier: float) -> tuple[Solution, float]:
+        penalised = np.where(usable, values - multiplier * np.where(usable, share, 0.0), -np.inf)
+        penalised[:, 0] = 0.0
+        solution = solve_for(penalised)
+        true = Solution(
+            solution.choice,
+            float(values[rows, solution.choice].sum()),
+            solution.cost,
+            solution.bound,
+            solution.method,
+        )
+        return true, solution.bound + multiplier * len(secondary)
+
+    best, bound = attempt(0.0)
+    if fits(best.choice):
+        return best, 0.0, max(bound, best.value)
+    low, high = 0.0, max(float(values.max(initial=0.0)), 1.0)
+    while True:
+        candidate, dual = attempt(high)
+        bound = min(bound, dual)
+        if fits(candidate.choice) or high > 1e12:
+            best = candidate
+            break
+        low, high = high, high * 2
+    for _ in range(_BISECTION_STEPS):
+        middle = (low + high) / 2
+        candidate, dual = attempt(middle)
+        bound = min(bound, dual)
+        if fits(candidate.choice):
+            high = middle
+            if candidate.value >= best.value:
+                best = candidate
+        else:
+            low = middle
+        if high - low <= 1e-6 * high:
+            break
+    # The multiplier prices identical steps alike, so it cannot mix options across them (the
+    # duality gap); spend what it leaves on upgrades that fit every resource.
+    resources = [primary, *secondary]
+    choice = polish(
+        values,
+        [table.costs[r] for r in resources],
+        [float(remaining.get(r) or 0.0) for r in resources],
+        table.feasible & usable,
+        best.choice,
+    )
+    value = float(values[rows, choice].sum())
+    best = Solution(
+        choice, value, float(table.costs[primary][rows, choice].sum()), best.bound, best.method
+    )
+    return best, high, max(bound, best.value)
+
+
+class _Table:
+    """The instance as arrays: column 0 is skip, then each step's options in its order."""
+
+    def __init__(
+        self,
+        pending: Sequence[Step],
+        columns: list[list[Option]],
+        forecast_of: dict[tuple[str, str], Forecast],
+        limited: tuple[Resource, ...],
+        quantile: Quantile,
+    ) -> None:
+        n = len(pending)
+        m = 1 + max((len(c) for c in columns), default=0)
+        self.pending = pending
+        self.columns = columns
+        p_success = [[0.0] * m for _ in range(n)]
+        feasible = [[True] + [False] * (m - 1) for _ in range(n)]
+        costs = {r: [[0.0] * m for _ in range(n)] for r in limited}
+        p99 = {r: [[0.0] * m for _ in range(n)] for r in limited}
+        for i, (step, options) in enumerate(zip(pending, columns, strict=True)):
+            for k, option in enumerate(options, start=1):
+                forecast = forecast_of[(step.id, option.name)]
+                feasible[i][k] = True
+                p_success[i][k] = forecast.p_success
+                for r in limited:
+                    dist = forecast.tokens if r == "tokens" else _cost(forecast, step, option, r)
+                    costs[r][i][k] = getattr(dist, quantile)
+                    p99[r][i][k] = dist.p99
+        self.p_success = np.array(p_success).reshape(n, m)
+        self.values = self.p_success * np.array([s.weight for s in pending]).reshape(n, 1)
+        self.feasible = np.array(feasible, dtype=bool).reshape(n, m)
+        self.costs = {r: np.array(c).reshape(n, m) for r, c in costs.items()}
+        self.p99 = {r: np.array(c).reshape(n, m) for r, c in p99.items()}
+
+    @classmethod
+    def build(
+        cls,
+        pending: Sequence[Step],
+        forecasts: Sequence[Forecast],
+        limited: tuple[Resource, ...],
+        quantile: Quantile,
+    ) -> _Table:
+        names: dict[str, set[str]] = {}
+        for i, step in enumerate(pending):
+            if step.id in names:
+                raise InvalidValueError(f"pending[{i}].id", f"duplicate step id {step.id!r}")
+            names[step.id] = {o.name for o in step.options}
+        forecast_of: dict[tuple[str, str], Forecast] = {}
+        for i, forecast in enumerate(forecasts):
+            known = names.get(forecast.step_id)
+            if known is None:
+                msg = f"unknown step {forecast.step_id!r}"
+                raise InvalidValueError(f"forecasts[{i}].step_id", msg)
+            if forecast.option == SKIP:
+                continue
+            if forecast.option not in known:
+                msg = f"step {forecast.step_id!r} has no option {forecast.option!r}"
+                raise InvalidValueError(f"forecasts[{i}].option", msg)
+            forecast_of[(forecast.step_id, forecast.option)] = forecast
+        columns: list[list[Option]] = []
+        for step in pending:
+            options = [o for o in step.options if o.name != SKIP]
+            for option in options:
+                if (step.id, option.name) not in forecast_of:
+                    msg = f"no forecast for step {step.id!r} option {option.name!r}"
+                    raise InvalidValueError("forecasts", msg)
+            columns.append(options)
+        return cls(pending, columns, forecast_of, limited, quantile)
+
+    def plan(
+        self,
+        solution: Solution,
+        remaining: Budget,
+        primary: Resource,
+        quantile: Quantile,
+        bound: float,
+        multiplier: float,
+    ) -> Plan:
+        n = len(self.pending)
+        rows = np.arange(n)
+        choice = solution.choice
+        planned = {r: c[rows, choice] for r, c in self.costs.items()}
+        # The hard cap of step i: its p99, at least what the plan budgets for it, at most what
+        # the budget has left once the plan's later steps are paid for.
+        caps: dict[Resource, list[float]] = {}
+        for r, costs in planned.items():
+            later = np.concatenate([np.cumsum(costs[::-1])[::-1][1:], [0.0]])
+            free = float(remaining.get(r) or 0.0) - later
+            caps[r] = np.minimum(np.maximum(self.p99[r][rows, choice], costs), free).tolist()
+        planned_lists = {r: c.tolist() for r, c in planned.items()}
+        values = self.values[rows, choice].tolist()
+        p_success = self.p_success[rows, choice].tolist()
+        reasons = self._reasons(choice, remaining, primary, quantile)
+        decisions = []
+        for i, step in enumerate(self.pending):
+            j = int(choice[i])
+            option = self.columns[i][j - 1] if j else None
+            # Every field is computed here from validated inputs: skip re-validation, which
+            # would be most of the cost of a plan.
+            decisions.append(
+                Decision.model_construct(
+                    step_id=step.id,
+                    option=option.name if option else SKIP,
+                    cap=_cap({r: c[i] for r, c in caps.items()}, option),
+                    expected_value=values[i],
+                    expected_cost={r: c[i] for r, c in planned_lists.items()},
+                    p_success=p_success[i],
+                    reason=reasons[i],
+                )
+            )
+        return Plan(
+            decisions=tuple(decisions),
+            remaining=remaining,
+            resource=primary,
+            quantile=quantile,
+            solver=solution.method,
+            expected_value=solution.value,
+            upper_bound=max(bound, solution.value),
+            multiplier=multiplier,
+        )
+
+    def _reasons(
+        self, choice: IntArray, remaining: Budget, primary: Resource, quantile: Quantile
+    ) -> list[str]:
+        costs = self.costs[primary]
+        left = float(remaining.get(primary) or 0.0)
+        left_text = _fmt(left, primary)
+        runnable = self.feasible.copy()
+        runnable[:, 0] = False
+        fits = runnable & (costs <= left)
+        # For each step the option of highest value, to say what the choice gave up.
+        richest = np.where(runnable, self.values, -np.inf).argmax(axis=1)
+        reasons = []
+        for i, j in enumerate(choice.tolist()):
+            if j == 0:
+                if not runnable[i].any():
+                    reasons.append("skip: the step has no option to run")
+                elif not fits[i].any():
+                    reasons.append(f"skip: no option fits in {left_text} left")
+                else:
+                    reasons.append("skip: the budget is worth more on other steps")
+                continue
+            text = (
+                f"{self.columns[i][j - 1].name}: p={self.p_success[i, j]:.2f} for "
+                f"{_fmt(costs[i, j], primary)} at {quantile}, {left_text} left"
+            )
+            k = int(richest[i])
+            if self.values[i, k] > self.values[i, j] + 1e-12:
+                text += (
+                    f"; {self.columns[i][k - 1].name} would add "
+                    f"{self.values[i, k] - self.values[i, j]:.2f} value for "
+                    f"{_fmt(costs[i, k] - costs[i, j], primary)} more"
+                )
+            reasons.append(text)
+        return reasons
+
+
+def _cap(caps: dict[Resource, float], option: Option | None) -> Cap:
+    if option is None:
+        return Cap.model_construct(tokens=0, usd=0.0, tool_calls=0)
+    tokens = caps.get("tokens")
+    tool_calls = caps.get("tool_calls", option.tool_calls)
+    return Cap.model_construct(
+        tokens=None if tokens is None else math.floor(tokens + 1e-9),
+        usd=caps.get("usd"),
+        tool_calls=None if tool_calls is None else math.floor(tool_calls + 1e-9),
+    )
+
+
+def _fmt(amount: float, resource: Resource) -> str:
+    if resource == "usd":
+        return f"${amount:.4g}"
+    return f"{amount:,.0f} {resource.replace('_', ' ')}"
+
+
+def _cost(forecast: Forecast, step: Step, option: Option, resource: Resource) -> CostForecast:
+    """The forecast of ``resource``; derived from the option when the predictor gave none."""
+    if resource == "tokens":
+        return forecast.tokens
+    given = forecast.usd if resource == "usd" else forecast.tool_calls
+    if given is not None:
+        return given
+    if resource == "tool_calls":
+        return CostForecast.exact(option.tool_calls)
+    # USD from tokens at list prices. With the prompt size known, input tokens are priced as
+    # input; otherwise every token is priced at the dearer rate, which never under-budgets.
+    tokens = forecast.tokens
+    if step.input_tokens is not None:
+        known = step.input_tokens
+
+        def usd(total: float) -> float:
+            return option.usd(min(known, total), max(total - known, 0.0))
+    else:
+        rate = max(option.input_price, option.output_price)
+
+        def usd(total: float) -> float:
+            return total * rate / 1e6
+
+    return CostForecast(
+        mean=usd(tokens.mean), p50=usd(tokens.p50), p90=usd(tokens.p90), p99=usd(tokens.p99)
+    )
+
+
+class Controller:
+    """Plans the pending steps against what is left, again after every step.
+
+    Args:
+        predictor: where forecasts come from when `plan` is not given them.
+        resource: the resource solved for exactly (others are priced in).
+        quantile: cost quantile each option is budgeted at (the chance constraint).
+        resolution: DP budget unit as a fraction of what is left.
+        solver: ``"auto"``, ``"dp"`` or ``"greedy"``.
+
+    Example:
+        >>> from roi_agents.predict import PriorPredictor
+        >>> controller = Controller(predictor=PriorPredictor())
+        >>> plan = controller.plan(steps, Budget(tokens=20_000))  # doctest: +SKIP
+        >>> plan.next.cap.tokens  # doctest: +SKIP
+        1536
+    """
+
+    def __init__(
+        self,
+        *,
+        predictor: Predictor | None = None,
+        resource: Resource = "tokens",
+        quantile: Quantile = "p90",
+        resolution: float = 0.01,
+        solver: SolverName = "auto",
+    ) -> None:
+        if not 0 < resolution <= 1:
+            raise InvalidValueError("resolution", f"must be in (0, 1], got {resolution}")
+        self.predictor = predictor
+        self.resource: Resource = resource
+        self.quantile: Quantile = quantile
+        self.resolution = resolution
+        self.solver: SolverName = solver
+
+    def plan(
+        self,
+        pending: Sequence[Step],
+        remaining: Budget,
+        *,
+        forecasts: Sequence[Forecast] | None = None,
+    ) -> Plan:
+        """Plan the pending steps with what is really left.
+
+        Raises:
+            InvalidValueError: when no forecasts are given and the controller has no predictor,
+                or on any of `allocate`'s input errors.
+        """
+        if forecasts is None:
+            forecasts = self._predictor().predict(pending)
+        return self._allocate(pending, forecasts, remaining)
+
+    async def aplan(
+        self,
+        pending: Sequence[Step],
+        remaining: Budget,
+        *,
+        forecasts: Sequence[Forecast] | None = None,
+    ) -> Plan:
+        """Async `plan`: awaits the predictor's batched forecast call."""
+        if forecasts is None:
+            forecasts = await self._predictor().apredict(pending)
+        return self._allocate(pending, forecasts, remaining)
+
+    def _predictor(self) -> Predictor:
+        if self.predictor is None:
+            msg = "pass forecasts= or build the Controller with a predictor"
+            raise InvalidValueError("predictor", msg)
+        return self.predictor
+
+    def _allocate(
+        self, pending: Sequence[Step], forecasts: Sequence[Forecast], remaining: Budget
+    ) -> Plan:
+        return allocate(
+            pending,
+            forecasts,
+            remaining,
+            resource=self.resource,
+            quantile=self.quantile,
+            resolution=self.resolution,
+            solver=self.solver,
+        )

@@ -1,0 +1,107 @@
+"""Show a benchmark result: a rich table, a PNG plot, a JSON file."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from roi_agents.bench.simulate import BenchResult
+
+__all__ = ["plot_result", "print_result", "write_json"]
+
+
+def print_result(result: BenchResult, console: Console | None = None) -> None:
+    """One table per budget: value, % of oracle, PGR, spend, overruns, latency per policy."""
+    console = console or Console()
+    unit = "USD" if result.resource == "usd" else result.resource.replace("_", " ")
+    console.print(
+        f"[bold]{result.data}[/]: {result.config.episodes} episodes x {result.config.steps} "
+        f"steps, seed {result.config.seed}, budget in {unit} as a fraction of always "
+        f"[italic]{result.dearest}[/]; {result.train_queries} training / "
+        f"{result.test_queries} test queries; ours plans at {result.config.quantile}"
+    )
+    for fraction, policies in result.budgets.items():
+        table = Table(title=f"budget {fraction:g}", title_justify="left")
+        for column in (
+            "policy",
+            "value",
+            "% oracle",
+            "PGR",
+            f"spend ({unit})",
+            "budget",
+            "overruns",
+            "cut off",
+            "skipped",
+            "latency p50 ms",
+        ):
+            table.add_column(column, justify="left" if column == "policy" else "right")
+        best = max(r.value for name, r in policies.items() if name != "oracle")
+        for name, r in policies.items():
+            style = "bold green" if name == "ours" else ("dim" if name == "oracle" else None)
+            value = f"{r.value:.2f}" + (" *" if r.value == best and name != "oracle" else "")
+            table.add_row(
+                name,
+                value,
+                _num(r.pct_oracle, "{:.1f}"),
+                _num(r.pgr, "{:.2f}"),
+                f"{r.spend:.4g}",
+                f"{r.budget:.4g}",
+                str(r.overruns),
+                f"{r.truncated:.2f}",
+                f"{r.skipped:.1f}",
+                f"{r.latency_ms_p50:.3f}",
+                style=style,
+            )
+        console.print(table)
+    console.print(
+        "value: mean successes per episode; * best policy at this budget; cut off and "
+        "skipped: steps per episode"
+    )
+
+
+def _num(x: float, fmt: str) -> str:
+    return "-" if not math.isfinite(x) else fmt.format(x)
+
+
+def plot_result(result: BenchResult, path: str | Path) -> Path:
+    """Value against budget fraction for every policy, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fractions = list(result.budgets)
+    names = list(next(iter(result.budgets.values())))
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for name in names:
+        values = [result.budgets[f][name].value for f in fractions]
+        style: dict[str, Any] = {"lw": 1, "marker": "."}
+        if name == "ours":
+            style = {"lw": 2.5, "color": "tab:green", "marker": "o"}
+        elif name == "oracle":
+            style = {"lw": 1.5, "color": "black", "ls": "--", "marker": "."}
+        ax.plot(fractions, values, label=name, **style)
+    ax.set_xlabel(f"budget (fraction of always {result.dearest}, {result.resource})")
+    ax.set_ylabel(f"value (successes per {result.config.steps}-step episode)")
+    ax.set_title(f"{result.data}: {result.config.episodes} episodes, seed {result.config.seed}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_json(result: BenchResult, path: str | Path) -> Path:
+    """The result in the documented machine-readable shape."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,538 @@
+"""The replay benchmark: policies spend a budget over episodes of real recorded outcomes.
+
+Queries are split into a training part (what predictors and tuned baselines may learn from) and a
+test part. An episode is ``steps`` test queries in order; its budget is a fraction of what always
+taking the most expensive option would cost on them. Every policy runs every episode under the
+same rules: before each step it picks an option (or skips) and a hard cap; a step whose recorded
+cost is above its cap is cut off at the cap, spends the cap and is worth nothing. A cap never
+exceeds what is left, so no policy can overrun; overruns are still counted, as a check.
+
+Policies:
+
+* ``fixed:<option>``: always that option, cap = what is left.
+* ``random-mix``: the most expensive option with the probability that makes the expected spend
+  equal to the budget (training means), else the cheapest.
+* ``threshold``: RouteLLM-style router: the most expensive option when the predicted gain in
+  success over the cheapest is at least a threshold, tuned on the training part to the budget.
+* ``ours``: the predictor and the `Controller`, re-planning after every step.
+* ``oracle``: the exact knapsack on the true outcomes (HiGHS): the ceiling.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from roi_agents.allocate import Controller, SolverName
+from roi_agents.allocate._milp import solve_milp
+from roi_agents.data.replay import ReplayQuery
+from roi_agents.errors import DataError, InvalidValueError
+from roi_agents.predict.base import Predictor
+from roi_agents.predict.prior import PriorPredictor
+from roi_agents.types import SKIP, Budget, Decision, Option, Quantile, Resource, Step
+
+__all__ = [
+    "BenchConfig",
+    "BenchResult",
+    "Decide",
+    "PolicyResult",
+    "Setup",
+    "StepOutcome",
+    "choose_resource",
+    "fit_prior",
+    "play_episode",
+    "prepare",
+    "run_bench",
+    "split_queries",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    """Settings of one benchmark run."""
+
+    budgets: tuple[float, ...] = (0.1, 0.25, 0.5)
+    episodes: int = 100
+    steps: int = 30
+    seed: int = 0
+    train_fraction: float = 0.5
+    resource: Resource | None = None
+    quantile: Quantile = "p90"
+    resolution: float = 0.01
+    solver: SolverName = "auto"
+    group_by: bool = True
+
+    def validate(self) -> None:
+        """Raise `InvalidValueError` naming the first bad setting."""
+        if not self.budgets or any(not (b > 0 and math.isfinite(b)) for b in self.budgets):
+            raise InvalidValueError("budgets", f"fractions must be > 0, got {self.budgets}")
+        if self.episodes < 1:
+            raise InvalidValueError("episodes", f"must be >= 1, got {self.episodes}")
+        if self.steps < 1:
+            raise InvalidValueError("steps", f"must be >= 1, got {self.steps}")
+        if not 0 < self.train_fraction < 1:
+            raise InvalidValueError(
+                "train_fraction", f"must be in (0, 1), got {self.train_fraction}"
+            )
+
+
+@dataclass(slots=True)
+class PolicyResult:
+    """One policy at one budget, as means per episode."""
+
+    value: float
+    spend: float
+    budget: float
+    overruns: int
+    truncated: float
+    skipped: float
+    latency_ms_p50: float
+    latency_ms_p99: float
+    pct_oracle: float = math.nan
+    pgr: float = math.nan
+
+
+@dataclass(slots=True)
+class BenchResult:
+    """Everything one run measured, keyed by budget fraction then policy name."""
+
+    data: str
+    config: BenchConfig
+    resource: Resource
+    options: list[str]
+    cheapest: str
+    dearest: str
+    train_queries: int
+    test_queries: int
+    unlimited: dict[str, float]
+    budgets: dict[float, dict[str, PolicyResult]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        """The machine-readable shape documented for ``roi-agents bench --json``."""
+        return {
+            "data": self.data,
+            "episodes": self.config.episodes,
+            "steps": self.config.steps,
+            "seed": self.config.seed,
+            "resource": self.resource,
+            "quantile": self.config.quantile,
+            "options": self.options,
+            "cheapest": self.cheapest,
+            "most_expensive": self.dearest,
+            "train_queries": self.train_queries,
+            "test_queries": self.test_queries,
+            "unlimited_value": self.unlimited,
+            "budgets": [
+                {
+                    "fraction": fraction,
+                    "policies": {
+                        name: {k: _finite(getattr(r, k)) for k in r.__slots__}
+                        for name, r in policies.items()
+                    },
+                }
+                for fraction, policies in self.budgets.items()
+            ],
+        }
+
+
+def _finite(x: object) -> object:
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def choose_resource(queries: Sequence[ReplayQuery]) -> Resource:
+    """USD when every outcome has a recorded cost, else tokens.
+
+    Raises:
+        DataError: when neither is recorded for every outcome.
+    """
+    records = [r for q in queries for r in q.outcomes.values()]
+    if all(r.cost_usd is not None for r in records):
+        return "usd"
+    if all(r.cost("tokens") is not None for r in records):
+        return "tokens"
+    raise DataError("replay", None, "neither cost_usd nor both token counts on every line")
+
+
+def split_queries(
+    queries: Sequence[ReplayQuery], train_fraction: float, rng: np.random.Generator
+) -> tuple[list[ReplayQuery], list[ReplayQuery]]:
+    """A seeded random split into training and test queries."""
+    order = rng.permutation(len(queries))
+    cut = round(len(queries) * train_fraction)
+    return [queries[i] for i in order[:cut]], [queries[i] for i in order[cut:]]
+
+
+def _step(query: ReplayQuery, group_by: bool) -> Step:
+    first = next(iter(query.outcomes.values()))
+    return Step(
+        id=query.query_id,
+        text=query.text,
+        group=query.dataset if group_by else None,
+        input_tokens=first.input_tokens,
+        options=tuple(Option(name=name) for name in query.outcomes),
+    )
+
+
+# A policy sees the episode's steps, the index of the current one and what is left, and answers
+# (option, cap on the resource).
+Decide = Callable[[Sequence[Step], int, float], tuple[str, float]]
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    """What happened to one step: the option run (or skip), its cap, what it spent and earned."""
+
+    option: str
+    cap: float
+    spend: float
+    value: float
+    cut_off: bool
+
+
+@dataclass(slots=True)
+class _Run:
+    value: float = 0.0
+    spend: float = 0.0
+    truncated: int = 0
+    skipped: int = 0
+    latencies: list[float] = field(default_factory=list)
+    steps: list[StepOutcome] = field(default_factory=list)
+
+
+def _play(
+    episode: Sequence[ReplayQuery],
+    steps: Sequence[Step],
+    budget: float,
+    resource: Resource,
+    decide: Decide,
+) -> _Run:
+    run = _Run()
+    for i, query in enumerate(episode):
+        left = budget - run.spend
+        started = time.perf_counter()
+        option, cap = decide(steps, i, left)
+        run.latencies.append(time.perf_counter() - started)
+        cap = min(cap, left)
+        record = query.outcomes.get(option)
+        if option == SKIP or record is None or cap <= 0:
+            run.skipped += 1
+            run.steps.append(StepOutcome(SKIP, 0.0, 0.0, 0.0, cut_off=False))
+            continue
+        cost = record.cost(resource) or 0.0
+        cut_off = cost > cap
+        spend, value = (cap, 0.0) if cut_off else (cost, record.score)
+        run.spend += spend
+        run.value += value
+        run.truncated += cut_off
+        run.steps.append(StepOutcome(option, cap, spend, value, cut_off))
+    return run
+
+
+def play_episode(
+    episode: Sequence[ReplayQuery],
+    budget: float,
+    controller: Controller,
+    resource: Resource,
+    *,
+    group_by: bool = True,
+) -> tuple[list[Decision], list[StepOutcome]]:
+    """Run the controller over one episode; return its decision and the outcome per step."""
+    steps = [_step(q, group_by) for q in episode]
+    decisions: list[Decision] = []
+    ours = _ours(controller, resource, decisions)
+    run = _play(episode, steps, budget, resource, ours)
+    return decisions, run.steps
+
+
+def run_bench(
+    queries: Sequence[ReplayQuery],
+    config: BenchConfig,
+    *,
+    data: str = "",
+    predictor: Callable[[list[ReplayQuery]], Predictor] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> BenchResult:
+    """Run every policy on the same seeded episodes at every budget.
+
+    Args:
+        queries: the replay data.
+        config: the settings.
+        data: a label for the data in the result.
+        predictor: builds the predictor from the training queries (default: `PriorPredictor`
+            fitted on them).
+        progress: called with the number of episodes just finished.
+
+    Raises:
+        InvalidValueError: on bad settings, or fewer test queries than steps.
+    """
+    setup = prepare(queries, config, predictor=predictor)
+    resource, cheapest, dearest, means = setup.resource, setup.cheapest, setup.dearest, setup.means
+    model, controller, train = setup.predictor, setup.controller, setup.train
+    episodes, full, options = setup.episodes, setup.full, sorted(means)
+    steps = [[_step(q, config.group_by) for q in episode] for episode in episodes]
+    unlimited = {
+        name: float(
+            np.mean([sum(q.outcomes[o].score for q in ep if o in q.outcomes) for ep in episodes])
+        )
+        for name, o in ((f"fixed:{o}", o) for o in options)
+    }
+    result = BenchResult(
+        data=data,
+        config=config,
+        resource=resource,
+        options=options,
+        cheapest=cheapest,
+        dearest=dearest,
+        train_queries=len(train),
+        test_queries=len(setup.test),
+        unlimited=unlimited,
+    )
+    gains = _gains(model, [_step(q, config.group_by) for q in train], cheapest, dearest)
+    for fraction in config.budgets:
+        per_step = fraction * means[dearest]
+        mix = _mix_probability(per_step, means[cheapest], means[dearest])
+        threshold = _tune_threshold(train, gains, per_step, cheapest, dearest, resource)
+        mix_rng = np.random.default_rng([config.seed, round(fraction * 1e6)])
+        policies: dict[str, Decide] = {f"fixed:{o}": _fixed(o) for o in options}
+        policies["random-mix"] = _random_mix(mix, cheapest, dearest, mix_rng)
+        policies["threshold"] = _threshold(model, threshold, cheapest, dearest)
+        policies["ours"] = _ours(controller, resource)
+        runs: dict[str, list[_Run]] = {name: [] for name in [*policies, "oracle"]}
+        for episode, episode_steps, total in zip(episodes, steps, full, strict=True):
+            budget = fraction * total
+            for name, decide in policies.items():
+                runs[name].append(_play(episode, episode_steps, budget, resource, decide))
+            runs["oracle"].append(
+                _play(episode, episode_steps, budget, resource, _oracle(episode, budget, resource))
+            )
+            if progress is not None:
+                progress(1)
+        budgets = [fraction * total for total in full]
+        result.budgets[fraction] = _summarise(runs, budgets, unlimited, cheapest, dearest)
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """What every policy shares: the split, the fitted predictor, the episodes and budgets.
+
+    Attributes:
+        full: per episode, the cost of always taking the most expensive option; an episode's
+            budget at fraction ``f`` is ``f * full[i]``.
+    """
+
+    train: list[ReplayQuery]
+    test: list[ReplayQuery]
+    resource: Resource
+    means: dict[str, float]
+    cheapest: str
+    dearest: str
+    predictor: Predictor
+    controller: Controller
+    episodes: list[list[ReplayQuery]]
+    full: list[float]
+
+
+def prepare(
+    queries: Sequence[ReplayQuery],
+    config: BenchConfig,
+    *,
+    predictor: Callable[[list[ReplayQuery]], Predictor] | None = None,
+) -> Setup:
+    """Split, fit the predictor, draw the seeded episodes.
+
+    Raises:
+        InvalidValueError: on bad settings, or fewer test queries than steps.
+        DataError: when no option has a recorded cost in the training part.
+    """
+    config.validate()
+    rng = np.random.default_rng(config.seed)
+    resource = config.resource or choose_resource(queries)
+    train, test = split_queries(queries, config.train_fraction, rng)
+    if len(test) < config.steps:
+        msg = f"{len(test)} test queries, fewer than {config.steps} steps per episode"
+        raise InvalidValueError("steps", msg)
+    means = _mean_costs(train, resource)
+    if not means:
+        raise DataError("replay", None, "no option has a recorded cost in the training part")
+    cheapest = min(means, key=lambda o: means[o])
+    dearest = max(means, key=lambda o: means[o])
+    model = (predictor or fit_prior(config.group_by))(train)
+    controller = Controller(
+        predictor=model,
+        resource=resource,
+        quantile=config.quantile,
+        resolution=config.resolution,
+        solver=config.solver,
+    )
+    episodes = [
+        [test[i] for i in rng.choice(len(test), size=config.steps, replace=False)]
+        for _ in range(config.episodes)
+    ]
+    full = [sum(_dearest_cost(q, dearest, resource) for q in ep) for ep in episodes]
+    return Setup(train, test, resource, means, cheapest, dearest, model, controller, episodes, full)
+
+
+def fit_prior(group_by: bool) -> Callable[[list[ReplayQuery]], Predictor]:
+    """A factory that fits a `PriorPredictor` on training queries."""
+
+    def build(train: list[ReplayQuery]) -> Predictor:
+        prior = PriorPredictor(group_by=group_by)
+        for query in train:
+            for record in query.outcomes.values():
+                prior.record(record.option, query.dataset, record.spend, record.score)
+        return prior
+
+    return build
+
+
+def _mean_costs(queries: Sequence[ReplayQuery], resource: Resource) -> dict[str, float]:
+    totals: dict[str, list[float]] = {}
+    for query in queries:
+        for option, record in query.outcomes.items():
+            cost = record.cost(resource)
+            if cost is not None:
+                totals.setdefault(option, []).append(cost)
+    return {o: float(np.mean(c)) for o, c in totals.items()}
+
+
+def _dearest_cost(query: ReplayQuery, dearest: str, resource: Resource) -> float:
+    record = query.outcomes.get(dearest)
+    if record is not None:
+        return record.cost(resource) or 0.0
+    return max((r.cost(resource) or 0.0) for r in query.outcomes.values())
+
+
+def _mix_probability(per_step: float, cheap: float, dear: float) -> float:
+    if dear <= cheap:
+        return 1.0
+    return float(min(max((per_step - cheap) / (dear - cheap), 0.0), 1.0))
+
+
+def _gains(model: Predictor, steps: list[Step], cheapest: str, dearest: str) -> dict[str, float]:
+    """Predicted success of the dearest option minus the cheapest's, per step."""
+    p: dict[tuple[str, str], float] = {
+        (f.step_id, f.option): f.p_success for f in model.predict(steps)
+    }
+    return {s.id: p.get((s.id, dearest), 0.0) - p.get((s.id, cheapest), 0.0) for s in steps}
+
+
+def _tune_threshold(
+    train: Sequence[ReplayQuery],
+    gains: dict[str, float],
+    per_step: float,
+    cheapest: str,
+    dearest: str,
+    resource: Resource,
+) -> float:
+    """The lowest gain threshold whose training spend per query fits the budget per step."""
+    rows = []
+    for q in train:
+        cheap, dear = q.outcomes.get(cheapest), q.outcomes.get(dearest)
+        if cheap is None or dear is None:
+            continue
+        rows.append((gains[q.query_id], dear.cost(resource) or 0.0, cheap.cost(resource) or 0.0))
+    if not rows:
+        return math.inf
+    rows.sort(key=lambda r: -r[0])
+    gain = np.array([r[0] for r in rows])
+    extra = np.cumsum([r[1] - r[2] for r in rows])
+    base = sum(r[2] for r in rows)
+    spend = (base + extra) / len(rows)
+    # Routing the k highest-gain queries to the dearest option; ties route together.
+    best = math.inf
+    for k in range(len(rows)):
+        if spend[k] <= per_step and (k + 1 == len(rows) or gain[k + 1] < gain[k]):
+            best = float(gain[k])
+    return best
+
+
+def _fixed(option: str) -> Decide:
+    def decide(steps: Sequence[Step], i: int, left: float) -> tuple[str, float]:
+        return option, left
+
+    return decide
+
+
+def _random_mix(p: float, cheap: str, dear: str, rng: np.random.Generator) -> Decide:
+    def decide(steps: Sequence[Step], i: int, left: float) -> tuple[str, float]:
+        return (dear if rng.random() < p else cheap), left
+
+    return decide
+
+
+def _threshold(model: Predictor, threshold: float, cheap: str, dear: str) -> Decide:
+    def decide(steps: Sequence[Step], i: int, left: float) -> tuple[str, float]:
+        gain = _gains(model, [steps[i]], cheap, dear)[steps[i].id]
+        return (dear if gain >= threshold else cheap), left
+
+    return decide
+
+
+def _ours(controller: Controller, resource: Resource, log: list[Decision] | None = None) -> Decide:
+    def decide(steps: Sequence[Step], i: int, left: float) -> tuple[str, float]:
+        remaining = Budget(**{resource: left if resource == "usd" else math.floor(left)})
+        decision = controller.plan(steps[i:], remaining).next
+        assert decision is not None
+        if log is not None:
+            log.append(decision)
+        cap = decision.cap.get(resource)
+        return decision.option, (left if cap is None else cap)
+
+    return decide
+
+
+def _oracle(episode: Sequence[ReplayQuery], budget: float, resource: Resource) -> Decide:
+    names = sorted({o for q in episode for o in q.outcomes})
+    n, m = len(episode), len(names) + 1
+    values, costs = np.zeros((n, m)), np.zeros((n, m))
+    feasible = np.zeros((n, m), dtype=bool)
+    feasible[:, 0] = True
+    for i, query in enumerate(episode):
+        for j, name in enumerate(names, start=1):
+            record = query.outcomes.get(name)
+            if record is not None:
+                values[i, j], costs[i, j] = record.score, record.cost(resource) or 0.0
+                feasible[i, j] = True
+    choice, _ = solve_milp(values, costs, feasible, [budget])
+    plan = [names[j - 1] if j else SKIP for j in choice]
+
+    def decide(steps: Sequence[Step], i: int, left: float) -> tuple[str, float]:
+        return plan[i], left
+
+    return decide
+
+
+def _summarise(
+    runs: dict[str, list[_Run]],
+    budgets: list[float],
+    unlimited: dict[str, float],
+    cheapest: str,
+    dearest: str,
+) -> dict[str, PolicyResult]:
+    out: dict[str, PolicyResult] = {}
+    for name, results in runs.items():
+        latencies = np.array([t for r in results for t in r.latencies]) * 1e3
+        out[name] = PolicyResult(
+            value=float(np.mean([r.value for r in results])),
+            spend=float(np.mean([r.spend for r in results])),
+            budget=float(np.mean(budgets)),
+            overruns=sum(
+                r.spend > b * (1 + 1e-9) + 1e-12 for r, b in zip(results, budgets, strict=True)
+            ),
+            truncated=float(np.mean([r.truncated for r in results])),
+            skipped=float(np.mean([r.skipped for r in results])),
+            latency_ms_p50=float(np.percentile(latencies, 50)),
+            latency_ms_p99=float(np.percentile(latencies, 99)),
+        )
+    oracle = out["oracle"].value
+    low = unlimited[f"fixed:{cheapest}"]
+    high = unlimited[f"fixed:{dearest}"]
+    for result in out.values():
+        result.pct_oracle = 100 * result.value / oracle if oracle > 0 else math.nan
+        result.pgr = (result.value - low) / (high - low) if high != low else math.nan
+    return out

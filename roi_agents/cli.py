@@ -1,0 +1,288 @@
+"""The ``roi-agents`` command line: ``demo``, ``bench`` and ``data pull``.
+
+Run ``roi-agents COMMAND --help`` for each command's flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from roi_agents.errors import RoiAgentsError
+
+__all__ = ["main"]
+
+_NO_DATA = (
+    "no replay data found. Name a file with --data or ROI_AGENTS_DATA, or fetch public data "
+    "once with `roi-agents data pull routellm` (offline: `roi-agents data pull routellm --from "
+    "DIR` with a local copy of lm-sys/RouteLLM)."
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``roi-agents`` console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    # Piped output (CI logs) gets a wide fixed width rather than rich's 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 180)
+    try:
+        status: int = args.run(args, console)
+    except RoiAgentsError as error:
+        console.print(f"[bold red]error:[/] {error}", highlight=False)
+        return 2
+    return status
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="roi-agents", description="Budget-aware planning for LangGraph agents."
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    bench = commands.add_parser(
+        "bench", help="replay benchmark: every policy on recorded real outcomes"
+    )
+    bench.add_argument("--data", type=Path, nargs="+", help="replay file(s) or folder(s)")
+    bench.add_argument(
+        "--budgets",
+        type=_fractions,
+        default=(0.1, 0.25, 0.5),
+        help="budget fractions of always the most expensive option (0.1,0.25,0.5)",
+    )
+    bench.add_argument("--episodes", type=int, default=100)
+    bench.add_argument("--steps", type=int, default=30, help="steps per episode")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument(
+        "--predictor",
+        default="prior",
+        help="prior (local:DIR and vllm:URL arrive with the learned model)",
+    )
+    bench.add_argument(
+        "--resource",
+        choices=["usd", "tokens"],
+        default=None,
+        help="what the budget counts (default: usd when every line has cost_usd)",
+    )
+    bench.add_argument(
+        "--quantile",
+        choices=["mean", "p50", "p90", "p99"],
+        default="p90",
+        help="cost quantile ours budgets each step at",
+    )
+    bench.add_argument(
+        "--resolution",
+        type=float,
+        default=0.01,
+        help="DP budget unit as a fraction of what is left",
+    )
+    bench.add_argument(
+        "--group-by",
+        choices=["dataset", "none"],
+        default="dataset",
+        help="prior predictor history groups",
+    )
+    bench.add_argument("--train-fraction", type=float, default=0.5)
+    bench.add_argument("--json", type=Path, help="write the result as JSON here")
+    bench.add_argument("--plot", type=Path, help="write a PNG of value against budget here")
+    bench.set_defaults(run=_bench)
+
+    demo = commands.add_parser("demo", help="plan one episode of recorded outcomes, step by step")
+    demo.add_argument("--data", type=Path, help="a replay file (default: gsm8k of the found data)")
+    demo.add_argument(
+        "--budget", type=float, default=0.25, help="fraction of always the most expensive option"
+    )
+    demo.add_argument("--steps", type=int, default=30)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=_demo)
+
+    data = commands.add_parser("data", help="public replay data")
+    data_commands = data.add_subparsers(required=True, metavar="ACTION")
+    pull = data_commands.add_parser("pull", help="download and convert a public source")
+    pull.add_argument("source", choices=["routellm", "pricing-reversal"])
+    pull.add_argument(
+        "--from",
+        dest="from_dir",
+        type=Path,
+        help="convert a local copy of the source repository instead of downloading",
+    )
+    pull.add_argument("--out", type=Path, help="output folder (default: the user cache)")
+    pull.set_defaults(run=_pull)
+    return parser
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        msg = f"expected comma-separated numbers, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not values or any(not v > 0 for v in values):
+        msg = f"budget fractions must be > 0, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return values
+
+
+def _resolve_data(given: Sequence[Path] | None, prefer: str | None = None) -> list[Path]:
+    from roi_agents.data import find_data
+    from roi_agents.errors import DataError
+
+    if given:
+        return list(given)
+    found = find_data()
+    if found is None:
+        raise DataError("data", None, _NO_DATA)
+    if found.is_dir() and prefer is not None and (found / prefer).exists():
+        return [found / prefer]
+    return [found]
+
+
+def _bench(args: argparse.Namespace, console: Console) -> int:
+    from roi_agents.bench.report import plot_result, print_result, write_json
+    from roi_agents.bench.simulate import BenchConfig, run_bench
+    from roi_agents.data import load_replay
+    from roi_agents.errors import InvalidValueError
+
+    if args.predictor != "prior":
+        msg = f"{args.predictor!r}: only 'prior' is available in this version"
+        raise InvalidValueError("predictor", msg)
+    paths = _resolve_data(args.data)
+    queries = load_replay(paths)
+    config = BenchConfig(
+        budgets=args.budgets,
+        episodes=args.episodes,
+        steps=args.steps,
+        seed=args.seed,
+        train_fraction=args.train_fraction,
+        resource=args.resource,
+        quantile=args.quantile,
+        resolution=args.resolution,
+        group_by=args.group_by == "dataset",
+    )
+    config.validate()
+    label = ", ".join(p.name for p in paths)
+    with _progress(console) as progress:
+        task = progress.add_task("replaying", total=config.episodes * len(config.budgets))
+        result = run_bench(
+            queries, config, data=label, progress=lambda k: progress.advance(task, k)
+        )
+    print_result(result, console)
+    if args.json:
+        console.print(f"wrote {write_json(result, args.json)}")
+    if args.plot:
+        console.print(f"wrote {plot_result(result, args.plot)}")
+    return 0
+
+
+def _demo(args: argparse.Namespace, console: Console) -> int:
+    from roi_agents.bench.report import print_result
+    from roi_agents.bench.simulate import BenchConfig, play_episode, prepare, run_bench
+    from roi_agents.data import load_replay
+
+    paths = _resolve_data([args.data] if args.data else None, prefer="gsm8k.jsonl")
+    queries = load_replay(paths)
+    config = BenchConfig(budgets=(args.budget,), episodes=1, steps=args.steps, seed=args.seed)
+    setup = prepare(queries, config)
+    budget = args.budget * setup.full[0]
+    unit = "USD" if setup.resource == "usd" else "tokens"
+    console.print(
+        f"[bold]roi-agents demo[/]: {args.steps} recorded queries from "
+        f"{', '.join(p.name for p in paths)}; options {sorted(setup.means)}; budget "
+        f"{_amount(budget, unit)} = {args.budget:g} x always {setup.dearest}. Forecasts from the "
+        f"prior predictor fitted on {len(setup.train)} other queries; the controller re-plans "
+        "after every step."
+    )
+    decisions, outcomes = play_episode(setup.episodes[0], budget, setup.controller, setup.resource)
+    table = Table(title="decisions", title_justify="left")
+    for column in (
+        "#",
+        "query",
+        "option",
+        "p",
+        f"planned {unit}",
+        "cap",
+        "spent",
+        "result",
+        "left",
+        "reason",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("query", "option", "reason", "result") else "right"
+        )
+    left = budget
+    for i, (query, decision, outcome) in enumerate(
+        zip(setup.episodes[0], decisions, outcomes, strict=True), start=1
+    ):
+        left -= outcome.spend
+        result = (
+            "skipped"
+            if outcome.option == "skip"
+            else "cut off at cap"
+            if outcome.cut_off
+            else "correct"
+            if outcome.value >= 1
+            else f"score {outcome.value:g}"
+        )
+        planned = decision.expected_cost.get(setup.resource, 0.0)
+        table.add_row(
+            str(i),
+            query.query_id,
+            decision.option,
+            f"{decision.p_success:.2f}",
+            _amount(planned, unit),
+            _amount(outcome.cap, unit),
+            _amount(outcome.spend, unit),
+            result,
+            _amount(left, unit),
+            decision.reason.split(": ", 1)[-1],
+        )
+    console.print(table)
+    spent = budget - left
+    value = sum(o.value for o in outcomes)
+    console.print(
+        f"spent {_amount(spent, unit)} of {_amount(budget, unit)} ({100 * spent / budget:.0f}%), "
+        f"value {value:g} of {len(outcomes)} steps; never over budget: {spent <= budget}"
+    )
+    console.print("\n[bold]Against the other policies[/] on 20 episodes of the same data:")
+    comparison = BenchConfig(budgets=(args.budget,), episodes=20, steps=args.steps, seed=args.seed)
+    print_result(run_bench(queries, comparison, data=", ".join(p.name for p in paths)), console)
+    return 0
+
+
+def _amount(x: float, unit: str) -> str:
+    return f"${x:.5f}" if unit == "USD" else f"{x:,.0f}"
+
+
+def _pull(args: argparse.Namespace, console: Console) -> int:
+    from roi_agents.data import pull
+
+    with console.status(f"pulling {args.source}") as status:
+        written = pull(
+            args.source,
+            from_dir=args.from_dir,
+            out_dir=args.out,
+            progress=lambda name: status.update(f"fetching {name}"),
+        )
+    for path in written:
+        console.print(f"wrote {path}")
+    return 0
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

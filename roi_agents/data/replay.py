@@ -1,0 +1,178 @@
+"""Replay files: real recorded outcomes, one JSON object per (query, option) line.
+
+The format (see ``shared/data/README.md`` in the project):
+
+=================== ==========================================================================
+field               meaning
+=================== ==========================================================================
+``query_id``        unique id of the query within the file (required)
+``option``          the way the query was answered, e.g. a model or an effort level (required)
+``score``           quality of the answer in [0, 1]; graded scores allowed (required)
+``cost_usd``        cost at list prices (required unless both token counts are given)
+``input_tokens``    prompt tokens
+``output_tokens``   answer tokens (thinking included)
+``thinking_tokens`` reasoning tokens inside ``output_tokens``
+``dataset``         the benchmark (and subject) of the query
+``text``            the prompt as the model saw it
+=================== ==========================================================================
+
+Any number of options per query is accepted, and a query may lack some options.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    ValidationError,
+    model_validator,
+)
+
+from roi_agents.errors import DataError
+from roi_agents.types import Resource, Spend
+
+__all__ = ["ReplayQuery", "ReplayRecord", "load_replay", "read_records", "write_records"]
+
+
+class ReplayRecord(BaseModel):
+    """One recorded outcome: a query answered one way."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
+
+    query_id: Annotated[str, Field(min_length=1)]
+    option: Annotated[str, Field(min_length=1)]
+    score: Annotated[float, Field(ge=0.0, le=1.0)]
+    cost_usd: NonNegativeFloat | None = None
+    input_tokens: NonNegativeInt | None = None
+    output_tokens: NonNegativeInt | None = None
+    thinking_tokens: NonNegativeInt | None = None
+    dataset: str | None = None
+    text: str = ""
+
+    @model_validator(mode="after")
+    def _has_a_cost(self) -> Self:
+        if self.cost_usd is None and (self.input_tokens is None or self.output_tokens is None):
+            msg = "cost_usd: needed unless both input_tokens and output_tokens are given"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def spend(self) -> Spend:
+        """The recorded spend (missing token counts as 0)."""
+        return Spend(
+            input_tokens=self.input_tokens or 0,
+            output_tokens=self.output_tokens or 0,
+            usd=self.cost_usd or 0.0,
+        )
+
+    def cost(self, resource: Resource) -> float | None:
+        """The recorded cost in ``resource``, ``None`` when the file does not say."""
+        if resource == "usd":
+            return self.cost_usd
+        if resource == "tokens":
+            if self.input_tokens is None or self.output_tokens is None:
+                return None
+            return float(self.input_tokens + self.output_tokens)
+        return 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayQuery:
+    """A query with every recorded way of answering it."""
+
+    query_id: str
+    dataset: str | None
+    text: str
+    outcomes: dict[str, ReplayRecord]
+
+
+def read_records(path: str | Path) -> Iterator[ReplayRecord]:
+    """Yield the validated records of one replay file.
+
+    Raises:
+        DataError: naming the file and line of the first malformed record.
+    """
+    path = Path(path)
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as error:
+        raise DataError(str(path), None, f"cannot read: {error.strerror}") from error
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield ReplayRecord.model_validate_json(line)
+            except ValidationError as error:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or 'line'}: {e['msg']}"
+                    for e in error.errors()
+                )
+                raise DataError(str(path), number, problems) from None
+
+
+def load_replay(paths: str | Path | Iterable[str | Path]) -> list[ReplayQuery]:
+    """Load replay files into queries, in order of first appearance.
+
+    Args:
+        paths: one file or several; a folder means every ``*.jsonl`` file in it.
+
+    Raises:
+        DataError: on a malformed line, a (query, option) pair recorded twice, or no records.
+    """
+    files = _files([paths] if isinstance(paths, str | Path) else paths)
+    queries: dict[str, ReplayQuery] = {}
+    for file in files:
+        for record in read_records(file):
+            query = queries.get(record.query_id)
+            if query is None:
+                query = ReplayQuery(record.query_id, record.dataset, record.text, {})
+                queries[record.query_id] = query
+            if record.option in query.outcomes:
+                msg = f"query {record.query_id!r} has option {record.option!r} twice"
+                raise DataError(str(file), None, msg)
+            query.outcomes[record.option] = record
+    if not queries:
+        raise DataError(", ".join(str(f) for f in files), None, "no records")
+    return list(queries.values())
+
+
+def _files(paths: Iterable[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(path.glob("*.jsonl"))
+            if not found:
+                raise DataError(str(path), None, "folder holds no *.jsonl replay file")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+def write_records(records: Iterable[ReplayRecord], path: str | Path) -> int:
+    """Write records as a replay file (atomically: a temporary file, then a rename).
+
+    Returns:
+        The number of records written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(path.suffix + ".partial")
+    count = 0
+    with partial.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record.model_dump(exclude_none=True)) + "\n")
+            count += 1
+    partial.replace(path)
+    return count

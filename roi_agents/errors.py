@@ -1,0 +1,68 @@
+"""Errors raised by roi-agents.
+
+The tree::
+
+    RoiAgentsError
+    ├── InvalidValueError (also a ValueError)   bad input from the caller; names the field
+    ├── BudgetExceeded                          a run-time budget ran out; carries the numbers
+    └── DataError (also a ValueError)           a replay file that does not follow the format
+
+Developer mistakes (`InvalidValueError`, `DataError`) are kept apart from run-time exhaustion
+(`BudgetExceeded`), which a graph is expected to catch and report.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BudgetExceeded", "DataError", "InvalidValueError", "RoiAgentsError"]
+
+
+class RoiAgentsError(Exception):
+    """Base class of every error roi-agents raises on purpose."""
+
+
+class InvalidValueError(RoiAgentsError, ValueError):
+    """A value given by the caller is out of range or inconsistent.
+
+    Attributes:
+        field: dotted name of the offending field, e.g. ``"forecasts[3].p_success"``.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class DataError(RoiAgentsError, ValueError):
+    """A replay file does not follow the documented format.
+
+    Attributes:
+        path: the file.
+        line: 1-based line number, or ``None`` when the problem is the file as a whole.
+    """
+
+    def __init__(self, path: str, line: int | None, message: str) -> None:
+        self.path = path
+        self.line = line
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {message}")
+
+
+class BudgetExceeded(RoiAgentsError):
+    """A spend would go beyond what a budget has left.
+
+    Attributes:
+        resource: ``"tokens"``, ``"usd"`` or ``"tool_calls"``.
+        scope: the budget that ran out (``"run"`` unless a ledger scope is named).
+        limit: what the scope had left.
+        requested: what the refused call or reservation asked for.
+    """
+
+    def __init__(self, *, resource: str, scope: str, limit: float, requested: float) -> None:
+        self.resource = resource
+        self.scope = scope
+        self.limit = limit
+        self.requested = requested
+        super().__init__(
+            f"budget exceeded: {resource} in scope {scope!r}: requested {requested:g}, "
+            f"{limit:g} left"
+        )

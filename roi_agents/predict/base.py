@@ -1,0 +1,28 @@
+"""The `Predictor` protocol every forecaster implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from roi_agents.types import Forecast, Step
+
+__all__ = ["Predictor"]
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """Forecasts success probability and cost for every (step, option) pair.
+
+    One call covers a whole planning turn, so a remote predictor makes one batched request.
+    Options named ``skip`` get no forecast. Implementations must return finite, validated
+    `Forecast` objects or raise; they never return a partial list.
+    """
+
+    def predict(self, steps: Sequence[Step]) -> list[Forecast]:
+        """One forecast per (step, option) of ``steps``, in step then option order."""
+        ...
+
+    async def apredict(self, steps: Sequence[Step]) -> list[Forecast]:
+        """Async `predict`."""
+        ...

@@ -1,0 +1,209 @@
+"""A predictor from history alone: the cold-start and fallback forecaster.
+
+Per option, and per (option, group) when steps carry a group such as a dataset or a subject, it
+keeps a Beta posterior on success and a log-normal fit of cost, and updates both online from
+observed outcomes. A group's estimates shrink towards its option's, with the weight of
+``prior_strength`` pseudo-observations, so a group seen twice is not trusted like one seen a
+thousand times. An option never seen forecasts from the constructor's defaults.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from roi_agents.errors import InvalidValueError
+from roi_agents.types import SKIP, CostForecast, Forecast, Option, Spend, Step
+
+__all__ = ["PriorPredictor"]
+
+# Standard normal quantiles.
+_Z90 = 1.2815515655446004
+_Z99 = 2.3263478740408408
+# Log-costs are of (cost + offset), so that zero costs have a finite log.
+_OFFSET = {"output_tokens": 1.0, "tokens": 1.0, "usd": 1e-6}
+
+
+@dataclass(slots=True)
+class _LogStats:
+    """Count, mean and sum of squared deviations of log(cost + offset) (Welford)."""
+
+    n: float = 0.0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def add(self, x: float) -> None:
+        self.n += 1
+        delta = x - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (x - self.mean)
+
+    @property
+    def var(self) -> float:
+        return self.m2 / (self.n - 1) if self.n > 1 else 0.0
+
+
+@dataclass(slots=True)
+class _Stats:
+    n: float = 0.0
+    successes: float = 0.0
+    costs: dict[str, _LogStats] = field(default_factory=dict)
+
+
+class PriorPredictor:
+    """Forecasts from per-option (and per-group) history.
+
+    Args:
+        group_by: keep separate statistics per `Step.group` (shrunk towards the option's).
+        prior_strength: pseudo-observations behind the option-level estimate when shrinking a
+            group, and behind the default when shrinking an option.
+        default_p_success: success probability of an option never seen.
+        default_tokens: median output tokens of an option never seen.
+        default_log_sigma: spread of log-cost of an option never seen.
+
+    Example:
+        >>> from roi_agents.types import Option, Spend, Step
+        >>> prior = PriorPredictor()
+        >>> step = Step(id="q1", group="math", options=[Option(name="fast")])
+        >>> prior.observe(step, "fast", Spend(input_tokens=50, output_tokens=200), success=1.0)
+        >>> round(prior.predict([step])[0].p_success, 3)
+        0.587
+    """
+
+    def __init__(
+        self,
+        *,
+        group_by: bool = True,
+        prior_strength: float = 10.0,
+        default_p_success: float = 0.5,
+        default_tokens: float = 512.0,
+        default_log_sigma: float = 1.0,
+    ) -> None:
+        if prior_strength <= 0 or not math.isfinite(prior_strength):
+            raise InvalidValueError("prior_strength", f"must be > 0, got {prior_strength}")
+        if not 0 <= default_p_success <= 1:
+            raise InvalidValueError(
+                "default_p_success", f"must be in [0, 1], got {default_p_success}"
+            )
+        if default_tokens <= 0 or default_log_sigma < 0:
+            raise InvalidValueError("default_tokens", "defaults must be positive")
+        self.group_by = group_by
+        self.prior_strength = prior_strength
+        self.default_p_success = default_p_success
+        self.default_tokens = default_tokens
+        self.default_log_sigma = default_log_sigma
+        self._stats: dict[tuple[str, str | None], _Stats] = {}
+
+    def observe(self, step: Step, option: str, spend: Spend, success: float) -> None:
+        """Record one outcome: what running ``option`` on ``step`` cost and how well it did.
+
+        Args:
+            step: the step that ran (its group is used when ``group_by``).
+            option: the option's name.
+            spend: the real spend.
+            success: 1 for success, 0 for failure, or a graded score in [0, 1].
+
+        Raises:
+            InvalidValueError: on a success outside [0, 1] or an unknown option.
+        """
+        if not 0 <= success <= 1:
+            raise InvalidValueError("success", f"must be in [0, 1], got {success}")
+        step.option(option)
+        self.record(option, step.group, spend, success)
+
+    def record(self, option: str, group: str | None, spend: Spend, success: float) -> None:
+        """`observe` without a step: for training from recorded outcomes."""
+        if not 0 <= success <= 1 or not math.isfinite(success):
+            raise InvalidValueError("success", f"must be in [0, 1], got {success}")
+        keys: list[tuple[str, str | None]] = [(option, None)]
+        if self.group_by and group is not None:
+            keys.append((option, group))
+        for key in keys:
+            stats = self._stats.setdefault(key, _Stats())
+            stats.n += 1
+            stats.successes += success
+            observed = {"output_tokens": spend.output_tokens, "tokens": spend.tokens}
+            if spend.usd > 0:
+                observed["usd"] = spend.usd  # type: ignore[assignment]
+            for name, amount in observed.items():
+                log = math.log(amount + _OFFSET[name])
+                stats.costs.setdefault(name, _LogStats()).add(log)
+
+    def predict(self, steps: Sequence[Step]) -> list[Forecast]:
+        """One forecast per (step, option), skip excluded."""
+        return [
+            self._forecast(step, option)
+            for step in steps
+            for option in step.options
+            if option.name != SKIP
+        ]
+
+    async def apredict(self, steps: Sequence[Step]) -> list[Forecast]:
+        """Same as `predict`: the prior does no I/O."""
+        return self.predict(steps)
+
+    def _forecast(self, step: Step, option: Option) -> Forecast:
+        option_stats = self._stats.get((option.name, None), _Stats())
+        group_stats = (
+            self._stats.get((option.name, step.group), _Stats())
+            if self.group_by and step.group is not None
+            else _Stats()
+        )
+        k = self.prior_strength
+        p_option = (k * self.default_p_success + option_stats.successes) / (k + option_stats.n)
+        p = (k * p_option + group_stats.successes) / (k + group_stats.n)
+
+        def lognormal(name: str) -> tuple[float, float] | None:
+            base = option_stats.costs.get(name)
+            if base is None:
+                if name != "output_tokens":
+                    return None
+                mu0, var0, n0 = math.log(self.default_tokens), self.default_log_sigma**2, 0.0
+            else:
+                mu0, var0, n0 = base.mean, base.var, base.n
+            if n0 < 2:  # too few to estimate a spread: fall back on the default spread
+                var0 = self.default_log_sigma**2
+            own = group_stats.costs.get(name)
+            if own is None or own.n == 0:
+                return mu0, math.sqrt(var0)
+            mu = (k * mu0 + own.n * own.mean) / (k + own.n)
+            var = (k * var0 + max(own.n - 1, 0) * own.var) / (k + max(own.n - 1, 0))
+            return mu, math.sqrt(var)
+
+        def quantiles(mu: float, sigma: float, offset: float, shift: float = 0.0) -> CostForecast:
+            def at(z: float) -> float:
+                return shift + max(math.exp(mu + z * sigma) - offset, 0.0)
+
+            mean = shift + max(math.exp(mu + sigma**2 / 2) - offset, 0.0)
+            return CostForecast(mean=mean, p50=at(0.0), p90=at(_Z90), p99=at(_Z99))
+
+        known_input = step.input_tokens
+        output = lognormal("output_tokens")
+        total = lognormal("tokens")
+        assert output is not None
+        if known_input is not None or total is None:
+            tokens = quantiles(*output, _OFFSET["output_tokens"], shift=float(known_input or 0))
+        else:
+            tokens = quantiles(*total, _OFFSET["tokens"])
+        usd: CostForecast | None = None
+        if known_input is not None and (option.input_price or option.output_price):
+            out = quantiles(*output, _OFFSET["output_tokens"])
+            usd = CostForecast(
+                mean=option.usd(known_input, out.mean),
+                p50=option.usd(known_input, out.p50),
+                p90=option.usd(known_input, out.p90),
+                p99=option.usd(known_input, out.p99),
+            )
+        else:
+            fit = lognormal("usd")
+            if fit is not None:
+                usd = quantiles(*fit, _OFFSET["usd"])
+        return Forecast(
+            step_id=step.id,
+            option=option.name,
+            p_success=min(max(p, 0.0), 1.0),
+            tokens=tokens,
+            usd=usd,
+            source="prior",
+        )

@@ -1,0 +1,373 @@
+"""The vocabulary of roi-agents: budgets, spend, steps, options, forecasts, decisions, plans.
+
+Every type validates on construction. A bad value (a negative budget, NaN, a probability outside
+[0, 1], quantiles out of order, a decision naming an option the step does not have) raises
+`pydantic.ValidationError`, a `ValueError` subclass whose message names the field. Nothing is
+clamped silently.
+
+Example:
+    >>> from roi_agents.types import Budget, Option, Spend, Step
+    >>> step = Step(id="s1", text="Summarise the report", options=[Option(name="fast")])
+    >>> Budget(tokens=10_000).remaining_after(Spend(input_tokens=1200, output_tokens=300))
+    Budget(tokens=8500, usd=None, tool_calls=None)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, model_validator
+
+__all__ = [
+    "RESOURCES",
+    "SKIP",
+    "Budget",
+    "Cap",
+    "CostForecast",
+    "Decision",
+    "Forecast",
+    "Option",
+    "Plan",
+    "Quantile",
+    "Resource",
+    "Spend",
+    "Step",
+]
+
+Resource = Literal["tokens", "usd", "tool_calls"]
+"""A budgeted resource. ``tokens`` counts input plus output tokens."""
+
+RESOURCES: tuple[Resource, ...] = ("tokens", "usd", "tool_calls")
+
+Quantile = Literal["mean", "p50", "p90", "p99"]
+"""Which point of a cost distribution a plan budgets for."""
+
+SKIP = "skip"
+"""Name of the option that does nothing, costs nothing and is worth nothing. Every step has it."""
+
+_STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class Budget(BaseModel):
+    """What a run (or a scope) may still spend; any subset of resources, ``None`` = unlimited."""
+
+    model_config = _STRICT
+
+    tokens: NonNegativeInt | None = None
+    usd: NonNegativeFloat | None = None
+    tool_calls: NonNegativeInt | None = None
+
+    def get(self, resource: Resource) -> float | None:
+        """The limit on one resource, ``None`` when unlimited."""
+        value: float | None = getattr(self, resource)
+        return value
+
+    def limited(self) -> tuple[Resource, ...]:
+        """The resources this budget limits, in the order of `RESOURCES`."""
+        return tuple(r for r in RESOURCES if self.get(r) is not None)
+
+    def remaining_after(self, spend: Spend) -> Budget:
+        """What is left after ``spend``.
+
+        Raises:
+            BudgetExceeded: when the spend is more than the budget had on any resource.
+        """
+        from roi_agents.errors import BudgetExceeded
+
+        left: dict[str, float] = {}
+        for resource in self.limited():
+            limit = self.get(resource)
+            assert limit is not None
+            used = spend.get(resource)
+            if used > limit + _tolerance(resource):
+                raise BudgetExceeded(resource=resource, scope="run", limit=limit, requested=used)
+            left[resource] = max(limit - used, 0)
+        if self.tokens is not None:
+            left["tokens"] = int(left["tokens"])
+        if self.tool_calls is not None:
+            left["tool_calls"] = int(left["tool_calls"])
+        return self.model_copy(update=left)
+
+    def fits(self, spend: Spend) -> bool:
+        """Whether ``spend`` fits in this budget on every limited resource."""
+        return all(spend.get(r) <= (self.get(r) or 0.0) + _tolerance(r) for r in self.limited())
+
+
+def _tolerance(resource: Resource) -> float:
+    # USD sums of float prices pick up rounding error; a nano-dollar is far below any price.
+    return 1e-9 if resource == "usd" else 0.0
+
+
+class Spend(BaseModel):
+    """What was (or would be) spent. Adds with ``+``.
+
+    Example:
+        >>> Spend(input_tokens=10, output_tokens=5) + Spend(tool_calls=1)
+        Spend(input_tokens=10, output_tokens=5, usd=0.0, tool_calls=1)
+    """
+
+    model_config = _STRICT
+
+    input_tokens: NonNegativeInt = 0
+    output_tokens: NonNegativeInt = 0
+    usd: NonNegativeFloat = 0.0
+    tool_calls: NonNegativeInt = 0
+
+    @property
+    def tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+    def get(self, resource: Resource) -> float:
+        """The amount spent of one resource."""
+        return float(self.tokens if resource == "tokens" else getattr(self, resource))
+
+    def __add__(self, other: Spend) -> Spend:
+        return Spend(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            usd=self.usd + other.usd,
+            tool_calls=self.tool_calls + other.tool_calls,
+        )
+
+
+class Option(BaseModel):
+    """One way of doing a step: an effort level, a model, a tool.
+
+    Attributes:
+        name: unique within the step; ``"skip"`` is reserved for doing nothing.
+        model: the chat model to call, when the option names one.
+        max_tokens: the option's own output-token ceiling (e.g. the effort level's); caps issued
+            by the controller never exceed it.
+        input_price: USD per million input tokens.
+        output_price: USD per million output tokens.
+        tool_calls: tool calls the option may make.
+        tags: free labels; the learned predictor sees them as ``[tag]`` before the step's text.
+    """
+
+    model_config = _STRICT
+
+    name: Annotated[str, Field(min_length=1)]
+    model: str | None = None
+    max_tokens: Annotated[int, Field(gt=0)] | None = None
+    input_price: NonNegativeFloat = 0.0
+    output_price: NonNegativeFloat = 0.0
+    tool_calls: NonNegativeInt = 0
+    tags: tuple[str, ...] = ()
+
+    def usd(self, input_tokens: float, output_tokens: float) -> float:
+        """List-price cost of a call with these token counts."""
+        return (input_tokens * self.input_price + output_tokens * self.output_price) / 1e6
+
+
+class Step(BaseModel):
+    """A pending unit of work: a subtask of a plan or a tool call an LLM asked for.
+
+    Attributes:
+        id: unique within a run.
+        text: what the step is; the predictor reads it.
+        weight: what success on this step is worth (>= 0).
+        options: the ways of doing it. ``skip`` is always available, listed or not.
+        group: optional history group for the prior predictor (a dataset, a subject, a tool).
+        input_tokens: the prompt's size when it is already known.
+    """
+
+    model_config = _STRICT
+
+    id: Annotated[str, Field(min_length=1)]
+    text: str = ""
+    weight: NonNegativeFloat = 1.0
+    options: Annotated[tuple[Option, ...], Field(min_length=1)]
+    group: str | None = None
+    input_tokens: NonNegativeInt | None = None
+
+    @model_validator(mode="after")
+    def _unique_option_names(self) -> Self:
+        names = [o.name for o in self.options]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            msg = f"options: duplicate option names {duplicated}"
+            raise ValueError(msg)
+        return self
+
+    def option(self, name: str) -> Option:
+        """The option called ``name``; ``skip`` always exists.
+
+        Raises:
+            InvalidValueError: when the step has no such option.
+        """
+        for option in self.options:
+            if option.name == name:
+                return option
+        if name == SKIP:
+            return Option(name=SKIP)
+        from roi_agents.errors import InvalidValueError
+
+        msg = f"step {self.id!r} has no option {name!r}; it has {[o.name for o in self.options]}"
+        raise InvalidValueError("option", msg)
+
+
+class CostForecast(BaseModel):
+    """The predicted distribution of one resource's cost: its mean and three quantiles."""
+
+    model_config = _STRICT
+
+    mean: NonNegativeFloat
+    p50: NonNegativeFloat
+    p90: NonNegativeFloat
+    p99: NonNegativeFloat
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if not self.p50 <= self.p90 <= self.p99:
+            msg = f"quantiles out of order: p50={self.p50}, p90={self.p90}, p99={self.p99}"
+            raise ValueError(msg)
+        return self
+
+    @classmethod
+    def exact(cls, value: float) -> CostForecast:
+        """A cost known in advance (e.g. a fixed tool-call count)."""
+        return cls(mean=value, p50=value, p90=value, p99=value)
+
+    def at(self, quantile: Quantile) -> float:
+        """The cost at ``quantile`` (or the mean)."""
+        value: float = getattr(self, quantile)
+        return value
+
+
+class Forecast(BaseModel):
+    """What a predictor expects of one (step, option): success probability and cost.
+
+    ``tokens`` is always forecast; ``usd`` and ``tool_calls`` when the predictor knows them.
+    """
+
+    model_config = _STRICT
+
+    step_id: str
+    option: str
+    p_success: Annotated[float, Field(ge=0.0, le=1.0)]
+    tokens: CostForecast
+    usd: CostForecast | None = None
+    tool_calls: CostForecast | None = None
+    source: str = "unknown"
+
+    def cost(self, resource: Resource) -> CostForecast:
+        """The cost forecast of ``resource``.
+
+        Raises:
+            InvalidValueError: when this forecast has none for that resource.
+        """
+        forecast: CostForecast | None = getattr(self, resource)
+        if forecast is None:
+            from roi_agents.errors import InvalidValueError
+
+            msg = f"no {resource} forecast for step {self.step_id!r} option {self.option!r}"
+            raise InvalidValueError(resource, msg)
+        return forecast
+
+
+class Cap(BaseModel):
+    """Hard limits on one step's spend. The executor must not let the step go past them."""
+
+    model_config = _STRICT
+
+    tokens: NonNegativeInt | None = None
+    usd: NonNegativeFloat | None = None
+    tool_calls: NonNegativeInt | None = None
+
+    def get(self, resource: Resource) -> float | None:
+        """The cap on one resource, ``None`` when uncapped."""
+        value: float | None = getattr(self, resource)
+        return value
+
+    def max_output_tokens(self, input_tokens: int, option: Option) -> int:
+        """The ``max_tokens`` to send with a call whose prompt has ``input_tokens`` tokens.
+
+        Honours the token cap, the USD cap (at the option's prices) and the option's own
+        ``max_tokens``; 0 means the call must not be sent.
+        """
+        limits: list[float] = []
+        if option.max_tokens is not None:
+            limits.append(option.max_tokens)
+        if self.tokens is not None:
+            limits.append(self.tokens - input_tokens)
+        if self.usd is not None and option.output_price > 0:
+            left = self.usd - input_tokens * option.input_price / 1e6
+            limits.append(left * 1e6 / option.output_price)
+        if not limits:
+            msg = "max_output_tokens: no token, USD or option limit to derive a cap from"
+            from roi_agents.errors import InvalidValueError
+
+            raise InvalidValueError("cap", msg)
+        return max(0, math.floor(min(limits)))
+
+
+class Decision(BaseModel):
+    """The controller's choice for one step.
+
+    Attributes:
+        step_id: the step.
+        option: the chosen option's name (``"skip"`` to not run the step).
+        cap: hard limits for running it.
+        expected_value: weight times predicted success probability.
+        expected_cost: the planned cost per resource (at the plan's quantile).
+        p_success: the forecast success probability of the chosen option.
+        reason: one line saying why.
+    """
+
+    model_config = _STRICT
+
+    step_id: str
+    option: str
+    cap: Cap
+    expected_value: NonNegativeFloat
+    expected_cost: dict[Resource, NonNegativeFloat]
+    p_success: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    reason: str
+
+    @property
+    def skipped(self) -> bool:
+        """Whether the step is not to be run."""
+        return self.option == SKIP
+
+
+class Plan(BaseModel):
+    """One allocation of the remaining budget over the pending steps, in step order.
+
+    Attributes:
+        decisions: one per pending step, in order.
+        remaining: the budget the plan was made for.
+        resource: the resource solved for (a second one, if any, is priced in by a multiplier).
+        quantile: the cost quantile budgeted for each step.
+        solver: ``"dp"`` (exact up to the discretisation) or ``"greedy"`` (LP-relaxation).
+        expected_value: sum of the decisions' expected values.
+        upper_bound: an upper bound on the best achievable expected value (LP relaxation), so
+            ``upper_bound - expected_value`` bounds the plan's optimality gap.
+        multiplier: the Lagrange multiplier on the second resource (0 when none was needed).
+    """
+
+    model_config = _STRICT
+
+    decisions: tuple[Decision, ...]
+    remaining: Budget
+    resource: Resource
+    quantile: Quantile
+    solver: Literal["dp", "greedy"]
+    expected_value: NonNegativeFloat
+    upper_bound: NonNegativeFloat
+    multiplier: NonNegativeFloat = 0.0
+
+    @property
+    def gap(self) -> float:
+        """Upper bound on how much expected value the plan may leave on the table."""
+        return max(self.upper_bound - self.expected_value, 0.0)
+
+    def expected_cost(self, resource: Resource) -> float:
+        """Planned spend of ``resource`` over all decisions."""
+        return sum(d.expected_cost.get(resource, 0.0) for d in self.decisions)
+
+    @property
+    def next(self) -> Decision | None:
+        """The decision for the first pending step, ``None`` for an empty plan."""
+        return self.decisions[0] if self.decisions else None

@@ -1,0 +1,218 @@
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from roi_agents import (
+    Budget,
+    Controller,
+    CostForecast,
+    Forecast,
+    InvalidValueError,
+    Option,
+    PriorPredictor,
+    Spend,
+    Step,
+    allocate,
+)
+from roi_agents.allocate._mckp import lp_bound, solve
+from roi_agents.allocate._milp import solve_milp
+
+
+@st.composite
+def instances(draw):
+    n = draw(st.integers(1, 12))
+    m = draw(st.integers(2, 5))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    values = rng.uniform(0, 1, size=(n, m)) * rng.uniform(0.1, 3, size=(n, 1))
+    costs = rng.lognormal(3, 1, size=(n, m))
+    feasible = rng.uniform(size=(n, m)) < 0.85
+    values[:, 0] = costs[:, 0] = 0
+    feasible[:, 0] = True
+    fraction = draw(st.floats(0.0, 1.2))
+    capacity = float(costs.sum(axis=1).mean() * n / m * fraction)
+    bins = draw(st.sampled_from([10, 50, 100, 1000]))
+    return values, costs, feasible, capacity, bins
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances(), st.sampled_from(["dp", "greedy", "best"]))
+def test_solvers_against_the_exact_milp(instance, method):
+    values, costs, feasible, capacity, bins = instance
+    n = values.shape[0]
+    rows = np.arange(n)
+    solution = solve(values, costs, feasible, capacity, bins=bins, method=method)
+    # Never infeasible: one real option per step, within the budget at the true costs.
+    assert feasible[rows, solution.choice].all()
+    assert costs[rows, solution.choice].sum() <= capacity + 1e-9
+    assert solution.value == pytest.approx(values[rows, solution.choice].sum())
+    _, optimum = solve_milp(values, costs, feasible, [capacity])
+    assert solution.value <= optimum + 1e-9
+    # The LP bound holds.
+    assert solution.bound >= optimum - 1e-9
+    if method in ("dp", "best"):
+        # The documented discretisation bound: OPT(B - n * delta) <= DP value.
+        delta = capacity / bins
+        _, shrunk = solve_milp(values, costs, feasible, [max(capacity - n * delta, 0.0)])
+        assert solution.value >= shrunk - 1e-9
+
+
+def test_lp_bound_is_tight_without_a_fractional_item():
+    values = np.array([[0.0, 1.0], [0.0, 2.0]])
+    costs = np.array([[0.0, 1.0], [0.0, 1.0]])
+    assert lp_bound(values, costs, np.ones_like(values, bool), 2.0) == pytest.approx(3.0)
+    assert lp_bound(values, costs, np.ones_like(values, bool), 1.5) == pytest.approx(2.5)
+
+
+def _steps(n, names=("fast", "deep")):
+    return [
+        Step(id=f"s{i}", text=f"step {i}", options=[Option(name=o) for o in names])
+        for i in range(n)
+    ]
+
+
+def _forecasts(steps, table):
+    """table: option -> (p_success, p50 cost, p90 cost, p99 cost)."""
+    out = []
+    for step in steps:
+        for option in step.options:
+            p, p50, p90, p99 = table[option.name]
+            cost = CostForecast(mean=p50, p50=p50, p90=p90, p99=p99)
+            out.append(Forecast(step_id=step.id, option=option.name, p_success=p, tokens=cost))
+    return out
+
+
+TABLE = {"fast": (0.6, 100, 150, 300), "deep": (0.9, 800, 1000, 2000)}
+
+
+def test_plan_uses_the_chosen_quantile_and_caps_within_budget():
+    steps = _steps(5)
+    plan = allocate(steps, _forecasts(steps, TABLE), Budget(tokens=2400))
+    # At p90 deep costs 1000, fast 150: 1 deep + 4 fast (3.3 for 1600) beats 2 deep + 2 fast
+    # (3.0 for 2300); 2 deep + 3 fast (2450) does not fit.
+    chosen = [d.option for d in plan.decisions]
+    assert chosen.count("deep") == 1
+    assert chosen.count("fast") == 4
+    assert plan.expected_cost("tokens") == pytest.approx(1600)
+    assert plan.expected_value == pytest.approx(0.9 + 4 * 0.6)
+    # Caps: each >= planned, the sum of any cap plus the later planned costs fits the budget.
+    planned = [d.expected_cost["tokens"] for d in plan.decisions]
+    for i, decision in enumerate(plan.decisions):
+        assert decision.cap.tokens >= int(planned[i])
+        assert decision.cap.tokens + sum(planned[i + 1 :]) <= 2400
+    assert plan.decisions[0].reason.startswith(plan.decisions[0].option)
+
+
+def test_p50_quantile_plans_more_steps_than_p99():
+    steps = _steps(6)
+    fc = _forecasts(steps, TABLE)
+    p50 = allocate(steps, fc, Budget(tokens=900), quantile="p50")
+    p99 = allocate(steps, fc, Budget(tokens=900), quantile="p99")
+    assert sum(not d.skipped for d in p50.decisions) > sum(not d.skipped for d in p99.decisions)
+
+
+def test_realised_spend_never_exceeds_budget_under_the_caps():
+    """Receding horizon with adversarial costs: every step spends its whole cap."""
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        budget = int(rng.integers(0, 5000))
+        pending = _steps(int(rng.integers(1, 12)))
+        remaining = Budget(tokens=budget)
+        spent = 0
+        controller = Controller(predictor=None)
+        while pending:
+            plan = controller.plan(pending, remaining, forecasts=_forecasts(pending, TABLE))
+            decision = plan.next
+            assert decision is not None
+            cost = 0 if decision.skipped else decision.cap.tokens
+            spent += cost
+            remaining = remaining.remaining_after(Spend(output_tokens=cost))
+            pending = pending[1:]
+        assert spent <= budget
+
+
+def test_second_resource_by_lagrangian_relaxation_respects_both():
+    steps = [
+        Step(id=f"s{i}", options=[Option(name="tool", tool_calls=2), Option(name="think")])
+        for i in range(6)
+    ]
+    table = {"tool": (0.95, 100, 100, 100), "think": (0.7, 300, 300, 300)}
+    fc = _forecasts(steps, table)
+    unconstrained = allocate(steps, fc, Budget(tokens=3000))
+    assert all(d.option == "tool" for d in unconstrained.decisions)
+    plan = allocate(steps, fc, Budget(tokens=3000, tool_calls=5))
+    used = sum(2 for d in plan.decisions if d.option == "tool")
+    assert used <= 5
+    assert plan.expected_cost("tool_calls") <= 5
+    assert plan.expected_cost("tokens") <= 3000
+    assert plan.multiplier > 0
+    # 2 tool steps (4 calls) + 4 think steps (1200 tokens) is the optimum: 2*.95 + 4*.7.
+    assert plan.expected_value == pytest.approx(2 * 0.95 + 4 * 0.7)
+    assert plan.upper_bound >= plan.expected_value
+    assert sum(d.cap.tool_calls for d in plan.decisions if d.option == "tool") <= 5
+
+
+def test_usd_budget_derives_cost_from_prices():
+    steps = [
+        Step(
+            id="a",
+            input_tokens=1000,
+            options=[
+                Option(name="big", input_price=10, output_price=30),
+                Option(name="small", input_price=0.5, output_price=0.5),
+            ],
+        )
+    ]
+    fc = _forecasts(steps, {"big": (0.9, 1500, 2000, 3000), "small": (0.6, 1500, 2000, 3000)})
+    # big at p90: 1000 in * 10/M + 1000 out * 30/M = 0.04 USD; small: 0.001.
+    plan = allocate(steps, fc, Budget(usd=0.03))
+    assert plan.next.option == "small"
+    assert plan.next.expected_cost["usd"] == pytest.approx(0.001)
+    assert allocate(steps, fc, Budget(usd=0.05)).next.option == "big"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"resolution": 0}, "resolution"),
+        ({"remaining": Budget()}, "remaining"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, field):
+    steps = _steps(2)
+    args = {"remaining": Budget(tokens=100), **kwargs}
+    remaining = args.pop("remaining")
+    with pytest.raises(InvalidValueError) as info:
+        allocate(steps, _forecasts(steps, TABLE), remaining, **args)
+    assert info.value.field == field
+
+
+def test_forecast_errors_are_named():
+    steps = _steps(2)
+    fc = _forecasts(steps, TABLE)
+    bad_option = fc[0].model_copy(update={"option": "nope"})
+    with pytest.raises(InvalidValueError, match="nope"):
+        allocate(steps, [*fc, bad_option], Budget(tokens=100))
+    with pytest.raises(InvalidValueError, match="no forecast"):
+        allocate(steps, fc[1:], Budget(tokens=100))
+    with pytest.raises(InvalidValueError, match="duplicate step"):
+        allocate([*steps, steps[0]], fc, Budget(tokens=100))
+    with pytest.raises(InvalidValueError, match="predictor"):
+        Controller().plan(steps, Budget(tokens=100))
+
+
+def test_zero_budget_skips_everything():
+    steps = _steps(3)
+    plan = allocate(steps, _forecasts(steps, TABLE), Budget(tokens=0))
+    assert all(d.skipped for d in plan.decisions)
+    assert plan.decisions[0].reason == "skip: no option fits in 0 tokens left"
+    assert plan.decisions[0].cap.tokens == 0
+
+
+async def test_async_plan_matches_sync():
+    steps = _steps(4)
+    controller = Controller(predictor=PriorPredictor())
+    sync = controller.plan(steps, Budget(tokens=3000))
+    asynchronous = await controller.aplan(steps, Budget(tokens=3000))
+    assert sync == asynchronous

@@ -1,0 +1,103 @@
+import json
+import math
+
+import pytest
+
+from roi_agents.bench.simulate import BenchConfig, run_bench
+from roi_agents.data import load_replay
+from roi_agents.errors import InvalidValueError
+
+
+@pytest.fixture(scope="module")
+def gsm8k(shared_data):
+    return load_replay(shared_data / "gsm8k.jsonl")
+
+
+@pytest.fixture(scope="module")
+def result(gsm8k):
+    return run_bench(
+        gsm8k, BenchConfig(budgets=(0.1, 0.5), episodes=8, steps=12, seed=3), data="gsm8k"
+    )
+
+
+def test_no_policy_overruns_and_the_oracle_is_the_ceiling(result):
+    assert result.resource == "usd"
+    assert result.cheapest == "mixtral-8x7b-instruct-v0.1"
+    assert result.dearest == "gpt-4-1106-preview"
+    for policies in result.budgets.values():
+        assert set(policies) == {
+            "fixed:gpt-4-1106-preview",
+            "fixed:mixtral-8x7b-instruct-v0.1",
+            "random-mix",
+            "threshold",
+            "ours",
+            "oracle",
+        }
+        oracle = policies["oracle"].value
+        for name, r in policies.items():
+            assert r.overruns == 0, name
+            assert r.spend <= r.budget * (1 + 1e-9), name
+            assert r.value <= oracle + 1e-9, name
+        assert policies["oracle"].pct_oracle == pytest.approx(100)
+        assert policies["fixed:mixtral-8x7b-instruct-v0.1"].pgr == pytest.approx(0, abs=1e-9) or (
+            policies["fixed:mixtral-8x7b-instruct-v0.1"].truncated > 0
+        )
+
+
+def test_json_shape(result):
+    payload = json.loads(json.dumps(result.to_json()))
+    assert {"data", "episodes", "steps", "seed", "budgets"} <= payload.keys()
+    assert (payload["episodes"], payload["steps"], payload["seed"]) == (8, 12, 3)
+    assert [b["fraction"] for b in payload["budgets"]] == [0.1, 0.5]
+    ours = payload["budgets"][0]["policies"]["ours"]
+    for key in ("value", "spend", "budget", "overruns", "pct_oracle", "pgr", "latency_ms_p50"):
+        assert key in ours
+    assert ours["overruns"] == 0
+
+
+def test_seeded_runs_repeat(gsm8k):
+    config = BenchConfig(budgets=(0.25,), episodes=4, steps=10, seed=11)
+    a, b = run_bench(gsm8k, config), run_bench(gsm8k, config)
+    for name, r in a.budgets[0.25].items():
+        other = b.budgets[0.25][name]
+        assert (r.value, r.spend, r.overruns) == (other.value, other.spend, other.overruns)
+    c = run_bench(gsm8k, BenchConfig(budgets=(0.25,), episodes=4, steps=10, seed=12))
+    assert c.budgets[0.25]["oracle"].value != a.budgets[0.25]["oracle"].value or (
+        c.budgets[0.25]["ours"].spend != a.budgets[0.25]["ours"].spend
+    )
+
+
+def test_many_options_graded_scores_and_token_budgets(tmp_path):
+    path = tmp_path / "effort.jsonl"
+    rows = []
+    for q in range(60):
+        for level, (tokens, score) in enumerate([(50, 0.2), (200, 0.6), (800, 0.9)]):
+            if q % 7 == 0 and level == 2:
+                continue  # some queries lack the deep option
+            rows.append(
+                {
+                    "query_id": f"q{q}",
+                    "dataset": f"d{q % 3}",
+                    "option": f"effort-{level}",
+                    "input_tokens": 20,
+                    "output_tokens": tokens + (q * 13) % 90,
+                    "score": score if q % 2 else score / 2,
+                }
+            )
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    result = run_bench(load_replay(path), BenchConfig(budgets=(0.3,), episodes=5, steps=10))
+    assert result.resource == "tokens"
+    policies = result.budgets[0.3]
+    assert len([n for n in policies if n.startswith("fixed:")]) == 3
+    assert all(r.overruns == 0 for r in policies.values())
+    assert policies["ours"].value <= policies["oracle"].value + 1e-9
+    assert not math.isnan(policies["ours"].pgr)
+
+
+def test_bad_config_is_named(gsm8k):
+    with pytest.raises(InvalidValueError, match="episodes"):
+        run_bench(gsm8k, BenchConfig(episodes=0))
+    with pytest.raises(InvalidValueError, match="budgets"):
+        run_bench(gsm8k, BenchConfig(budgets=(0.0,)))
+    with pytest.raises(InvalidValueError, match="steps"):
+        run_bench(gsm8k[:20], BenchConfig(steps=30))

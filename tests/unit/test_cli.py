@@ -1,0 +1,85 @@
+import json
+
+import pytest
+
+from roi_agents.cli import main
+
+
+def test_bench_writes_table_json_and_plot(shared_data, tmp_path, capsys):
+    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+    status = main(
+        [
+            "bench",
+            "--data",
+            str(shared_data / "gsm8k.jsonl"),
+            "--budgets",
+            "0.1,0.25",
+            "--episodes",
+            "3",
+            "--steps",
+            "10",
+            "--json",
+            str(out_json),
+            "--plot",
+            str(out_png),
+        ]
+    )
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "budget 0.1" in printed
+    assert "ours" in printed
+    assert "oracle" in printed
+    payload = json.loads(out_json.read_text())
+    assert [b["fraction"] for b in payload["budgets"]] == [0.1, 0.25]
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_prints_decisions_and_the_comparison(shared_data, monkeypatch, capsys):
+    monkeypatch.setenv("ROI_AGENTS_DATA", str(shared_data / "gsm8k.jsonl"))
+    assert main(["demo", "--steps", "12"]) == 0
+    printed = capsys.readouterr().out
+    assert "decisions" in printed
+    assert "never over budget: True" in printed
+    assert "fixed:gpt-4-1106-preview" in printed
+
+
+def test_no_data_says_how_to_get_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("ROI_AGENTS_DATA", raising=False)
+    monkeypatch.setenv("ROI_AGENTS_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo"]) == 2
+    assert "roi-agents data pull routellm" in capsys.readouterr().out
+
+
+def test_data_pull_from_a_local_copy(fixtures, tmp_path, capsys):
+    assert (
+        main(
+            [
+                "data",
+                "pull",
+                "routellm",
+                "--from",
+                str(fixtures / "routellm"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "gsm8k.jsonl").exists()
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["bench", "--budgets", "0,x"], ["bench", "--budgets", "-1"]])
+def test_bad_flags_exit_with_usage(argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+
+
+def test_unknown_predictor_is_a_clear_error(shared_data, capsys):
+    assert (
+        main(["bench", "--data", str(shared_data / "gsm8k.jsonl"), "--predictor", "vllm:http://x"])
+        == 2
+    )
+    assert "predictor" in capsys.readouterr().out

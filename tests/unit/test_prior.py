@@ -1,0 +1,89 @@
+import math
+
+import pytest
+
+from roi_agents import InvalidValueError, Option, PriorPredictor, Spend, Step
+
+
+def _step(group=None, input_tokens=None, options=("fast", "deep")):
+    return Step(
+        id="q", group=group, input_tokens=input_tokens, options=[Option(name=o) for o in options]
+    )
+
+
+def test_beta_posterior_and_shrinkage_towards_the_option():
+    prior = PriorPredictor(prior_strength=10, default_p_success=0.5)
+    step = _step(group="math")
+    for _ in range(30):
+        prior.observe(step, "fast", Spend(output_tokens=100), success=1.0)
+    for _ in range(10):
+        prior.record("fast", "poetry", Spend(output_tokens=100), success=0.0)
+    # Option level: (10 * 0.5 + 30) / (10 + 40) = 0.7.
+    other = prior.predict([_step(group="history")])[0]
+    assert other.p_success == pytest.approx(0.7)
+    # Group level: (10 * 0.7 + 30) / (10 + 30).
+    math_fc = prior.predict([step])[0]
+    assert math_fc.p_success == pytest.approx((7 + 30) / 40)
+    assert math_fc.source == "prior"
+    # An option never seen: the default.
+    assert prior.predict([step])[1].p_success == pytest.approx(0.5)
+
+
+def test_graded_scores_count_fractionally():
+    prior = PriorPredictor(prior_strength=1, default_p_success=0.0)
+    step = _step()
+    prior.observe(step, "fast", Spend(), success=0.5)
+    prior.observe(step, "fast", Spend(), success=0.5)
+    assert prior.predict([step])[0].p_success == pytest.approx(1 / 3)
+
+
+def test_lognormal_cost_fit_and_known_input():
+    prior = PriorPredictor(group_by=False)
+    step = _step()
+    outputs = [50, 100, 200, 400, 800]
+    for out in outputs:
+        prior.observe(step, "fast", Spend(input_tokens=100, output_tokens=out), success=1)
+    logs = [math.log(o + 1) for o in outputs]
+    mu = sum(logs) / len(logs)
+    sigma = math.sqrt(sum((x - mu) ** 2 for x in logs) / (len(logs) - 1))
+    fc = prior.predict([_step(input_tokens=30)])[0]
+    assert fc.tokens.p50 == pytest.approx(30 + math.exp(mu) - 1)
+    assert fc.tokens.p90 == pytest.approx(30 + math.exp(mu + 1.2815515655446004 * sigma) - 1)
+    assert fc.tokens.p50 < fc.tokens.mean < fc.tokens.p99
+    # Without a known prompt size: the fit of total tokens.
+    total = prior.predict([step])[0]
+    assert total.tokens.p50 == pytest.approx(
+        math.exp(sum(math.log(100 + o + 1) for o in outputs) / 5) - 1
+    )
+
+
+def test_usd_from_prices_or_from_history():
+    prior = PriorPredictor()
+    priced = Step(
+        id="p", input_tokens=1000, options=[Option(name="m", input_price=1.0, output_price=2.0)]
+    )
+    for out in (100, 100, 100):
+        prior.observe(priced, "m", Spend(input_tokens=1000, output_tokens=out, usd=0.5), 1)
+    fc = prior.predict([priced])[0]
+    assert fc.usd is not None
+    assert fc.usd.p50 == pytest.approx((1000 * 1.0 + 100 * 2.0) / 1e6)
+    unpriced = prior.predict([_step(options=("m",))])[0]
+    assert unpriced.usd is not None
+    assert unpriced.usd.p50 == pytest.approx(0.5, rel=1e-5)
+
+
+def test_bad_inputs():
+    with pytest.raises(InvalidValueError, match="prior_strength"):
+        PriorPredictor(prior_strength=0)
+    prior = PriorPredictor()
+    with pytest.raises(InvalidValueError, match="success"):
+        prior.observe(_step(), "fast", Spend(), success=1.5)
+    with pytest.raises(InvalidValueError, match="nope"):
+        prior.observe(_step(), "nope", Spend(), success=1)
+    with pytest.raises(InvalidValueError, match="success"):
+        prior.record("fast", None, Spend(), success=math.nan)
+
+
+async def test_apredict_equals_predict():
+    prior = PriorPredictor()
+    assert await prior.apredict([_step()]) == prior.predict([_step()])
