@@ -57,26 +57,31 @@ def solve(
     *,
     bins: int,
     method: Method,
+    tolerance: float = 1e-3,
 ) -> Solution:
-    """Solve one instance by the DP, the greedy, or both (``"best"``: the better of the two)."""
+    """Solve one instance by the DP, the greedy, or ``"best"``.
+
+    ``"best"`` runs the greedy first and returns it when its certified gap (LP bound minus its
+    value) is within ``tolerance`` of the bound; otherwise it also runs the DP and returns the
+    better of the two.
+    """
     feasible = feasible & (costs <= capacity)
     hulls = _hulls(values, costs, feasible)
     greedy_choice, bound = _greedy(values, costs, hulls, capacity)
-    candidates: list[tuple[IntArray, Literal["dp", "greedy"]]] = []
-    if method in ("dp", "best"):
-        dp_choice = _dp(values, costs, feasible, capacity, bins)
-        candidates.append((polish(values, [costs], [capacity], feasible, dp_choice), "dp"))
-    if method in ("greedy", "best"):
-        candidates.append((greedy_choice, "greedy"))
     rows = np.arange(values.shape[0])
-    best: Solution | None = None
-    for choice, name in candidates:
+
+    def finish(choice: IntArray, name: Literal["dp", "greedy"]) -> Solution:
         value = float(values[rows, choice].sum())
-        if best is None or value > best.value + 1e-12:
-            cost = float(costs[rows, choice].sum())
-            best = Solution(choice, value, cost, max(bound, value), name)
-    assert best is not None
-    return best
+        return Solution(choice, value, float(costs[rows, choice].sum()), max(bound, value), name)
+
+    greedy = finish(greedy_choice, "greedy")
+    if method == "greedy" or (method == "best" and bound - greedy.value <= tolerance * bound):
+        return greedy
+    dp_choice = _dp(values, costs, feasible, capacity, bins)
+    dp = finish(polish(values, [costs], [capacity], feasible, dp_choice), "dp")
+    if method == "dp" or dp.value >= greedy.value - 1e-12:
+        return dp
+    return greedy
 
 
 def lp_bound(values: FloatArray, costs: FloatArray, feasible: BoolArray, capacity: float) -> float:
@@ -137,20 +142,40 @@ def polish(
     """
     choice = choice.copy()
     rows = np.arange(values.shape[0])
+    scale = [max(capacity, 1e-300) for capacity in capacities]
     while True:
+        # Per step, its best upgrade by extra value per (normalised) extra cost; then apply the
+        # steps' upgrades in that order while they still fit. Repeat until nothing changes.
         extra_value = values - values[rows, choice][:, None]
+        weight = sum(
+            np.maximum(cost - cost[rows, choice][:, None], 0.0) / s
+            for cost, s in zip(costs, scale, strict=True)
+        )
         ok = feasible & (extra_value > 1e-12)
-        weight = np.zeros_like(values)
         for cost, capacity in zip(costs, capacities, strict=True):
-            extra = cost - cost[rows, choice][:, None]
-            left = capacity - float(cost[rows, choice].sum())
-            ok &= extra <= left + 1e-12 * max(capacity, 1.0)
-            weight += np.maximum(extra, 0.0) / max(capacity, 1e-300)
-        if not ok.any():
-            return choice
+            room = capacity - float(cost[rows, choice].sum())
+            ok &= cost - cost[rows, choice][:, None] <= room + 1e-12 * max(capacity, 1.0)
         ratio = np.where(ok, extra_value / np.maximum(weight, 1e-12), -np.inf)
-        i, j = np.unravel_index(int(ratio.argmax()), ratio.shape)
-        choice[i] = j
+        best = ratio.argmax(axis=1)
+        candidates = np.flatnonzero(ok[rows, best])
+        if candidates.size == 0:
+            return choice
+        left = [
+            c - float(cost[rows, choice].sum()) for cost, c in zip(costs, capacities, strict=True)
+        ]
+        changed = False
+        for i in candidates[np.argsort(-ratio[candidates, best[candidates]])].tolist():
+            j = int(best[i])
+            extra = [float(cost[i, j] - cost[i, choice[i]]) for cost in costs]
+            if all(
+                e <= room + 1e-12 * max(c, 1.0)
+                for e, room, c in zip(extra, left, capacities, strict=True)
+            ):
+                left = [room - e for room, e in zip(left, extra, strict=True)]
+                choice[i] = j
+                changed = True
+        if not changed:
+            return choice
 
 
 def _hulls(values: FloatArray, costs: FloatArray, feasible: BoolArray) -> list[list[int]]:

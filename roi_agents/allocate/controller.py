@@ -296,10 +296,8 @@ class _Table:
         for i, step in enumerate(self.pending):
             j = int(choice[i])
             option = self.columns[i][j - 1] if j else None
-            # Every field is computed here from validated inputs: skip re-validation, which
-            # would be most of the cost of a plan.
             decisions.append(
-                Decision.model_construct(
+                Decision(
                     step_id=step.id,
                     option=option.name if option else SKIP,
                     cap=_cap({r: c[i] for r, c in caps.items()}, option),
@@ -358,10 +356,10 @@ class _Table:
 
 def _cap(caps: dict[Resource, float], option: Option | None) -> Cap:
     if option is None:
-        return Cap.model_construct(tokens=0, usd=0.0, tool_calls=0)
+        return Cap(tokens=0, usd=0.0, tool_calls=0)
     tokens = caps.get("tokens")
     tool_calls = caps.get("tool_calls", option.tool_calls)
-    return Cap.model_construct(
+    return Cap(
         tokens=None if tokens is None else math.floor(tokens + 1e-9),
         usd=caps.get("usd"),
         tool_calls=None if tool_calls is None else math.floor(tool_calls + 1e-9),
