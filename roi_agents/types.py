@@ -89,10 +89,6 @@ class Budget(BaseModel):
             left["tool_calls"] = int(left["tool_calls"])
         return self.model_copy(update=left)
 
-    def fits(self, spend: Spend) -> bool:
-        """Whether ``spend`` fits in this budget on every limited resource."""
-        return all(spend.get(r) <= (self.get(r) or 0.0) + _tolerance(r) for r in self.limited())
-
 
 def _tolerance(resource: Resource) -> float:
     # USD sums of float prices pick up rounding error; a nano-dollar is far below any price.
@@ -251,20 +247,6 @@ class Forecast(BaseModel):
     usd: CostForecast | None = None
     tool_calls: CostForecast | None = None
     source: str = "unknown"
-
-    def cost(self, resource: Resource) -> CostForecast:
-        """The cost forecast of ``resource``.
-
-        Raises:
-            InvalidValueError: when this forecast has none for that resource.
-        """
-        forecast: CostForecast | None = getattr(self, resource)
-        if forecast is None:
-            from roi_agents.errors import InvalidValueError
-
-            msg = f"no {resource} forecast for step {self.step_id!r} option {self.option!r}"
-            raise InvalidValueError(resource, msg)
-        return forecast
 
 
 class Cap(BaseModel):

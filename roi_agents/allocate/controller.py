@@ -376,7 +376,7 @@ def _cost(forecast: Forecast, step: Step, option: Option, resource: Resource) ->
     """The forecast of ``resource``; derived from the option when the predictor gave none."""
     if resource == "tokens":
         return forecast.tokens
-    given = forecast.usd if resource == "usd" else forecast.tool_calls
+    given: CostForecast | None = getattr(forecast, resource)
     if given is not None:
         return given
     if resource == "tool_calls":

@@ -80,13 +80,24 @@ def plot_result(result: BenchResult, path: str | Path) -> Path:
     fractions = list(result.budgets)
     names = list(next(iter(result.budgets.values())))
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    # The default cycle without its green (ours) and grey; the oracle is black.
+    palette = [f"C{k}" for k in range(10) if k not in (2, 7)]
+    others = iter(palette * 4)
     for name in names:
         values = [result.budgets[f][name].value for f in fractions]
-        style: dict[str, Any] = {"lw": 1, "marker": "."}
+        style: dict[str, Any]
         if name == "ours":
-            style = {"lw": 2.5, "color": "tab:green", "marker": "o"}
+            style = {"lw": 2.5, "color": "tab:green", "marker": "o", "zorder": 3}
         elif name == "oracle":
             style = {"lw": 1.5, "color": "black", "ls": "--", "marker": "."}
+        else:
+            dashed = name.startswith("fixed:")
+            style = {
+                "lw": 1,
+                "color": next(others),
+                "marker": "s" if dashed else "^",
+                "ls": "-." if dashed else "-",
+            }
         ax.plot(fractions, values, label=name, **style)
     ax.set_xlabel(f"budget (fraction of always {result.dearest}, {result.resource})")
     ax.set_ylabel(f"value (successes per {result.config.steps}-step episode)")

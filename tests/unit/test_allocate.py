@@ -216,3 +216,38 @@ async def test_async_plan_matches_sync():
     sync = controller.plan(steps, Budget(tokens=3000))
     asynchronous = await controller.aplan(steps, Budget(tokens=3000))
     assert sync == asynchronous
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 10), st.floats(0.05, 1.0), st.floats(0.0, 1.0))
+def test_two_resources_against_the_exact_milp(seed, n, token_share, call_share):
+    rng = np.random.default_rng(seed)
+    options = (Option(name="a"), Option(name="b", tool_calls=1), Option(name="c", tool_calls=3))
+    steps = [Step(id=f"s{i}", weight=float(rng.uniform(0.2, 2)), options=options) for i in range(n)]
+    forecasts = []
+    for step in steps:
+        for option in options:
+            c = float(rng.lognormal(4, 0.7))
+            forecasts.append(
+                Forecast(
+                    step_id=step.id,
+                    option=option.name,
+                    p_success=float(rng.uniform()),
+                    tokens=CostForecast(mean=c, p50=c, p90=c, p99=c),
+                )
+            )
+    tokens = int(token_share * sum(f.tokens.p90 for f in forecasts) / 3) + 1
+    calls = int(call_share * 4 * n / 3)
+    plan = allocate(steps, forecasts, Budget(tokens=tokens, tool_calls=calls), resolution=0.001)
+    assert plan.expected_cost("tokens") <= tokens + 1e-6
+    assert plan.expected_cost("tool_calls") <= calls
+    m = len(options) + 1
+    values, costs, calls_used = np.zeros((n, m)), np.zeros((n, m)), np.zeros((n, m))
+    for k, f in enumerate(forecasts):
+        i, j = divmod(k, len(options))
+        values[i, j + 1] = steps[i].weight * f.p_success
+        costs[i, j + 1] = f.tokens.p90
+        calls_used[i, j + 1] = options[j].tool_calls
+    _, optimum = solve_milp(values, costs, np.ones((n, m), bool), [tokens, calls], [calls_used])
+    assert plan.expected_value <= optimum + 1e-9
+    assert plan.upper_bound >= optimum - 1e-6
