@@ -106,16 +106,19 @@ def _dp(
         bins = 0
         units = np.zeros(costs.shape, dtype=np.intp)
     units = np.where(feasible, np.clip(units, 0, bins), bins + 1)
-    # For every (step, option, budget b): the budget index before taking the option, and its
-    # value or -inf where it does not fit. Each stage of the recursion is then one gather.
-    budget_axis = np.arange(bins + 1)
-    before = budget_axis[None, None, :] - units[:, :, None]
-    gain = np.where(before >= 0, values[:, :, None], -np.inf)
-    np.clip(before, 0, None, out=before)
+    # For every (step, option, budget b): the budget index before taking the option, and
+    # whether it fits. Each stage of the recursion is then one gather. int32 (bins are at most
+    # 10**6) keeps the index table small: large fresh temporaries cost page faults every call.
+    budget_axis = np.arange(bins + 1, dtype=np.int32)
+    before = budget_axis[None, None, :] - units.astype(np.int32)[:, :, None]
+    misfit = before < 0
+    np.maximum(before, 0, out=before)
+    gain = values[:, :, None]
     best = np.zeros(bins + 1)
     choice = np.empty((n, bins + 1), dtype=np.intp)
     for i in range(n):
         candidates = best[before[i]] + gain[i]
+        np.putmask(candidates, misfit[i], -np.inf)
         # argmax keeps the first maximum: on a tie the lower column (skip first) wins.
         choice[i] = candidates.argmax(axis=0)
         best = candidates[choice[i], budget_axis]

@@ -48,6 +48,7 @@ SolverName = Literal["auto", "dp", "greedy"]
 # Above this many DP cells (steps x options x bins) "auto" switches to the greedy.
 _DP_CELLS = 4_000_000
 _BISECTION_STEPS = 40
+_MIN_RESOLUTION = 1e-6
 
 
 def allocate(
@@ -69,7 +70,8 @@ def allocate(
         resource: the resource to solve for exactly when the budget limits it; otherwise the
             first limited one. Other limited resources are priced in by a multiplier.
         quantile: cost quantile each option is budgeted at.
-        resolution: DP budget unit as a fraction of the remaining budget (0.01 = 1%).
+        resolution: DP budget unit as a fraction of the remaining budget (0.01 = 1%), at
+            least 1e-6.
         solver: ``"dp"``, ``"greedy"``, or ``"auto"`` (DP unless the instance is very large).
 
     Returns:
@@ -77,7 +79,8 @@ def allocate(
 
     Raises:
         InvalidValueError: on a forecast for an unknown step or option, a missing forecast,
-            duplicate step ids, a resolution outside (0, 1], or a budget that limits nothing.
+            duplicate step ids, a resolution outside [1e-6, 1], or a budget that limits
+            nothing.
 
     Example:
         >>> from roi_agents.types import Budget, CostForecast, Forecast, Option, Step
@@ -87,8 +90,7 @@ def allocate(
         >>> allocate([step], [fc], Budget(tokens=1000)).next.option
         'fast'
     """
-    if not 0 < resolution <= 1:
-        raise InvalidValueError("resolution", f"must be in (0, 1], got {resolution}")
+    _check_resolution(resolution)
     limited = remaining.limited()
     if not limited:
         raise InvalidValueError("remaining", "the budget limits no resource")
@@ -109,6 +111,12 @@ def allocate(
 
     solution, multiplier, bound = _price_in(table, remaining, primary, secondary, solve_for)
     return table.plan(solution, remaining, primary, quantile, bound, multiplier)
+
+
+def _check_resolution(resolution: float) -> None:
+    if not _MIN_RESOLUTION <= resolution <= 1:
+        msg = f"must be in [{_MIN_RESOLUTION:g}, 1], got {resolution}"
+        raise InvalidValueError("resolution", msg)
 
 
 def _price_in(
@@ -427,8 +435,7 @@ class Controller:
         resolution: float = 0.01,
         solver: SolverName = "auto",
     ) -> None:
-        if not 0 < resolution <= 1:
-            raise InvalidValueError("resolution", f"must be in (0, 1], got {resolution}")
+        _check_resolution(resolution)
         self.predictor = predictor
         self.resource: Resource = resource
         self.quantile: Quantile = quantile
