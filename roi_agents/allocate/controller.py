@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 
@@ -301,8 +301,7 @@ class _Table:
         p_success = self.p_success[rows, choice].tolist()
         reasons = self._reasons(choice, remaining, primary, quantile)
         decisions = []
-        for i, step in enumerate(self.pending):
-            j = int(choice[i])
+        for i, (step, j) in enumerate(zip(self.pending, choice.tolist(), strict=True)):
             option = self.columns[i][j - 1] if j else None
             decisions.append(
                 Decision(
@@ -334,29 +333,35 @@ class _Table:
         left_text = _fmt(left, primary)
         runnable = self.feasible.copy()
         runnable[:, 0] = False
-        fits = runnable & (costs <= left)
+        can_run = cast("list[bool]", runnable.any(axis=1).tolist())
+        can_fit = cast("list[bool]", (runnable & (costs <= left)).any(axis=1).tolist())
         # For each step the option of highest value, to say what the choice gave up.
-        richest = np.where(runnable, self.values, -np.inf).argmax(axis=1)
+        richest = np.where(runnable, self.values, -np.inf).argmax(axis=1).tolist()
+        values, p_success, cost_rows = (
+            self.values.tolist(),
+            self.p_success.tolist(),
+            costs.tolist(),
+        )
         reasons = []
         for i, j in enumerate(choice.tolist()):
             if j == 0:
-                if not runnable[i].any():
+                if not can_run[i]:
                     reasons.append("skip: the step has no option to run")
-                elif not fits[i].any():
+                elif not can_fit[i]:
                     reasons.append(f"skip: no option fits in {left_text} left")
                 else:
                     reasons.append("skip: the budget is worth more on other steps")
                 continue
             text = (
-                f"{self.columns[i][j - 1].name}: p={self.p_success[i, j]:.2f} for "
-                f"{_fmt(costs[i, j], primary)} at {quantile}, {left_text} left"
+                f"{self.columns[i][j - 1].name}: p={p_success[i][j]:.2f} for "
+                f"{_fmt(cost_rows[i][j], primary)} at {quantile}, {left_text} left"
             )
-            k = int(richest[i])
-            if self.values[i, k] > self.values[i, j] + 1e-12:
+            k = richest[i]
+            if values[i][k] > values[i][j] + 1e-12:
                 text += (
                     f"; {self.columns[i][k - 1].name} would add "
-                    f"{self.values[i, k] - self.values[i, j]:.2f} value for "
-                    f"{_fmt(costs[i, k] - costs[i, j], primary)} more"
+                    f"{values[i][k] - values[i][j]:.2f} value for "
+                    f"{_fmt(cost_rows[i][k] - cost_rows[i][j], primary)} more"
                 )
             reasons.append(text)
         return reasons
