@@ -147,6 +147,7 @@ def _price_in(
         with np.errstate(divide="ignore"):
             share += np.where(used > 0, used / limit if limit > 0 else np.inf, 0.0)
     usable = np.isfinite(share)
+    finite_share = np.where(usable, share, 0.0)
 
     def fits(choice: IntArray) -> bool:
         return all(
@@ -155,7 +156,10 @@ def _price_in(
         )
 
     def attempt(multiplier: float) -> tuple[Solution, float]:
-        penalised = np.where(usable, values - multiplier * np.where(usable, share, 0.0), -np.inf)
+        if math.isinf(multiplier):  # only options that use no secondary resource
+            penalised = np.where(finite_share > 0, -np.inf, values)
+        else:
+            penalised = np.where(usable, values - multiplier * finite_share, -np.inf)
         penalised[:, 0] = 0.0
         solution = solve_for(penalised)
         true = Solution(
@@ -174,8 +178,13 @@ def _price_in(
     while True:
         candidate, dual = attempt(high)
         bound = min(bound, dual)
-        if fits(candidate.choice) or high > 1e12:
+        if fits(candidate.choice):
             best = candidate
+            break
+        if high > 1e12:
+            # Shares too small for any finite multiplier to price: drop every option that
+            # uses a secondary resource, which always fits.
+            best, _ = attempt(math.inf)
             break
         low, high = high, high * 2
     for _ in range(_BISECTION_STEPS):

@@ -251,3 +251,18 @@ def test_two_resources_against_the_exact_milp(seed, n, token_share, call_share):
     _, optimum = solve_milp(values, costs, np.ones((n, m), bool), [tokens, calls], [calls_used])
     assert plan.expected_value <= optimum + 1e-9
     assert plan.upper_bound >= optimum - 1e-6
+
+
+def test_second_resource_stays_feasible_when_no_finite_multiplier_prices_it():
+    steps = [
+        Step(
+            id=f"s{i}",
+            weight=1e15,
+            options=[Option(name="tool", tool_calls=1), Option(name="plain")],
+        )
+        for i in range(3)
+    ]
+    fc = _forecasts(steps, {"tool": (0.9, 10, 10, 10), "plain": (0.5, 10, 10, 10)})
+    plan = allocate(steps, fc, Budget(tokens=100, tool_calls=1))
+    assert plan.expected_cost("tool_calls") <= 1
+    assert [d.option for d in plan.decisions].count("tool") == 1
