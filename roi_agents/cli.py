@@ -164,7 +164,6 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         resolution=args.resolution,
         group_by=args.group_by == "dataset",
     )
-    config.validate()
     label = ", ".join(p.name for p in paths)
     with _progress(console) as progress:
         task = progress.add_task("replaying", total=config.episodes * len(config.budgets))

@@ -119,15 +119,15 @@ class PriorPredictor:
         keys: list[tuple[str, str | None]] = [(option, None)]
         if self.group_by and group is not None:
             keys.append((option, group))
+        observed: dict[str, float] = {"output_tokens": spend.output_tokens, "tokens": spend.tokens}
+        if spend.usd > 0:
+            observed["usd"] = spend.usd
+        logs = {name: math.log(amount + _OFFSET[name]) for name, amount in observed.items()}
         for key in keys:
             stats = self._stats.setdefault(key, _Stats())
             stats.n += 1
             stats.successes += success
-            observed = {"output_tokens": spend.output_tokens, "tokens": spend.tokens}
-            if spend.usd > 0:
-                observed["usd"] = spend.usd  # type: ignore[assignment]
-            for name, amount in observed.items():
-                log = math.log(amount + _OFFSET[name])
+            for name, log in logs.items():
                 stats.costs.setdefault(name, _LogStats()).add(log)
 
     def predict(self, steps: Sequence[Step]) -> list[Forecast]:
