@@ -24,7 +24,15 @@ from typing import Literal, cast
 
 import numpy as np
 
-from roi_agents.allocate._mckp import FloatArray, IntArray, Method, Solution, polish, solve
+from roi_agents.allocate._mckp import (
+    BoolArray,
+    FloatArray,
+    IntArray,
+    Method,
+    Solution,
+    polish,
+    solve,
+)
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.base import Predictor
 from roi_agents.types import (
@@ -223,32 +231,18 @@ class _Table:
         self,
         pending: Sequence[Step],
         columns: list[list[Option]],
-        forecast_of: dict[tuple[str, str], Forecast],
-        limited: tuple[Resource, ...],
-        quantile: Quantile,
+        p_success: FloatArray,
+        feasible: BoolArray,
+        costs: dict[Resource, FloatArray],
+        p99: dict[Resource, FloatArray],
     ) -> None:
-        n = len(pending)
-        m = 1 + max((len(c) for c in columns), default=0)
         self.pending = pending
         self.columns = columns
-        p_success = [[0.0] * m for _ in range(n)]
-        feasible = [[True] + [False] * (m - 1) for _ in range(n)]
-        costs = {r: [[0.0] * m for _ in range(n)] for r in limited}
-        p99 = {r: [[0.0] * m for _ in range(n)] for r in limited}
-        for i, (step, options) in enumerate(zip(pending, columns, strict=True)):
-            for k, option in enumerate(options, start=1):
-                forecast = forecast_of[(step.id, option.name)]
-                feasible[i][k] = True
-                p_success[i][k] = forecast.p_success
-                for r in limited:
-                    dist = forecast.tokens if r == "tokens" else _cost(forecast, step, option, r)
-                    costs[r][i][k] = getattr(dist, quantile)
-                    p99[r][i][k] = dist.p99
-        self.p_success = np.array(p_success).reshape(n, m)
-        self.values = self.p_success * np.array([s.weight for s in pending]).reshape(n, 1)
-        self.feasible = np.array(feasible, dtype=bool).reshape(n, m)
-        self.costs = {r: np.array(c).reshape(n, m) for r, c in costs.items()}
-        self.p99 = {r: np.array(c).reshape(n, m) for r, c in p99.items()}
+        self.p_success = p_success
+        self.values = p_success * np.array([s.weight for s in pending]).reshape(-1, 1)
+        self.feasible = feasible
+        self.costs = costs
+        self.p99 = p99
 
     @classmethod
     def build(
@@ -258,32 +252,66 @@ class _Table:
         limited: tuple[Resource, ...],
         quantile: Quantile,
     ) -> _Table:
-        names: dict[str, set[str]] = {}
+        """Check the forecasts against the steps and lay them out as arrays, in one pass."""
+        columns: list[list[Option]] = []
+        slots: dict[str, tuple[int, dict[str, int]]] = {}
         for i, step in enumerate(pending):
-            if step.id in names:
+            if step.id in slots:
                 raise InvalidValueError(f"pending[{i}].id", f"duplicate step id {step.id!r}")
-            names[step.id] = {o.name for o in step.options}
-        forecast_of: dict[tuple[str, str], Forecast] = {}
-        for i, forecast in enumerate(forecasts):
-            known = names.get(forecast.step_id)
-            if known is None:
+            options = [o for o in step.options if o.name != SKIP]
+            columns.append(options)
+            slots[step.id] = (i, {o.name: k for k, o in enumerate(options, start=1)})
+        n, m = len(pending), 1 + max((len(c) for c in columns), default=0)
+        others = [r for r in limited if r != "tokens"]
+        rows: list[int] = []
+        cols: list[int] = []
+        p_success: list[float] = []
+        planned: dict[Resource, list[float]] = {r: [] for r in limited}
+        p99: dict[Resource, list[float]] = {r: [] for r in limited}
+        for index, forecast in enumerate(forecasts):
+            slot = slots.get(forecast.step_id)
+            if slot is None:
                 msg = f"unknown step {forecast.step_id!r}"
-                raise InvalidValueError(f"forecasts[{i}].step_id", msg)
+                raise InvalidValueError(f"forecasts[{index}].step_id", msg)
             if forecast.option == SKIP:
                 continue
-            if forecast.option not in known:
+            i, names = slot
+            k = names.get(forecast.option)
+            if k is None:
                 msg = f"step {forecast.step_id!r} has no option {forecast.option!r}"
-                raise InvalidValueError(f"forecasts[{i}].option", msg)
-            forecast_of[(forecast.step_id, forecast.option)] = forecast
-        columns: list[list[Option]] = []
-        for step in pending:
-            options = [o for o in step.options if o.name != SKIP]
-            for option in options:
-                if (step.id, option.name) not in forecast_of:
+                raise InvalidValueError(f"forecasts[{index}].option", msg)
+            rows.append(i)
+            cols.append(k)
+            p_success.append(forecast.p_success)
+            if "tokens" in planned:
+                planned["tokens"].append(getattr(forecast.tokens, quantile))
+                p99["tokens"].append(forecast.tokens.p99)
+            for r in others:
+                dist = _cost(forecast, pending[i], columns[i][k - 1], r)
+                planned[r].append(getattr(dist, quantile))
+                p99[r].append(dist.p99)
+        feasible = np.zeros((n, m), dtype=bool)
+        feasible[rows, cols] = True
+        for i, (step, options) in enumerate(zip(pending, columns, strict=True)):
+            for k, option in enumerate(options, start=1):
+                if not feasible[i, k]:
                     msg = f"no forecast for step {step.id!r} option {option.name!r}"
                     raise InvalidValueError("forecasts", msg)
-            columns.append(options)
-        return cls(pending, columns, forecast_of, limited, quantile)
+        feasible[:, 0] = True
+
+        def table(entries: list[float]) -> FloatArray:
+            out = np.zeros((n, m))
+            out[rows, cols] = entries  # a repeated forecast: the last one wins
+            return out
+
+        return cls(
+            pending,
+            columns,
+            table(p_success),
+            feasible,
+            {r: table(v) for r, v in planned.items()},
+            {r: table(v) for r, v in p99.items()},
+        )
 
     def plan(
         self,
