@@ -113,6 +113,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     pull.add_argument("--out", type=Path, help="output folder (default: the user cache)")
     pull.set_defaults(run=_pull)
+
+    ledger = commands.add_parser("ledger", help="shared budgets (SQLite or PostgreSQL)")
+    ledger_commands = ledger.add_subparsers(required=True, metavar="ACTION")
+    url_help = "memory:, sqlite:///PATH or postgresql://..."
+    init = ledger_commands.add_parser("init", help="create the ledger's tables (the migration)")
+    budget = ledger_commands.add_parser("budget", help="set a scope's limits")
+    balance = ledger_commands.add_parser("balance", help="show where a scope stands")
+    for sub in (init, budget, balance):
+        sub.add_argument("--url", required=True, help=url_help)
+        sub.add_argument("--schema", default="roi_agents", help="PostgreSQL schema")
+    for sub in (budget, balance):
+        sub.add_argument("--scope", required=True, help="e.g. acme/bob/thread-42")
+    budget.add_argument("--tokens", type=int)
+    budget.add_argument("--usd", type=float)
+    budget.add_argument("--tool-calls", type=int)
+    budget.add_argument("--period", choices=["daily", "monthly"])
+    init.set_defaults(run=_ledger_init)
+    budget.set_defaults(run=_ledger_budget)
+    balance.set_defaults(run=_ledger_balance)
     return parser
 
 
@@ -270,6 +289,58 @@ def _pull(args: argparse.Namespace, console: Console) -> int:
     for path in written:
         console.print(f"wrote {path}")
     return 0
+
+
+def _ledger_init(args: argparse.Namespace, console: Console) -> int:
+    from roi_agents.ledger import open_ledger
+
+    ledger = open_ledger(args.url, schema=args.schema)
+    try:
+        ledger.init_schema()
+    finally:
+        ledger.close()
+    console.print(f"ledger tables ready at {_redact(args.url)}")
+    return 0
+
+
+def _ledger_budget(args: argparse.Namespace, console: Console) -> int:
+    from roi_agents.ledger import ScopeBudget, open_ledger
+
+    budget = ScopeBudget(
+        scope=args.scope,
+        tokens=args.tokens,
+        usd=args.usd,
+        tool_calls=args.tool_calls,
+        period=args.period,
+    )
+    ledger = open_ledger(args.url, schema=args.schema)
+    try:
+        ledger.set_budget(budget)
+    finally:
+        ledger.close()
+    console.print(f"{budget.scope}: {budget.model_dump(exclude={'scope'})}")
+    return 0
+
+
+def _ledger_balance(args: argparse.Namespace, console: Console) -> int:
+    from roi_agents.ledger import open_ledger
+
+    ledger = open_ledger(args.url, schema=args.schema)
+    try:
+        balance = ledger.balance(args.scope)
+    finally:
+        ledger.close()
+    console.print_json(balance.model_dump_json())
+    return 0
+
+
+def _redact(url: str) -> str:
+    """The URL without a password."""
+    head, sep, tail = url.partition("@")
+    if not sep or ":" not in head.split("//")[-1]:
+        return url
+    scheme, _, credentials = head.partition("//")
+    return f"{scheme}//{credentials.split(':')[0]}:***@{tail}"
 
 
 def _progress(console: Console) -> Progress:

@@ -5,7 +5,13 @@ The tree::
     RoiAgentsError
     ├── InvalidValueError (also a ValueError)   bad input from the caller; names the field
     ├── BudgetExceeded                          a run-time budget ran out; carries the numbers
-    └── DataError (also a ValueError)           a replay file that does not follow the format
+    ├── DataError (also a ValueError)           a replay file that does not follow the format
+    └── LedgerError                             a ledger call that cannot be carried out
+        ├── UnknownScope (also InvalidValueError)     no budget set for the scope
+        ├── UnknownReservation (also InvalidValueError)
+        ├── ReservationExpired                  commit after the hold's TTL ran out
+        └── ReservationConflict                 commit of a released hold, or a second commit
+                                                with other numbers
 
 Developer mistakes (`InvalidValueError`, `DataError`) are kept apart from run-time exhaustion
 (`BudgetExceeded`), which a graph is expected to catch and report.
@@ -13,7 +19,17 @@ Developer mistakes (`InvalidValueError`, `DataError`) are kept apart from run-ti
 
 from __future__ import annotations
 
-__all__ = ["BudgetExceeded", "DataError", "InvalidValueError", "RoiAgentsError"]
+__all__ = [
+    "BudgetExceeded",
+    "DataError",
+    "InvalidValueError",
+    "LedgerError",
+    "ReservationConflict",
+    "ReservationExpired",
+    "RoiAgentsError",
+    "UnknownReservation",
+    "UnknownScope",
+]
 
 
 class RoiAgentsError(Exception):
@@ -66,3 +82,31 @@ class BudgetExceeded(RoiAgentsError):
             f"budget exceeded: {resource} in scope {scope!r}: requested {requested:g}, "
             f"{limit:g} left"
         )
+
+
+class LedgerError(RoiAgentsError):
+    """A ledger call that cannot be carried out; nothing was changed."""
+
+
+class UnknownScope(LedgerError, InvalidValueError):
+    """No budget was set for the scope."""
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+        InvalidValueError.__init__(self, "scope", f"no budget set for scope {scope!r}")
+
+
+class UnknownReservation(LedgerError, InvalidValueError):
+    """No reservation has this id."""
+
+    def __init__(self, reservation_id: str) -> None:
+        self.reservation_id = reservation_id
+        InvalidValueError.__init__(self, "reservation", f"no reservation {reservation_id!r}")
+
+
+class ReservationExpired(LedgerError):
+    """The hold ran past its TTL before it was committed; its amount is free again."""
+
+
+class ReservationConflict(LedgerError):
+    """The reservation's state does not allow the call (e.g. commit after release)."""

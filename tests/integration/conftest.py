@@ -1,0 +1,34 @@
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from roi_agents.ledger import MemoryLedger, SQLiteLedger
+
+POSTGRES_URL = os.environ.get(
+    "ROI_AGENTS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def backend(request, tmp_path) -> Iterator[tuple[str, object, str, str]]:
+    """(name, ledger, url, schema): the same tests run against every backend."""
+    name = request.param
+    schema = f"roi_test_{uuid.uuid4().hex[:10]}"
+    if name == "memory":
+        ledger = MemoryLedger()
+        url = "memory:"
+    elif name == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ledger.db'}"
+        ledger = SQLiteLedger(tmp_path / "ledger.db")
+    else:
+        from roi_agents.ledger.postgres import PostgresLedger
+
+        url = POSTGRES_URL
+        ledger = PostgresLedger(url, schema=schema, max_size=40)
+        ledger.init_schema()
+    yield name, ledger, url, schema
+    if name == "postgres":
+        ledger.drop_schema()
+    ledger.close()

@@ -1,0 +1,327 @@
+import asyncio
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from roi_agents import (
+    Budget,
+    BudgetExceeded,
+    Controller,
+    CostForecast,
+    Forecast,
+    InvalidValueError,
+    Option,
+    Spend,
+    Step,
+)
+from roi_agents.errors import (
+    ReservationConflict,
+    ReservationExpired,
+    UnknownReservation,
+    UnknownScope,
+)
+from roi_agents.ledger import Amount, Ledger, ScopeBudget
+from roi_agents.ledger.run import LedgerRun
+
+pytestmark = pytest.mark.integration
+
+WORKER = Path(__file__).with_name("ledger_worker.py")
+
+
+def _ledger(backend) -> Ledger:
+    return backend[1]
+
+
+def test_every_backend_is_a_ledger(backend):
+    assert isinstance(_ledger(backend), Ledger)
+
+
+def test_reserve_commit_release_and_balance(backend):
+    ledger = _ledger(backend)
+    ledger.set_budget(ScopeBudget(scope="acme", tokens=1000, usd=1.0, tool_calls=5))
+    hold = ledger.reserve("acme", Amount(tokens=400, usd=0.25, tool_calls=2), ttl=60)
+    assert hold.state == "held"
+    assert hold.expires_at - hold.created_at == pytest.approx(60)
+    balance = ledger.balance("acme")
+    assert balance.reserved == Amount(tokens=400, usd=0.25, tool_calls=2)
+    assert balance.remaining == {"tokens": 600, "usd": 0.75, "tool_calls": 3}
+    committed = ledger.commit(hold, Amount(tokens=150, usd=0.1, tool_calls=1))
+    assert committed.state == "committed"
+    assert not committed.over_commit
+    balance = ledger.balance("acme")
+    assert balance.reserved == Amount()
+    assert balance.committed == Amount(tokens=150, usd=0.1, tool_calls=1)
+    assert balance.remaining["tokens"] == 850
+    other = ledger.reserve("acme", Amount(tokens=850), ttl=60)
+    with pytest.raises(BudgetExceeded) as info:
+        ledger.reserve("acme", Amount(tokens=1), ttl=60)
+    assert (info.value.resource, info.value.scope, info.value.limit, info.value.requested) == (
+        "tokens",
+        "acme",
+        0,
+        1,
+    )
+    assert ledger.release(other).state == "released"
+    assert ledger.balance("acme").remaining["tokens"] == 850
+    assert ledger.get(other.id).state == "released"
+
+
+def test_hierarchy_every_level_must_fit(backend):
+    ledger = _ledger(backend)
+    ledger.set_budget(ScopeBudget(scope="acme", tokens=1000))
+    ledger.set_budget(ScopeBudget(scope="acme/bob", tokens=800))
+    ledger.set_budget(ScopeBudget(scope="acme/ann", tokens=800))
+    ledger.set_budget(ScopeBudget(scope="acme/bob/t1", usd=2.0))  # tokens limited above only
+    ledger.reserve("acme/bob/t1", Amount(tokens=700), ttl=60)
+    with pytest.raises(BudgetExceeded) as info:
+        ledger.reserve("acme/ann", Amount(tokens=400), ttl=60)
+    assert info.value.scope == "acme"  # ann has room, the tenant does not
+    with pytest.raises(BudgetExceeded) as info:
+        ledger.reserve("acme/bob", Amount(tokens=150), ttl=60)
+    assert info.value.scope == "acme/bob"
+    assert ledger.balance("acme").reserved.tokens == 700
+    assert ledger.balance("acme/bob/t1").remaining == {
+        "tokens": 100,
+        "usd": 2.0,
+        "tool_calls": None,
+    }
+    assert ledger.balance("acme/bob/t1").as_budget() == Budget(tokens=100, usd=2.0)
+
+
+def test_ttl_expiry_frees_the_hold_and_refuses_a_late_commit(backend):
+    ledger = _ledger(backend)
+    ledger.set_budget(ScopeBudget(scope="t", tokens=100))
+    hold = ledger.reserve("t", Amount(tokens=100), ttl=0.3)
+    with pytest.raises(BudgetExceeded):
+        ledger.reserve("t", Amount(tokens=1), ttl=60)
+    time.sleep(0.4)
+    assert ledger.get(hold.id).state == "expired"
+    assert ledger.balance("t").remaining["tokens"] == 100
+    with pytest.raises(ReservationExpired):
+        ledger.commit(hold, Amount(tokens=10))
+    assert ledger.balance("t").committed == Amount()
+    assert ledger.release(hold).state == "released"
+
+
+def test_idempotent_reserve_commit_and_release(backend):
+    ledger = _ledger(backend)
+    ledger.set_budget(ScopeBudget(scope="t", tokens=100))
+    first = ledger.reserve("t", Amount(tokens=60), ttl=60, idempotency_key="step-1")
+    again = ledger.reserve("t", Amount(tokens=60), ttl=60, idempotency_key="step-1")
+    assert again.id == first.id
+    assert ledger.balance("t").reserved.tokens == 60
+    done = ledger.commit(first, Amount(tokens=50))
+    assert ledger.commit(first, Amount(tokens=50)) == done  # a retried commit changes nothing
+    with pytest.raises(ReservationConflict):
+        ledger.commit(first, Amount(tokens=55))
+    assert ledger.balance("t").committed.tokens == 50
+    assert ledger.release(first).state == "committed"
+    assert ledger.balance("t").committed.tokens == 50
+    released = ledger.reserve("t", Amount(tokens=10), ttl=60)
+    ledger.release(released)
+    assert ledger.release(released).state == "released"
+    with pytest.raises(ReservationConflict):
+        ledger.commit(released, Amount(tokens=1))
+
+
+def test_over_commit_is_recorded_and_flagged(backend):
+    ledger = _ledger(backend)
+    ledger.set_budget(ScopeBudget(scope="t", tokens=100))
+    hold = ledger.reserve("t", Amount(tokens=80), ttl=60)
+    result = ledger.commit(hold, Amount(tokens=130))
+    assert result.over_commit
+    balance = ledger.balance("t")
+    assert balance.committed.tokens == 130
+    assert balance.remaining["tokens"] == -30
+    assert balance.over_committed
+    assert balance.as_budget() == Budget(tokens=0)
+    with pytest.raises(BudgetExceeded):
+        ledger.reserve("t", Amount(tokens=1), ttl=60)
+
+
+def test_periods_count_only_this_period(backend):
+    ledger = _ledger(backend)
+    for scope, period in (("daily", "daily"), ("monthly", "monthly"), ("forever", None)):
+        ledger.set_budget(ScopeBudget(scope=scope, tokens=100, period=period))
+        hold = ledger.reserve(scope, Amount(tokens=70), ttl=60)
+        ledger.commit(hold, Amount(tokens=70))
+    # Move every commit 40 days into the past, as the database sees time.
+    with ledger.transaction() as execute:
+        execute(
+            f"UPDATE {ledger.prefix}roi_reservations SET committed_at = committed_at - %s",
+            (40 * 86400.0,),
+        )
+    assert ledger.balance("daily").remaining["tokens"] == 100
+    assert ledger.balance("monthly").remaining["tokens"] == 100
+    assert ledger.balance("forever").remaining["tokens"] == 30
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda led: led.reserve("nobody", Amount(tokens=1), ttl=60), UnknownScope),
+        (lambda led: led.reserve("a//b", Amount(tokens=1), ttl=60), InvalidValueError),
+        (lambda led: led.reserve("t", Amount(tokens=1), ttl=0), InvalidValueError),
+        (lambda led: led.reserve("t", Amount(tokens=1), ttl=math.nan), InvalidValueError),
+        (lambda led: led.reserve("t", Amount(tokens=-1), ttl=60), ValidationError),
+        (lambda led: led.reserve("t", Amount(usd=math.nan), ttl=60), ValidationError),
+        (lambda led: led.commit("no-such-id", Amount()), UnknownReservation),
+        (lambda led: led.balance("nobody"), UnknownScope),
+        (lambda led: led.set_budget(ScopeBudget(scope="x", tokens=-5)), ValidationError),
+    ],
+)
+def test_bad_input_is_refused_and_changes_nothing(backend, call, error):
+    ledger = _ledger(backend)
+    ledger.set_budget(ScopeBudget(scope="t", tokens=100))
+    ledger.reserve("t", Amount(tokens=10), ttl=60)
+    before = ledger.balance("t")
+    with pytest.raises(error):
+        call(ledger)
+    assert ledger.balance("t") == before
+
+
+async def test_async_calls(backend):
+    ledger = _ledger(backend)
+    ledger.set_budget(ScopeBudget(scope="t", tokens=100))
+    holds = await asyncio.gather(
+        *(ledger.areserve("t", Amount(tokens=30), ttl=60) for _ in range(5)), return_exceptions=True
+    )
+    granted = [h for h in holds if not isinstance(h, BaseException)]
+    assert len(granted) == 3
+    assert all(isinstance(h, BudgetExceeded) for h in holds if h not in granted)
+    await ledger.acommit(granted[0], Amount(tokens=10))
+    await ledger.arelease(granted[1])
+    assert (await ledger.abalance("t")).remaining["tokens"] == 100 - 10 - 30
+
+
+def _run_workers(url, schema, scope, processes, threads, ops):
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), url, schema, scope, str(threads), str(ops), str(seed)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(processes)
+    ]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0
+        results.extend(json.loads(out))
+    return results
+
+
+def test_64_workers_never_overspend(backend):
+    from ledger_worker import hammer_threads
+
+    name, ledger, url, schema = backend
+    budget = 2000
+    ledger.set_budget(ScopeBudget(scope="acme", tokens=budget * 2))
+    ledger.set_budget(ScopeBudget(scope="acme/hot", tokens=budget, tool_calls=300))
+    if name == "memory":  # one process: 64 threads
+        results = hammer_threads(ledger, "acme/hot", 64, 15, seed=99)
+    else:  # 32 threads here and 4 processes of 8 threads
+        with_processes = _run_workers(url, schema, "acme/hot", 4, 8, 15)
+        results = hammer_threads(ledger, "acme/hot", 32, 15, seed=99) + with_processes
+    assert len(results) == 64
+    ids = [i for r in results for i in r["ids"]]
+    assert len(ids) == len(set(ids))
+    assert sum(r["refused"] for r in results) > 0  # the budget was contended
+    time.sleep(0.6)  # let the abandoned holds expire
+    states = [ledger.get(i) for i in ids]
+    assert {s.state for s in states} <= {"committed", "released", "expired"}
+    spent = sum(s.actual.tokens for s in states if s.state == "committed")
+    calls = sum(s.actual.tool_calls for s in states if s.state == "committed")
+    assert spent <= budget
+    assert calls <= 300
+    balance = ledger.balance("acme/hot")
+    assert balance.committed.tokens == spent
+    assert balance.reserved == Amount()
+    assert balance.remaining["tokens"] == budget - spent
+    assert not balance.over_committed
+
+
+def test_a_killed_worker_frees_its_holds_after_the_ttl(backend):
+    name, ledger, url, schema = backend
+    if name == "memory":
+        pytest.skip("a memory ledger dies with its process")
+    ledger.set_budget(ScopeBudget(scope="crash", tokens=1000))
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), url, schema, "crash", "crash", "1.5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == -9  # SIGKILL
+    ids = json.loads(proc.stdout)
+    assert ledger.balance("crash").reserved.tokens == 300
+    deadline = max(ledger.get(i).expires_at for i in ids)
+    with ledger.transaction() as execute:
+        (row,) = execute(f"SELECT {ledger.now_sql}", ())
+    time.sleep(max(deadline - float(row[0]), 0) + 0.2)
+    assert ledger.balance("crash").remaining["tokens"] == 1000
+    assert {ledger.get(i).state for i in ids} == {"expired"}
+
+
+def _steps(n):
+    options = (Option(name="fast"), Option(name="deep"))
+    return [Step(id=f"s{i}", options=options) for i in range(n)]
+
+
+def _forecasts(steps):
+    return [
+        Forecast(
+            step_id=s.id,
+            option=o,
+            p_success=p,
+            tokens=CostForecast(mean=c, p50=c, p90=c * 1.5, p99=c * 2),
+        )
+        for s in steps
+        for o, p, c in (("fast", 0.6, 50), ("deep", 0.9, 300))
+    ]
+
+
+class _Fixed:
+    def predict(self, steps):
+        return _forecasts(steps)
+
+    async def apredict(self, steps):
+        return _forecasts(steps)
+
+
+def test_controller_runs_share_one_scope_through_the_ledger(backend):
+    import threading
+
+    ledger = _ledger(backend)
+    ledger.set_budget(ScopeBudget(scope="team", tokens=3000))
+    ledger.set_budget(ScopeBudget(scope="team/a", tokens=2000))
+    ledger.set_budget(ScopeBudget(scope="team/b", tokens=2000))
+    spent = {"team/a": 0, "team/b": 0}
+
+    def agent(scope):
+        run = LedgerRun(ledger, scope, Controller(predictor=_Fixed()), ttl=60)
+        pending = _steps(12)
+        while pending:
+            decision, hold = run.decide(pending)
+            if hold is not None:
+                # The step really spends its whole cap: the worst case.
+                used = decision.cap.tokens
+                run.settle(hold, Spend(output_tokens=used))
+                spent[scope] += used
+            pending = pending[1:]
+
+    workers = [threading.Thread(target=agent, args=(s,)) for s in spent]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert sum(spent.values()) <= 3000
+    assert all(v <= 2000 for v in spent.values())
+    assert ledger.balance("team").committed.tokens == sum(spent.values())
+    assert sum(spent.values()) > 2000  # both agents got work done
