@@ -1,12 +1,19 @@
 """The ledger's semantics, written once in SQL for SQLite and PostgreSQL.
 
-Two tables: ``roi_budgets`` (one row per scope: limits and period) and ``roi_reservations`` (one
-row per hold, with its state, expiry and, once committed, the actual spend). What a scope has
-used is an aggregate over its subtree: active holds plus this period's commits. Every reserve
-runs in one transaction that first locks the budget rows of the scope and its ancestors
-(PostgreSQL: ``SELECT ... FOR UPDATE`` in scope order; SQLite: ``BEGIN IMMEDIATE``), so two
-workers can never both take the last of a budget. Times are the database's (seconds since the
-epoch), never the worker's clock.
+Two tables. ``roi_budgets`` has one row per scope: its limits and period, and running counters of
+what is held and what was committed in the current period by the scope and everything below it.
+``roi_reservations`` has one row per hold: its amount, expiry and state, the budget rows it was
+charged to, and, once committed, the actual spend. A reserve is therefore O(levels), whatever
+the history: it locks the budget rows of the scope and of its ancestors (PostgreSQL:
+``SELECT ... FOR UPDATE`` in scope order; SQLite: ``BEGIN IMMEDIATE``), checks each level's
+limits against its counters, inserts the hold and adds it to the counters, all in one
+transaction, so two workers can never both take the last of a budget. Commit and release lock
+the same rows in the same order before they touch a hold, so no two transactions deadlock.
+
+A hold past its TTL stops counting at once: readers subtract expired holds that are still in the
+counters (an index on ``(state, expires_at)`` keeps that cheap), and the next reserve that holds
+the locks of all the levels such a hold was charged to marks it ``expired`` and takes it out of
+the counters. Times are the database's (seconds since the epoch), never the worker's clock.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 from roi_agents.errors import (
@@ -46,8 +54,29 @@ Execute = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 
 _RESERVATION_COLUMNS = (
     "id, scope, idempotency_key, tokens, usd, tool_calls, state, created_at, expires_at, "
-    "actual_tokens, actual_usd, actual_tool_calls, over_commit"
+    "actual_tokens, actual_usd, actual_tool_calls, over_commit, charged"
 )
+_BUDGET_COLUMNS = (
+    "scope, tokens, usd, tool_calls, period, period_start, held_tokens, held_usd, "
+    "held_tool_calls, committed_tokens, committed_usd, committed_tool_calls, over_commits"
+)
+
+
+@dataclass(slots=True)
+class _Level:
+    """A budget row: the limits and the counters of one scope."""
+
+    budget: ScopeBudget
+    period_start: float
+    held: Amount
+    committed: Amount
+    over_commits: int
+
+    def current(self, start: float) -> tuple[Amount, int]:
+        """Committed spend and over-commits of the period that starts at ``start``."""
+        if self.period_start < start:
+            return Amount(), 0
+        return self.committed, self.over_commits
 
 
 class SQLLedger(ABC):
@@ -60,6 +89,10 @@ class SQLLedger(ABC):
     month_start_sql: str
     #: Table name prefix, e.g. a schema.
     prefix: str = ""
+    #: Column type of scopes: compared bytewise, so a subtree is a range of keys.
+    scope_type: str = "TEXT"
+    #: Appended to a SELECT of one reservation that is about to change.
+    row_lock_sql: str = ""
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[Execute]:
@@ -75,23 +108,33 @@ class SQLLedger(ABC):
 
     def schema_statements(self) -> list[str]:
         """The DDL that creates the ledger's tables; safe to run again."""
-        p = self.prefix
+        p, key = self.prefix, self.scope_type
         return [
             f"""CREATE TABLE IF NOT EXISTS {p}roi_budgets (
-                scope TEXT PRIMARY KEY,
+                scope {key} PRIMARY KEY,
                 tokens BIGINT,
                 usd DOUBLE PRECISION,
                 tool_calls BIGINT,
-                period TEXT CHECK (period IN ('daily', 'monthly'))
+                period TEXT CHECK (period IN ('daily', 'monthly')),
+                period_start DOUBLE PRECISION NOT NULL DEFAULT 0,
+                held_tokens BIGINT NOT NULL DEFAULT 0,
+                held_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+                held_tool_calls BIGINT NOT NULL DEFAULT 0,
+                committed_tokens BIGINT NOT NULL DEFAULT 0,
+                committed_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+                committed_tool_calls BIGINT NOT NULL DEFAULT 0,
+                over_commits BIGINT NOT NULL DEFAULT 0
             )""",
             f"""CREATE TABLE IF NOT EXISTS {p}roi_reservations (
                 id TEXT PRIMARY KEY,
-                scope TEXT NOT NULL REFERENCES {p}roi_budgets (scope),
+                scope {key} NOT NULL REFERENCES {p}roi_budgets (scope),
+                charged TEXT NOT NULL,
                 idempotency_key TEXT UNIQUE,
                 tokens BIGINT NOT NULL,
                 usd DOUBLE PRECISION NOT NULL,
                 tool_calls BIGINT NOT NULL,
-                state TEXT NOT NULL CHECK (state IN ('held', 'committed', 'released')),
+                state TEXT NOT NULL
+                    CHECK (state IN ('held', 'committed', 'released', 'expired')),
                 created_at DOUBLE PRECISION NOT NULL,
                 expires_at DOUBLE PRECISION NOT NULL,
                 committed_at DOUBLE PRECISION,
@@ -100,8 +143,8 @@ class SQLLedger(ABC):
                 actual_tool_calls BIGINT,
                 over_commit SMALLINT NOT NULL DEFAULT 0
             )""",
-            f"""CREATE INDEX IF NOT EXISTS roi_reservations_scope_state
-                ON {p}roi_reservations (scope, state)""",
+            f"""CREATE INDEX IF NOT EXISTS roi_reservations_expiry
+                ON {p}roi_reservations (state, expires_at)""",
         ]
 
     def init_schema(self) -> None:
@@ -113,20 +156,29 @@ class SQLLedger(ABC):
     # -- budgets ----------------------------------------------------------------------------
 
     def set_budget(self, budget: ScopeBudget) -> None:
-        """Create or change a scope's limits.
+        """Create or change a scope's limits; its counters start from now when it is new.
 
         Raises:
             InvalidValueError: on a malformed scope.
         """
         check_scope(budget.scope)
         with self.transaction() as execute:
+            _, day, month = self._clock(execute)
             execute(
-                f"""INSERT INTO {self.prefix}roi_budgets (scope, tokens, usd, tool_calls, period)
-                VALUES (%s, %s, %s, %s, %s)
+                f"""INSERT INTO {self.prefix}roi_budgets
+                (scope, tokens, usd, tool_calls, period, period_start)
+                VALUES (%s, %s, %s, %s, %s, %s)
                 ON CONFLICT (scope) DO UPDATE SET tokens = excluded.tokens,
                     usd = excluded.usd, tool_calls = excluded.tool_calls,
                     period = excluded.period""",
-                (budget.scope, budget.tokens, budget.usd, budget.tool_calls, budget.period),
+                (
+                    budget.scope,
+                    budget.tokens,
+                    budget.usd,
+                    budget.tool_calls,
+                    budget.period,
+                    _period_start(budget, day, month),
+                ),
             )
 
     # -- reservations -----------------------------------------------------------------------
@@ -152,20 +204,18 @@ class SQLLedger(ABC):
                     (idempotency_key,),
                 )
                 if rows:
-                    now = self._clock(execute)[0]
-                    return _reservation(rows[0], now)
+                    return _reservation(rows[0], self._clock(execute)[0])
             self.lock_budgets(execute, levels)
-            budgets = self._budgets(execute, levels)
-            if scope not in budgets:
+            found = self._levels(execute, levels)
+            if scope not in found:
                 raise UnknownScope(scope)
             now, day, month = self._clock(execute)
-            for level in levels:
-                budget = budgets.get(level)
-                if budget is None:
-                    continue
-                used, _ = self._used(execute, level, now, _period_start(budget, day, month))
+            expired = self._expired(execute, levels[0], now)
+            for level, row in found.items():
+                start = _period_start(row.budget, day, month)
+                used = _minus(row.held, _charged_to(level, expired)) + row.current(start)[0]
                 for resource in RESOURCES:
-                    limit = budget.limit(resource)
+                    limit = row.budget.limit(resource)
                     if limit is None:
                         continue
                     left = limit - used.get(resource)
@@ -174,15 +224,26 @@ class SQLLedger(ABC):
                         raise BudgetExceeded(
                             resource=resource, scope=level, limit=left, requested=wanted
                         )
+            # Expired holds charged only to rows this transaction has locked leave the counters.
+            for hold_id, hold_amount, charged in expired:
+                if set(charged) <= found.keys():
+                    execute(
+                        f"UPDATE {self.prefix}roi_reservations SET state = 'expired' WHERE id = %s",
+                        (hold_id,),
+                    )
+                    self._add(execute, charged, held=_negative(hold_amount))
+            charged = list(found)
+            self._roll_periods(execute, found, day, month)
             reservation_id = uuid.uuid4().hex
             execute(
                 f"""INSERT INTO {self.prefix}roi_reservations
-                (id, scope, idempotency_key, tokens, usd, tool_calls, state, created_at,
+                (id, scope, charged, idempotency_key, tokens, usd, tool_calls, state, created_at,
                  expires_at)
-                VALUES (%s, %s, %s, %s, %s, %s, 'held', %s, %s)""",
+                VALUES (%s, %s, %s, %s, %s, %s, %s, 'held', %s, %s)""",
                 (
                     reservation_id,
                     scope,
+                    "\n".join(charged),
                     idempotency_key,
                     amount.tokens,
                     amount.usd,
@@ -191,6 +252,7 @@ class SQLLedger(ABC):
                     now + ttl,
                 ),
             )
+            self._add(execute, charged, held=amount)
         return Reservation(
             id=reservation_id,
             scope=scope,
@@ -214,9 +276,7 @@ class SQLLedger(ABC):
         """
         actual = Amount.model_validate(actual)
         with self.transaction() as execute:
-            row = self._locked_reservation(execute, _id(reservation))
-            now = self._clock(execute)[0]
-            current = _reservation(row, now)
+            current, charged, now, day, month = self._locked(execute, _id(reservation))
             if current.state == "committed":
                 if current.actual == actual:
                     return current
@@ -239,6 +299,14 @@ class SQLLedger(ABC):
                 over_commit = %s WHERE id = %s""",
                 (now, actual.tokens, actual.usd, actual.tool_calls, int(over), current.id),
             )
+            self._roll_periods(execute, self._levels(execute, charged), day, month)
+            self._add(
+                execute,
+                charged,
+                held=_negative(current.amount),
+                committed=actual,
+                over_commits=int(over),
+            )
         if over:
             logger.warning(
                 "over-commit in scope %s: reserved %s, spent %s (recorded and flagged)",
@@ -257,15 +325,18 @@ class SQLLedger(ABC):
             UnknownReservation: no such reservation.
         """
         with self.transaction() as execute:
-            row = self._locked_reservation(execute, _id(reservation))
-            now = self._clock(execute)[0]
-            current = _reservation(row, now)
+            current, charged, *_ = self._locked(execute, _id(reservation))
             if current.state not in ("held", "expired"):
                 return current
+            stored = execute(
+                f"SELECT state FROM {self.prefix}roi_reservations WHERE id = %s", (current.id,)
+            )[0][0]
             execute(
                 f"UPDATE {self.prefix}roi_reservations SET state = 'released' WHERE id = %s",
                 (current.id,),
             )
+            if stored == "held":  # still in the counters
+                self._add(execute, charged, held=_negative(current.amount))
         return current.model_copy(update={"state": "released"})
 
     def get(self, reservation_id: str) -> Reservation:
@@ -291,37 +362,31 @@ class SQLLedger(ABC):
         """
         levels = ancestors(scope)
         with self.transaction() as execute:
-            budgets = self._budgets(execute, levels)
-            if scope not in budgets:
+            found = self._levels(execute, levels)
+            if scope not in found:
                 raise UnknownScope(scope)
             now, day, month = self._clock(execute)
-            remaining: dict[Resource, float | None] = dict.fromkeys(RESOURCES)
-            own: tuple[Amount, Amount] | None = None
-            over = False
-            for level in levels:
-                budget = budgets.get(level)
-                if budget is None:
+            expired = self._expired(execute, levels[0], now)
+        remaining: dict[Resource, float | None] = dict.fromkeys(RESOURCES)
+        for level, row in found.items():
+            held = _minus(row.held, _charged_to(level, expired))
+            used = held + row.current(_period_start(row.budget, day, month))[0]
+            for resource in RESOURCES:
+                limit = row.budget.limit(resource)
+                if limit is None:
                     continue
-                start = _period_start(budget, day, month)
-                used, parts = self._used(execute, level, now, start)
-                if level == scope:
-                    own = parts
-                    over = self._over_committed(execute, scope, start)
-                for resource in RESOURCES:
-                    limit = budget.limit(resource)
-                    if limit is None:
-                        continue
-                    left = limit - used.get(resource)
-                    current = remaining[resource]
-                    remaining[resource] = left if current is None else min(current, left)
-        assert own is not None
+                left = limit - used.get(resource)
+                current = remaining[resource]
+                remaining[resource] = left if current is None else min(current, left)
+        own = found[scope]
+        committed, over_commits = own.current(_period_start(own.budget, day, month))
         return Balance(
             scope=scope,
-            budget=budgets[scope],
-            reserved=own[0],
-            committed=own[1],
+            budget=own.budget,
+            reserved=_minus(own.held, _charged_to(scope, expired)),
+            committed=committed,
             remaining=remaining,
-            over_committed=over,
+            over_committed=over_commits > 0,
         )
 
     # -- async: the same calls on a worker thread -------------------------------------------
@@ -352,79 +417,105 @@ class SQLLedger(ABC):
         (row,) = execute(f"SELECT {self.now_sql}, {self.day_start_sql}, {self.month_start_sql}", ())
         return float(row[0]), float(row[1]), float(row[2])
 
-    def _budgets(self, execute: Execute, scopes: list[str]) -> dict[str, ScopeBudget]:
+    def _levels(self, execute: Execute, scopes: list[str]) -> dict[str, _Level]:
+        """The budget rows among ``scopes``, widest first."""
         marks = ", ".join(["%s"] * len(scopes))
         rows = execute(
-            f"SELECT scope, tokens, usd, tool_calls, period FROM {self.prefix}roi_budgets "
-            f"WHERE scope IN ({marks})",
+            f"SELECT {_BUDGET_COLUMNS} FROM {self.prefix}roi_budgets WHERE scope IN ({marks})",
             scopes,
         )
-        return {
-            row[0]: ScopeBudget(
-                scope=row[0], tokens=row[1], usd=row[2], tool_calls=row[3], period=row[4]
+        found = {}
+        for row in rows:
+            scope, tokens, usd, calls, period, start, ht, hu, hc, ct, cu, cc, over = row
+            found[scope] = _Level(
+                budget=ScopeBudget(
+                    scope=scope, tokens=tokens, usd=usd, tool_calls=calls, period=period
+                ),
+                period_start=float(start),
+                held=Amount(tokens=int(ht), usd=max(float(hu), 0.0), tool_calls=int(hc)),
+                committed=Amount(tokens=int(ct), usd=max(float(cu), 0.0), tool_calls=int(cc)),
+                over_commits=int(over),
+            )
+        return {s: found[s] for s in scopes if s in found}
+
+    def _expired(
+        self, execute: Execute, top: str, now: float
+    ) -> list[tuple[str, Amount, list[str]]]:
+        """Holds past their TTL that still count in the counters, in ``top``'s subtree."""
+        rows = execute(
+            f"""SELECT id, tokens, usd, tool_calls, charged FROM {self.prefix}roi_reservations
+            WHERE state = 'held' AND expires_at <= %s
+                AND (scope = %s OR (scope >= %s AND scope < %s))""",
+            (now, top, top + "/", top + "0"),  # "0" sorts right after "/"
+        )
+        return [
+            (
+                row[0],
+                Amount(tokens=int(row[1]), usd=float(row[2]), tool_calls=int(row[3])),
+                str(row[4]).split("\n"),
             )
             for row in rows
-        }
+        ]
 
-    def _used(
-        self, execute: Execute, level: str, now: float, period_start: float
-    ) -> tuple[Amount, tuple[Amount, Amount]]:
-        """Holds plus this period's commits in ``level`` and below: (total, (held, committed))."""
-        rows = execute(
-            f"""SELECT
-                COALESCE(SUM(CASE WHEN state = 'held' AND expires_at > %s
-                    THEN tokens ELSE 0 END), 0),
-                COALESCE(SUM(CASE WHEN state = 'held' AND expires_at > %s
-                    THEN usd ELSE 0 END), 0),
-                COALESCE(SUM(CASE WHEN state = 'held' AND expires_at > %s
-                    THEN tool_calls ELSE 0 END), 0),
-                COALESCE(SUM(CASE WHEN state = 'committed' AND committed_at >= %s
-                    THEN actual_tokens ELSE 0 END), 0),
-                COALESCE(SUM(CASE WHEN state = 'committed' AND committed_at >= %s
-                    THEN actual_usd ELSE 0 END), 0),
-                COALESCE(SUM(CASE WHEN state = 'committed' AND committed_at >= %s
-                    THEN actual_tool_calls ELSE 0 END), 0)
-            FROM {self.prefix}roi_reservations
-            WHERE state IN ('held', 'committed')
-                AND (scope = %s OR substr(scope, 1, %s) = %s)""",
-            (
-                now,
-                now,
-                now,
-                period_start,
-                period_start,
-                period_start,
-                level,
-                len(level) + 1,
-                level + "/",
-            ),
+    def _add(
+        self,
+        execute: Execute,
+        scopes: list[str],
+        *,
+        held: Amount | tuple[float, float, float] = (0, 0, 0),
+        committed: Amount | None = None,
+        over_commits: int = 0,
+    ) -> None:
+        """Add to the counters of ``scopes`` (``held`` may be negative, as a tuple)."""
+        h = (held.tokens, held.usd, held.tool_calls) if isinstance(held, Amount) else held
+        c = committed or Amount()
+        marks = ", ".join(["%s"] * len(scopes))
+        execute(
+            f"""UPDATE {self.prefix}roi_budgets SET
+                held_tokens = held_tokens + %s, held_usd = held_usd + %s,
+                held_tool_calls = held_tool_calls + %s,
+                committed_tokens = committed_tokens + %s, committed_usd = committed_usd + %s,
+                committed_tool_calls = committed_tool_calls + %s,
+                over_commits = over_commits + %s
+            WHERE scope IN ({marks})""",
+            (*h, c.tokens, c.usd, c.tool_calls, over_commits, *scopes),
         )
-        t, u, c, at, au, ac = rows[0]
-        held = Amount(tokens=int(t), usd=max(float(u), 0.0), tool_calls=int(c))
-        committed = Amount(tokens=int(at), usd=max(float(au), 0.0), tool_calls=int(ac))
-        return held + committed, (held, committed)
 
-    def _over_committed(self, execute: Execute, scope: str, period_start: float) -> bool:
+    def _roll_periods(
+        self, execute: Execute, found: dict[str, _Level], day: float, month: float
+    ) -> None:
+        """Start a new period's committed counters on rows whose period has ended."""
+        for scope, row in found.items():
+            start = _period_start(row.budget, day, month)
+            if row.period_start < start:
+                execute(
+                    f"""UPDATE {self.prefix}roi_budgets SET period_start = %s,
+                    committed_tokens = 0, committed_usd = 0, committed_tool_calls = 0,
+                    over_commits = 0 WHERE scope = %s""",
+                    (start, scope),
+                )
+
+    def _locked(
+        self, execute: Execute, reservation_id: str
+    ) -> tuple[Reservation, list[str], float, float, float]:
+        """A reservation about to change, and the database's clock.
+
+        The budget rows it was charged to are locked first, the order every writer uses.
+        """
         rows = execute(
-            f"""SELECT COUNT(*) FROM {self.prefix}roi_reservations
-            WHERE state = 'committed' AND over_commit = 1 AND committed_at >= %s
-                AND (scope = %s OR substr(scope, 1, %s) = %s)""",
-            (period_start, scope, len(scope) + 1, scope + "/"),
+            f"SELECT charged FROM {self.prefix}roi_reservations WHERE id = %s", (reservation_id,)
         )
-        return int(rows[0][0]) > 0
-
-    def _locked_reservation(self, execute: Execute, reservation_id: str) -> tuple[Any, ...]:
-        rows = execute(
+        if not rows:
+            raise UnknownReservation(reservation_id)
+        charged = str(rows[0][0]).split("\n")
+        self.lock_budgets(execute, charged)
+        (row,) = execute(
             f"SELECT {_RESERVATION_COLUMNS} FROM {self.prefix}roi_reservations WHERE id = %s"
             + self.row_lock_sql,
             (reservation_id,),
         )
-        if not rows:
-            raise UnknownReservation(reservation_id)
-        return rows[0]
-
-    #: Appended to a SELECT of one reservation that is about to change.
-    row_lock_sql: str = ""
+        now, day, month = self._clock(execute)
+        return _reservation(row, now), charged, now, day, month
 
 
 def _id(reservation: Reservation | str) -> str:
@@ -436,15 +527,35 @@ def _period_start(budget: ScopeBudget, day: float, month: float) -> float:
         return day
     if budget.period == "monthly":
         return month
-    return float("-inf")
+    return 0.0
 
 
 def _tolerance(resource: Resource) -> float:
     return 1e-9 if resource == "usd" else 0.0
 
 
+def _charged_to(level: str, holds: list[tuple[str, Amount, list[str]]]) -> Amount:
+    total = Amount()
+    for _, amount, charged in holds:
+        if level in charged:
+            total = total + amount
+    return total
+
+
+def _minus(a: Amount, b: Amount) -> Amount:
+    return Amount(
+        tokens=max(a.tokens - b.tokens, 0),
+        usd=max(a.usd - b.usd, 0.0),
+        tool_calls=max(a.tool_calls - b.tool_calls, 0),
+    )
+
+
+def _negative(amount: Amount) -> tuple[float, float, float]:
+    return (-amount.tokens, -amount.usd, -amount.tool_calls)
+
+
 def _reservation(row: tuple[Any, ...], now: float) -> Reservation:
-    (rid, scope, key, tokens, usd, calls, state, created, expires, at, au, ac, over) = row
+    (rid, scope, key, tokens, usd, calls, state, created, expires, at, au, ac, over, _) = row
     if state == "held" and float(expires) <= now:
         state = "expired"
     actual = Amount(tokens=int(at), usd=float(au), tool_calls=int(ac)) if at is not None else None

@@ -41,6 +41,7 @@ class PostgresLedger(SQLLedger):
         "AT TIME ZONE 'UTC')"
     )
     row_lock_sql = " FOR UPDATE"
+    scope_type = 'TEXT COLLATE "C"'
 
     def __init__(
         self,

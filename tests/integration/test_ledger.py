@@ -151,15 +151,20 @@ def test_periods_count_only_this_period(backend):
         ledger.set_budget(ScopeBudget(scope=scope, tokens=100, period=period))
         hold = ledger.reserve(scope, Amount(tokens=70), ttl=60)
         ledger.commit(hold, Amount(tokens=70))
-    # Move every commit 40 days into the past, as the database sees time.
+    # Move the periods' start 40 days into the past, as the database sees time: the commits
+    # then belong to a period that has ended.
     with ledger.transaction() as execute:
         execute(
-            f"UPDATE {ledger.prefix}roi_reservations SET committed_at = committed_at - %s",
+            f"UPDATE {ledger.prefix}roi_budgets SET period_start = period_start - %s "
+            "WHERE period IS NOT NULL",
             (40 * 86400.0,),
         )
     assert ledger.balance("daily").remaining["tokens"] == 100
     assert ledger.balance("monthly").remaining["tokens"] == 100
     assert ledger.balance("forever").remaining["tokens"] == 30
+    # The next write starts the new period's counters; the old commits stay on record.
+    ledger.commit(ledger.reserve("daily", Amount(tokens=20), ttl=60), Amount(tokens=20))
+    assert ledger.balance("daily").committed.tokens == 20
 
 
 @pytest.mark.parametrize(
@@ -325,3 +330,30 @@ def test_controller_runs_share_one_scope_through_the_ledger(backend):
     assert all(v <= 2000 for v in spent.values())
     assert ledger.balance("team").committed.tokens == sum(spent.values())
     assert sum(spent.values()) > 2000  # both agents got work done
+
+
+def test_expired_holds_stop_counting_everywhere_and_are_swept(backend):
+    ledger = _ledger(backend)
+    for scope in ("acme", "acme/a", "acme/b"):
+        ledger.set_budget(ScopeBudget(scope=scope, tokens=100))
+    lost = ledger.reserve("acme/a", Amount(tokens=60), ttl=0.3)
+    time.sleep(0.4)
+    other = ledger.reserve("acme/b", Amount(tokens=100), ttl=60)  # the tenant's 60 are free
+    assert ledger.balance("acme").reserved.tokens == 100
+    with pytest.raises(BudgetExceeded) as info:
+        ledger.reserve("acme/a", Amount(tokens=10), ttl=60)
+    assert info.value.scope == "acme"
+    ledger.release(other)
+
+    def stored_state():
+        with ledger.transaction() as execute:
+            return execute(
+                f"SELECT state FROM {ledger.prefix}roi_reservations WHERE id = %s", (lost.id,)
+            )[0][0]
+
+    assert stored_state() == "held"  # expired, still in the counters
+    ledger.reserve("acme/a", Amount(tokens=10), ttl=60)
+    assert stored_state() == "expired"  # swept by the next reserve that held its locks
+    assert ledger.balance("acme").reserved.tokens == 10
+    assert ledger.balance("acme/a").reserved.tokens == 10
+    assert ledger.get(lost.id).state == "expired"
