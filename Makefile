@@ -29,6 +29,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/controller_latency.py
 	$(BIN)/python benchmarks/ledger_throughput.py
+	$(BIN)/python benchmarks/telemetry_overhead.py
 	$(BIN)/roi-agents bench --data ../shared/data/gsm8k.jsonl --budgets 0.1,0.25,0.5 \
 		--json benchmarks/results/gsm8k.json --plot benchmarks/results/gsm8k.png
 

@@ -1,4 +1,4 @@
-"""The ``roi-agents`` command line: ``demo``, ``bench`` and ``data pull``.
+"""The ``roi-agents`` command line: ``demo``, ``bench``, ``data pull``, ``report``, ``ledger``.
 
 Run ``roi-agents COMMAND --help`` for each command's flags.
 """
@@ -113,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     pull.add_argument("--out", type=Path, help="output folder (default: the user cache)")
     pull.set_defaults(run=_pull)
+
+    report = commands.add_parser("report", help="summarise a JSONL trace of budgeted runs")
+    report.add_argument("traces", type=Path, help="a JSONL file written by the jsonl exporter")
+    report.add_argument("--json", type=Path, help="write the report as JSON here")
+    report.add_argument("--plot", type=Path, help="write a PNG here")
+    report.set_defaults(run=_report)
 
     ledger = commands.add_parser("ledger", help="shared budgets (SQLite or PostgreSQL)")
     ledger_commands = ledger.add_subparsers(required=True, metavar="ACTION")
@@ -288,6 +294,20 @@ def _pull(args: argparse.Namespace, console: Console) -> int:
         )
     for path in written:
         console.print(f"wrote {path}")
+    return 0
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    from roi_agents.telemetry.report import build_report, plot_report, print_report
+
+    report = build_report(args.traces)
+    print_report(report, console)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {args.json}")
+    if args.plot:
+        console.print(f"wrote {plot_report(report, args.plot)}")
     return 0
 
 

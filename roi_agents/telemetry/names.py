@@ -1,0 +1,77 @@
+"""Every span, attribute, event and metric name roi-agents emits, in one place.
+
+``gen_ai.*`` names come from the OpenTelemetry GenAI semantic conventions (the constants of
+``opentelemetry-semantic-conventions``, as the contrib GenAI instrumentations use them); ours
+live under ``roi.*``.
+"""
+
+from __future__ import annotations
+
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as _gen_ai
+from opentelemetry.semconv._incubating.metrics import gen_ai_metrics as _gen_ai_metrics
+
+# Spans
+SPAN_PLAN = "roi.plan"
+"""One agent run under a budget; its decisions are its children."""
+SPAN_DECISION = "roi.decision"
+"""One step's decision, from choice to outcome."""
+
+# GenAI semantic conventions
+GEN_AI_USAGE_INPUT_TOKENS = _gen_ai.GEN_AI_USAGE_INPUT_TOKENS
+GEN_AI_USAGE_OUTPUT_TOKENS = _gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS
+GEN_AI_REQUEST_MODEL = _gen_ai.GEN_AI_REQUEST_MODEL
+GEN_AI_TOKEN_TYPE = _gen_ai.GEN_AI_TOKEN_TYPE
+METRIC_TOKEN_USAGE = _gen_ai_metrics.GEN_AI_CLIENT_TOKEN_USAGE
+
+# Run (roi.plan) attributes
+RUN_ID = "roi.run.id"
+SCOPE = "roi.scope"
+BUDGET = "roi.budget"
+"""Prefix: ``roi.budget.tokens``, ``roi.budget.usd``, ``roi.budget.tool_calls``."""
+SPENT = "roi.spent"
+"""Prefix, per resource, like `BUDGET`."""
+UTILIZATION = "roi.budget.utilization"
+"""Spent over budget of the resource planned for."""
+RESOURCE = "roi.resource"
+QUANTILE = "roi.plan.quantile"
+DECISIONS = "roi.decisions"
+SKIPS = "roi.skips"
+
+# Decision (roi.decision) attributes
+STEP_ID = "roi.step.id"
+STEP_GROUP = "roi.step.group"
+OPTION = "roi.option"
+OPTIONS_CONSIDERED = "roi.options.considered"
+P_SUCCESS = "roi.forecast.p_success"
+COST_MEAN = "roi.forecast.cost.mean"
+COST_PLANNED = "roi.forecast.cost.planned"
+"""The cost at the plan's quantile: what the plan budgeted for the step."""
+CAP = "roi.cap"
+"""Prefix, per resource: ``roi.cap.tokens``, ..."""
+BUDGET_BEFORE = "roi.budget.before"
+"""Prefix, per resource."""
+BUDGET_AFTER = "roi.budget.after"
+"""Prefix, per resource."""
+REASON = "roi.reason"
+ACTUAL_USD = "roi.actual.usd"
+ACTUAL_TOOL_CALLS = "roi.actual.tool_calls"
+SUCCESS = "roi.outcome.success"
+FORECAST_ERROR = "roi.forecast.error"
+"""log(actual / planned cost) of the resource planned for."""
+
+# Events
+EVENT_FALLBACK = "roi.predictor.fallback"
+EVENT_REFUSED = "roi.budget.refused"
+EVENT_REASON = "roi.event.reason"
+
+# Metrics
+METRIC_DECISIONS = "roi.decisions"
+METRIC_UTILIZATION = "roi.budget.utilization"
+METRIC_FORECAST_RATIO = "roi.forecast.ratio"
+"""Histogram of actual / planned cost. OpenTelemetry histograms take no negative values, so the
+metric records the ratio; the log error (`FORECAST_ERROR`) is on each decision span."""
+
+
+def per_resource(prefix: str, resource: str) -> str:
+    """``roi.cap`` + ``tokens`` -> ``roi.cap.tokens``."""
+    return f"{prefix}.{resource}"

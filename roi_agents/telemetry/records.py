@@ -1,0 +1,67 @@
+"""Read a JSONL trace file back: runs, decisions, and recorded outcomes to learn from."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from roi_agents.data.replay import ReplayRecord
+from roi_agents.errors import DataError
+from roi_agents.telemetry import names
+from roi_agents.types import SKIP
+
+__all__ = ["read_spans", "replay_records"]
+
+
+def read_spans(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The spans of a JSONL trace file, as written by `JsonlSpanExporter`.
+
+    Raises:
+        DataError: on a line that is not a span object.
+    """
+    path = Path(path)
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as error:
+        raise DataError(str(path), None, f"cannot read: {error.strerror}") from error
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                span = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(str(path), number, f"not JSON: {error.msg}") from None
+            if not isinstance(span, dict) or "name" not in span or "attributes" not in span:
+                raise DataError(str(path), number, "not a span (needs name and attributes)")
+            yield span
+
+
+def replay_records(path: str | Path) -> list[ReplayRecord]:
+    """Every decision that ran and whose success is known, as a replay record.
+
+    The step id is the query, the option the option, the step's group the dataset; token counts
+    and USD are the recorded usage. This is how a deployment learns from its own traffic: the
+    records train a predictor exactly like a replay file.
+    """
+    out = []
+    for span in read_spans(path):
+        a = span["attributes"]
+        if span["name"] != names.SPAN_DECISION or a.get(names.OPTION) in (None, SKIP):
+            continue
+        if names.SUCCESS not in a or names.GEN_AI_USAGE_INPUT_TOKENS not in a:
+            continue
+        out.append(
+            ReplayRecord(
+                query_id=str(a[names.STEP_ID]),
+                dataset=a.get(names.STEP_GROUP),
+                option=str(a[names.OPTION]),
+                input_tokens=int(a[names.GEN_AI_USAGE_INPUT_TOKENS]),
+                output_tokens=int(a[names.GEN_AI_USAGE_OUTPUT_TOKENS]),
+                cost_usd=float(a.get(names.ACTUAL_USD, 0.0)),
+                score=float(a[names.SUCCESS]),
+            )
+        )
+    return out

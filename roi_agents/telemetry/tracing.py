@@ -1,0 +1,340 @@
+"""Trace a budgeted run: a ``roi.plan`` span for the run, a ``roi.decision`` span per step.
+
+Works with whatever tracer and meter providers the application configured (the global ones by
+default; `roi_agents.telemetry.configure` sets them up in one call). Without an SDK the API's
+no-op providers make every call here cheap and silent.
+
+Example:
+    >>> with RunTrace(Budget(tokens=5_000), run_id="r1") as run:  # doctest: +SKIP
+    ...     plan = controller.plan(pending, run.remaining, forecasts=forecasts)
+    ...     with run.decision(pending[0], plan, forecasts) as step:
+    ...         spend = execute(pending[0], plan.next)  # your call, under plan.next.cap
+    ...         step.record(spend, success=1.0)
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, ClassVar
+
+from opentelemetry import metrics, trace
+from opentelemetry.trace import Span, Status, StatusCode
+
+from roi_agents import __version__
+from roi_agents.errors import BudgetExceeded
+from roi_agents.telemetry import names
+from roi_agents.types import (
+    RESOURCES,
+    SKIP,
+    Budget,
+    Decision,
+    Forecast,
+    Plan,
+    Quantile,
+    Resource,
+    Spend,
+    Step,
+)
+
+__all__ = ["DecisionTrace", "RunTrace"]
+
+_SCOPE = "roi_agents"
+
+
+class _Instruments:
+    """The metric instruments of one meter provider, created once."""
+
+    _cache: ClassVar[weakref.WeakKeyDictionary[metrics.MeterProvider, _Instruments]] = (
+        weakref.WeakKeyDictionary()
+    )
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, provider: metrics.MeterProvider) -> None:
+        meter = provider.get_meter(_SCOPE, __version__)
+        self.tokens = meter.create_histogram(
+            names.METRIC_TOKEN_USAGE, unit="{token}", description="Tokens used per call"
+        )
+        self.decisions = meter.create_counter(
+            names.METRIC_DECISIONS, unit="{decision}", description="Decisions by option"
+        )
+        self.utilization = meter.create_histogram(
+            names.METRIC_UTILIZATION, unit="1", description="Spent over budget per run"
+        )
+        self.forecast_ratio = meter.create_histogram(
+            names.METRIC_FORECAST_RATIO, unit="1", description="actual / planned cost"
+        )
+
+    @classmethod
+    def of(cls, provider: metrics.MeterProvider) -> _Instruments:
+        with cls._lock:
+            found = cls._cache.get(provider)
+            if found is None:
+                found = cls._cache[provider] = cls(provider)
+            return found
+
+
+def _budget_attributes(prefix: str, budget: Budget) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for resource in budget.limited():
+        value = budget.get(resource)
+        assert value is not None
+        out[names.per_resource(prefix, resource)] = value
+    return out
+
+
+def _left(budget: Budget, spend: Spend) -> Budget:
+    """What is left after ``spend``, floored at zero (an overspend is traced, not raised)."""
+    left: dict[str, float | int] = {}
+    for resource in budget.limited():
+        limit = budget.get(resource)
+        assert limit is not None
+        value = max(limit - spend.get(resource), 0)
+        left[resource] = value if resource == "usd" else int(value)
+    return Budget.model_validate(left)
+
+
+class RunTrace:
+    """One budgeted run as a ``roi.plan`` span, child of the span current when it starts.
+
+    Args:
+        budget: the run's budget.
+        resource: the resource plans are made for (utilisation and forecast error use it).
+        quantile: the cost quantile plans budget at.
+        run_id: an id for the run (a thread id, a request id).
+        scope: the ledger scope the run spends from, if any.
+        tracer_provider: defaults to the global one.
+        meter_provider: defaults to the global one.
+    """
+
+    def __init__(
+        self,
+        budget: Budget,
+        *,
+        resource: Resource = "tokens",
+        quantile: Quantile = "p90",
+        run_id: str | None = None,
+        scope: str | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self.budget = budget
+        self.resource: Resource = resource
+        self.quantile: Quantile = quantile
+        self.run_id = run_id
+        self.scope = scope
+        self.spent = Spend()
+        self.decisions = 0
+        self.skips = 0
+        self._tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer(
+            _SCOPE, __version__
+        )
+        self._instruments = _Instruments.of(meter_provider or metrics.get_meter_provider())
+        self._span: Span | None = None
+        self._activation: Any = None
+
+    @property
+    def remaining(self) -> Budget:
+        """What the run has left (never negative)."""
+        return _left(self.budget, self.spent)
+
+    def _left_attributes(self, prefix: str) -> dict[str, float]:
+        out = {}
+        for resource in self.budget.limited():
+            limit = self.budget.get(resource)
+            assert limit is not None
+            out[names.per_resource(prefix, resource)] = max(limit - self.spent.get(resource), 0)
+        return out
+
+    def __enter__(self) -> RunTrace:
+        attributes: dict[str, Any] = {
+            names.RESOURCE: self.resource,
+            names.QUANTILE: self.quantile,
+            **_budget_attributes(names.BUDGET, self.budget),
+        }
+        if self.run_id is not None:
+            attributes[names.RUN_ID] = self.run_id
+        if self.scope is not None:
+            attributes[names.SCOPE] = self.scope
+        self._span = self._tracer.start_span(names.SPAN_PLAN, attributes=attributes)
+        self._activation = trace.use_span(self._span, end_on_exit=False)
+        self._activation.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        span = self._span
+        assert span is not None, "RunTrace used outside a with block"
+        if isinstance(exc, BudgetExceeded):
+            self.refused(exc)
+        elif exc is not None:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+        for resource in self.budget.limited():
+            span.set_attribute(names.per_resource(names.SPENT, resource), self.spent.get(resource))
+        span.set_attribute(names.DECISIONS, self.decisions)
+        span.set_attribute(names.SKIPS, self.skips)
+        limit = self.budget.get(self.resource)
+        if limit:
+            utilization = self.spent.get(self.resource) / limit
+            span.set_attribute(names.UTILIZATION, utilization)
+            self._instruments.utilization.record(utilization, {names.RESOURCE: self.resource})
+        self._activation.__exit__(exc_type, exc, traceback)
+        span.end()
+
+    def decision(
+        self,
+        step: Step,
+        plan: Plan,
+        forecasts: Sequence[Forecast] = (),
+        *,
+        decision: Decision | None = None,
+    ) -> DecisionTrace:
+        """Open the ``roi.decision`` span of the step the plan decided first.
+
+        Args:
+            step: the step.
+            plan: the plan just made (its first decision is the step's, unless ``decision``).
+            forecasts: the forecasts the plan was made from; the step's are recorded.
+            decision: the step's decision when it is not ``plan.next``.
+        """
+        chosen = decision or plan.next
+        assert chosen is not None
+        assert self._span is not None, "RunTrace used outside a with block"
+        option = step.option(chosen.option)
+        attributes: dict[str, Any] = {
+            names.STEP_ID: step.id,
+            names.OPTION: chosen.option,
+            names.OPTIONS_CONSIDERED: [*(o.name for o in step.options if o.name != SKIP), SKIP],
+            names.P_SUCCESS: chosen.p_success,
+            names.REASON: chosen.reason,
+            **self._left_attributes(names.BUDGET_BEFORE),
+        }
+        if step.group is not None:
+            attributes[names.STEP_GROUP] = step.group
+        if option.model is not None:
+            attributes[names.GEN_AI_REQUEST_MODEL] = option.model
+        planned = chosen.expected_cost.get(self.resource)
+        if planned is not None:
+            attributes[names.COST_PLANNED] = planned
+        for forecast in forecasts:
+            if forecast.step_id == step.id and forecast.option == chosen.option:
+                distribution = getattr(forecast, self.resource)
+                if distribution is not None:
+                    attributes[names.COST_MEAN] = distribution.mean
+                break
+        for resource in RESOURCES:
+            cap = chosen.cap.get(resource)
+            if cap is not None:
+                attributes[names.per_resource(names.CAP, resource)] = cap
+        span = self._tracer.start_span(
+            names.SPAN_DECISION,
+            context=trace.set_span_in_context(self._span),
+            attributes=attributes,
+        )
+        self.decisions += 1
+        if chosen.skipped:
+            self.skips += 1
+        self._instruments.decisions.add(
+            1, {names.OPTION: chosen.option, names.GEN_AI_REQUEST_MODEL: option.model or ""}
+        )
+        return DecisionTrace(self, span, chosen, option.model, planned)
+
+    def fallback(self, reason: str, **attributes: str | float) -> None:
+        """A predictor fell back to the prior: an event on the run's span."""
+        if self._span is not None:
+            self._span.add_event(names.EVENT_FALLBACK, {names.EVENT_REASON: reason, **attributes})
+
+    def refused(self, error: BudgetExceeded) -> None:
+        """A budget refused a call or a reservation: an event with the numbers."""
+        if self._span is not None:
+            self._span.add_event(
+                names.EVENT_REFUSED,
+                {
+                    names.RESOURCE: error.resource,
+                    names.SCOPE: error.scope,
+                    "roi.limit": error.limit,
+                    "roi.requested": error.requested,
+                },
+            )
+
+
+class DecisionTrace:
+    """The open ``roi.decision`` span of one step; `record` the outcome to close it."""
+
+    def __init__(
+        self,
+        run: RunTrace,
+        span: Span,
+        decision: Decision,
+        model: str | None,
+        planned: float | None,
+    ) -> None:
+        self.run = run
+        self.span = span
+        self.decision = decision
+        self.model = model
+        self.planned = planned
+        self._ended = False
+
+    def record(self, spend: Spend, *, success: float | None = None) -> None:
+        """The step's real usage (and success, when known); ends the span."""
+        if self._ended:
+            return
+        run, span = self.run, self.span
+        run.spent = run.spent + spend
+        attributes: dict[str, Any] = {
+            names.GEN_AI_USAGE_INPUT_TOKENS: spend.input_tokens,
+            names.GEN_AI_USAGE_OUTPUT_TOKENS: spend.output_tokens,
+            names.ACTUAL_USD: spend.usd,
+            names.ACTUAL_TOOL_CALLS: spend.tool_calls,
+            **run._left_attributes(names.BUDGET_AFTER),
+        }
+        if success is not None:
+            attributes[names.SUCCESS] = success
+        labels = {names.OPTION: self.decision.option, names.GEN_AI_REQUEST_MODEL: self.model or ""}
+        actual = spend.get(run.resource)
+        if self.planned and actual > 0:
+            ratio = actual / self.planned
+            attributes[names.FORECAST_ERROR] = math.log(ratio)
+            run._instruments.forecast_ratio.record(ratio, labels)
+        span.set_attributes(attributes)
+        if spend.tokens:
+            run._instruments.tokens.record(
+                spend.input_tokens, {**labels, names.GEN_AI_TOKEN_TYPE: "input"}
+            )
+            run._instruments.tokens.record(
+                spend.output_tokens, {**labels, names.GEN_AI_TOKEN_TYPE: "output"}
+            )
+        self._end()
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self.span.end()
+
+    def __enter__(self) -> DecisionTrace:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, BudgetExceeded):
+            self.run.refused(exc)
+            self.span.add_event(names.EVENT_REFUSED, {names.RESOURCE: exc.resource})
+        elif exc is not None:
+            self.span.record_exception(exc)
+            self.span.set_status(Status(StatusCode.ERROR, str(exc)))
+        if not self._ended and self.decision.skipped:
+            self.record(Spend())
+        self._end()

@@ -1,0 +1,204 @@
+import json
+import math
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from traced_run import OPTIONS, REAL, _forecasts, _run
+
+from roi_agents import (
+    Budget,
+    BudgetExceeded,
+    Controller,
+    Step,
+)
+from roi_agents.cli import main
+from roi_agents.telemetry import RunTrace, configure, names, read_spans, replay_records
+from roi_agents.telemetry.report import build_report
+
+
+@pytest.fixture
+def providers():
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    yield tracer_provider, meter_provider, spans, reader
+    tracer_provider.shutdown()
+    meter_provider.shutdown()
+
+
+def _metric(reader, name):
+    data = reader.get_metrics_data()
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == name:
+                    return metric.data.data_points
+    return []
+
+
+def test_spans_nest_and_carry_the_decisions_and_usage(providers):
+    tracer_provider, meter_provider, exporter, _ = providers
+    tracer = tracer_provider.get_tracer("test")
+    with tracer.start_as_current_span("agent.invoke") as outer:
+        decisions, run = _run(tracer_provider, meter_provider)
+    spans = exporter.get_finished_spans()
+    plan = next(s for s in spans if s.name == names.SPAN_PLAN)
+    children = [s for s in spans if s.name == names.SPAN_DECISION]
+    assert plan.parent.span_id == outer.get_span_context().span_id
+    assert len(children) == len(decisions) == 5
+    assert all(c.parent.span_id == plan.context.span_id for c in children)
+    left = 1000
+    for span, decision in zip(children, decisions, strict=True):
+        a = span.attributes
+        assert a[names.STEP_ID] == decision.step_id
+        assert a[names.OPTION] == decision.option
+        assert a[names.REASON] == decision.reason
+        assert a[names.P_SUCCESS] == decision.p_success
+        assert list(a[names.OPTIONS_CONSIDERED]) == ["fast", "deep", "skip"]
+        assert a[f"{names.BUDGET_BEFORE}.tokens"] == left
+        assert a[f"{names.CAP}.tokens"] == decision.cap.tokens
+        if decision.skipped:
+            continue
+        tokens_in, tokens_out = REAL[decision.option]
+        used = tokens_in + min(tokens_out, decision.cap.tokens - tokens_in)
+        assert a[names.GEN_AI_USAGE_INPUT_TOKENS] == tokens_in
+        assert a[names.GEN_AI_USAGE_INPUT_TOKENS] + a[names.GEN_AI_USAGE_OUTPUT_TOKENS] == used
+        assert (
+            a[names.GEN_AI_REQUEST_MODEL]
+            == {"fast": "small-model", "deep": "big-model"}[decision.option]
+        )
+        assert a[names.FORECAST_ERROR] == pytest.approx(
+            math.log(used / decision.expected_cost["tokens"])
+        )
+        left -= used
+        assert a[f"{names.BUDGET_AFTER}.tokens"] == left
+    assert plan.attributes[f"{names.SPENT}.tokens"] == 1000 - left == run.spent.tokens
+    assert plan.attributes[names.UTILIZATION] == pytest.approx((1000 - left) / 1000)
+    assert plan.attributes[names.DECISIONS] == 5
+    assert plan.attributes[names.SKIPS] == sum(d.skipped for d in decisions)
+
+
+def test_metrics_match_the_recorded_usage(providers):
+    tracer_provider, meter_provider, _, reader = providers
+    decisions, run = _run(tracer_provider, meter_provider)
+    tokens = _metric(reader, names.METRIC_TOKEN_USAGE)
+    by_type = {}
+    for point in tokens:
+        by_type[point.attributes[names.GEN_AI_TOKEN_TYPE]] = (
+            by_type.get(point.attributes[names.GEN_AI_TOKEN_TYPE], 0) + point.sum
+        )
+    assert by_type["input"] + by_type["output"] == run.spent.tokens
+    counts = {p.attributes[names.OPTION]: p.value for p in _metric(reader, names.METRIC_DECISIONS)}
+    assert counts == {o: sum(d.option == o for d in decisions) for o in counts}
+    assert sum(counts.values()) == 5
+    (utilization,) = _metric(reader, names.METRIC_UTILIZATION)
+    assert utilization.sum == pytest.approx(run.spent.tokens / 1000)
+    errors = _metric(reader, names.METRIC_FORECAST_RATIO)
+    assert sum(p.count for p in errors) == sum(not d.skipped for d in decisions)
+
+
+def test_budget_exceeded_is_an_event_and_nothing_is_lost(providers):
+    tracer_provider, meter_provider, exporter, _ = providers
+    run = RunTrace(
+        Budget(tokens=100), tracer_provider=tracer_provider, meter_provider=meter_provider
+    )
+    step = Step(id="s0", options=OPTIONS)
+    forecasts = _forecasts([step])
+
+    def run_out_of_budget():
+        with run:  # the run ends by the exception
+            plan = Controller().plan([step], run.remaining, forecasts=forecasts)
+            with run.decision(step, plan, forecasts):
+                raise BudgetExceeded(resource="tokens", scope="run", limit=100, requested=400)
+
+    with pytest.raises(BudgetExceeded):
+        run_out_of_budget()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {names.SPAN_PLAN, names.SPAN_DECISION}
+    refused = [e for e in spans[names.SPAN_PLAN].events if e.name == names.EVENT_REFUSED]
+    assert refused
+    assert refused[0].attributes["roi.requested"] == 400
+    assert any(e.name == names.EVENT_REFUSED for e in spans[names.SPAN_DECISION].events)
+
+
+def test_fallback_is_an_event(providers):
+    tracer_provider, meter_provider, exporter, _ = providers
+    with RunTrace(
+        Budget(tokens=10), tracer_provider=tracer_provider, meter_provider=meter_provider
+    ) as run:
+        run.fallback("vllm: connection refused", predictor="vllm")
+    (span,) = exporter.get_finished_spans()
+    (event,) = span.events
+    assert event.name == names.EVENT_FALLBACK
+    assert event.attributes[names.EVENT_REASON] == "vllm: connection refused"
+
+
+def test_jsonl_round_trip_report_and_training_records(tmp_path):
+    path = tmp_path / "traces.jsonl"
+    telemetry = configure("jsonl", path=path, set_global=False)
+    for k in range(3):
+        _run(
+            telemetry.tracer_provider,
+            telemetry.meter_provider,
+            budget=900 + 300 * k,
+            run_id=f"run-{k}",
+        )
+    telemetry.shutdown()  # flushes the batch processor
+    spans = list(read_spans(path))
+    assert sum(s["name"] == names.SPAN_PLAN for s in spans) == 3
+    assert sum(s["name"] == names.SPAN_DECISION for s in spans) == 15
+    assert (tmp_path / "traces.metrics.jsonl").read_text().strip()
+    records = replay_records(path)
+    assert records
+    assert {r.option for r in records} <= {"fast", "deep"}
+    assert all(r.score == (1.0 if r.option == "deep" else 0.0) for r in records)
+    assert all(r.dataset == "demo" for r in records)
+    # The records train a predictor exactly like a replay file.
+    from roi_agents import PriorPredictor
+
+    prior = PriorPredictor(prior_strength=1)
+    for r in records:
+        prior.record(r.option, r.dataset, r.spend, r.score)
+    fc = {f.option: f for f in prior.predict([Step(id="new", group="demo", options=OPTIONS)])}
+    seen = {r.option for r in records}
+    if "deep" in seen:
+        assert fc["deep"].p_success > 0.5
+    if "fast" in seen:
+        assert fc["fast"].p_success < 0.5
+    report = build_report(path)
+    assert [r.run_id for r in report.runs] == ["run-0", "run-1", "run-2"]
+    for run in report.runs:
+        assert run.spent["tokens"] <= run.budget["tokens"]
+        assert run.decisions == 5
+    assert sum(o.decisions for o in report.options) == 15
+    assert report.calibration.count == len(records)
+    assert (
+        main(
+            [
+                "report",
+                str(path),
+                "--json",
+                str(tmp_path / "r.json"),
+                "--plot",
+                str(tmp_path / "r.png"),
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "r.json").read_text())["runs"][0]["run_id"] == "run-0"
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_configure_refuses_bad_arguments():
+    from roi_agents import InvalidValueError
+
+    with pytest.raises(InvalidValueError, match="path"):
+        configure("jsonl", set_global=False)
+    with pytest.raises(InvalidValueError, match="exporter"):
+        configure("zipkin", set_global=False)  # type: ignore[arg-type]
