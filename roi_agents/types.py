@@ -313,6 +313,18 @@ class Decision(BaseModel):
         """Whether the step is not to be run."""
         return self.option == SKIP
 
+    @classmethod
+    def skip(cls, step_id: str, reason: str) -> Decision:
+        """A decision not to run the step: zero caps, zero value."""
+        return cls(
+            step_id=step_id,
+            option=SKIP,
+            cap=Cap(tokens=0, usd=0.0, tool_calls=0),
+            expected_value=0.0,
+            expected_cost={},
+            reason=reason,
+        )
+
 
 class Plan(BaseModel):
     """One allocation of the remaining budget over the pending steps, in step order.

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from roi_agents.allocate import Controller
 from roi_agents.errors import BudgetExceeded, InvalidValueError
 from roi_agents.ledger.base import Amount, Ledger, Reservation, check_scope, check_ttl
-from roi_agents.types import SKIP, Cap, Decision, Plan, Spend, Step
+from roi_agents.types import Decision, Plan, Spend, Step
 
 __all__ = ["LedgerRun"]
 
@@ -81,15 +81,8 @@ class LedgerRun:
             except BudgetExceeded:
                 continue
             return decision, hold
-        skipped = Decision(
-            step_id=pending[0].id,
-            option=SKIP,
-            cap=Cap(tokens=0, usd=0.0, tool_calls=0),
-            expected_value=0.0,
-            expected_cost={},
-            reason=f"skip: other workers took the budget first ({self.retries + 1} tries)",
-        )
-        return skipped, None
+        reason = f"skip: other workers took the budget first ({self.retries + 1} tries)"
+        return Decision.skip(pending[0].id, reason), None
 
     def settle(self, hold: Reservation | None, spend: Spend) -> Reservation | None:
         """Commit what the step really spent; the rest of its hold is free again."""

@@ -1,0 +1,156 @@
+"""The two planning nodes and the routing function of a budgeted LangGraph graph.
+
+A turn of the loop::
+
+    MetaCognitiveNode -> BudgetControllerNode --route_budget--> execute | skip | finish
+           ^                                                       |       |
+           +-------------------------------------------------------+-------+
+
+Your executor runs the next step under ``decision.cap`` (with `budgeted` for chat models) and
+returns ``controller.settle(state, spend, call_id=...)``; the skip node returns
+``controller.skip(state)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from langchain_core.runnables import RunnableConfig, RunnableLambda
+
+from roi_agents.allocate import Controller
+from roi_agents.errors import BudgetExceeded, InvalidValueError
+from roi_agents.ledger.base import Amount, Ledger, check_scope, check_ttl
+from roi_agents.predict.base import Predictor
+from roi_agents.types import Budget, Decision, Forecast, Spend, Step
+from roi_agents_langgraph.state import BudgetState, current_step, remaining
+
+__all__ = ["BudgetControllerNode", "MetaCognitiveNode", "Route", "route_budget"]
+
+Route = Literal["execute", "skip", "finish"]
+
+
+def _steps(state: BudgetState) -> list[Step]:
+    return [Step.model_validate(s) for s in state.get("pending") or []]
+
+
+class MetaCognitiveNode(RunnableLambda[BudgetState, dict[str, Any]]):
+    """Forecasts every pending (step, option): one batched predictor call per turn.
+
+    Args:
+        predictor: any `Predictor` (the async path awaits ``apredict``).
+    """
+
+    def __init__(self, predictor: Predictor, *, name: str = "forecast") -> None:
+        self.predictor = predictor
+        super().__init__(self._forecast, afunc=self._aforecast, name=name)
+
+    def _forecast(self, state: BudgetState) -> dict[str, Any]:
+        steps = _steps(state)
+        return {"forecasts": [f.model_dump() for f in self.predictor.predict(steps)]}
+
+    async def _aforecast(self, state: BudgetState) -> dict[str, Any]:
+        steps = _steps(state)
+        forecasts = await self.predictor.apredict(steps)
+        return {"forecasts": [f.model_dump() for f in forecasts]}
+
+
+class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
+    """Decides the next step with what is really left, and settles it after it ran.
+
+    With a ledger, what is left is also bounded by the scope's balance, the decision's cap is
+    reserved before the step runs (idempotently per thread and step, so a replayed node holds
+    it once), and `settle` commits the real spend.
+
+    Args:
+        controller: the allocation settings.
+        ledger: a shared ledger, optional.
+        scope: the ledger scope this graph spends from (required with a ledger).
+        ttl: seconds a reservation lasts if the worker dies before settling.
+    """
+
+    def __init__(
+        self,
+        controller: Controller,
+        *,
+        ledger: Ledger | None = None,
+        scope: str | None = None,
+        ttl: float = 600.0,
+        name: str = "control",
+    ) -> None:
+        if ledger is not None and scope is None:
+            raise InvalidValueError("scope", "a ledger needs the scope to spend from")
+        self.controller = controller
+        self.ledger = ledger
+        self.scope = check_scope(scope) if scope is not None else None
+        self.ttl = check_ttl(ttl)
+        super().__init__(self._decide, name=name)
+
+    def _left(self, state: BudgetState) -> Budget:
+        left = remaining(state)
+        if self.ledger is None or self.scope is None:
+            return left
+        shared = self.ledger.balance(self.scope).as_budget()
+        bounded: dict[str, float | int] = {}
+        for resource in left.limited():
+            mine, theirs = left.get(resource), shared.get(resource)
+            assert mine is not None
+            bounded[resource] = mine if theirs is None else min(mine, theirs)
+        return Budget.model_validate(bounded)
+
+    def _decide(self, state: BudgetState, config: RunnableConfig) -> dict[str, Any]:
+        steps = _steps(state)
+        if not steps:
+            return {"decision": None, "reservation": None}
+        forecasts = [Forecast.model_validate(f) for f in state.get("forecasts") or []]
+        plan = self.controller.plan(steps, self._left(state), forecasts=forecasts or None)
+        decision = plan.next
+        assert decision is not None
+        update: dict[str, Any] = {"reservation": None}
+        if self.ledger is not None and self.scope is not None and not decision.skipped:
+            cap = decision.cap
+            thread = (config.get("configurable") or {}).get("thread_id", "")
+            try:
+                hold = self.ledger.reserve(
+                    self.scope,
+                    Amount(
+                        tokens=cap.tokens or 0, usd=cap.usd or 0.0, tool_calls=cap.tool_calls or 0
+                    ),
+                    ttl=self.ttl,
+                    idempotency_key=f"{thread}:{steps[0].id}" if thread else None,
+                )
+                update["reservation"] = hold.id
+            except BudgetExceeded as refused:
+                decision = Decision.skip(decision.step_id, f"skip: {refused}")
+        dumped = decision.model_dump()
+        return {**update, "decision": dumped, "decisions": [dumped]}
+
+    def settle(self, state: BudgetState, spend: Spend, *, call_id: str) -> dict[str, Any]:
+        """The state update after the next step ran and spent ``spend``.
+
+        A ``call_id`` already charged (a retried node, a replay) adds nothing; with a ledger the
+        reservation is committed with the real spend.
+        """
+        pending = state.get("pending") or []
+        update: dict[str, Any] = {"pending": pending[1:], "decision": None, "reservation": None}
+        if call_id in (state.get("charged") or []):
+            return update
+        hold = state.get("reservation")
+        if self.ledger is not None and hold:
+            self.ledger.commit(hold, Amount.of(spend))
+        return {**update, "spent": spend.model_dump(), "charged": [call_id]}
+
+    def skip(self, state: BudgetState) -> dict[str, Any]:
+        """The state update that skips the next step (its hold, if any, is released)."""
+        hold = state.get("reservation")
+        if self.ledger is not None and hold:
+            self.ledger.release(hold)
+        pending = state.get("pending") or []
+        return {"pending": pending[1:], "decision": None, "reservation": None}
+
+
+def route_budget(state: BudgetState) -> Route:
+    """Conditional edge: ``execute`` the next step, ``skip`` it, or ``finish``."""
+    current = current_step(state)
+    if current is None:
+        return "finish"
+    return "skip" if current[1].skipped else "execute"

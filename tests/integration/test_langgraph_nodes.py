@@ -1,0 +1,209 @@
+"""The planning nodes in a real LangGraph graph, calling a real vLLM server (runaway model)."""
+
+import uuid
+
+import httpx
+import pytest
+from langchain_openai import ChatOpenAI
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph import END, START, StateGraph
+from roi_agents_langgraph import (
+    BudgetControllerNode,
+    BudgetState,
+    MetaCognitiveNode,
+    budgeted,
+    current_step,
+    route_budget,
+)
+
+from roi_agents import Budget, Controller, Option, PriorPredictor, Spend, Step
+from roi_agents.errors import BudgetExceeded
+from roi_agents.ledger import MemoryLedger, ScopeBudget
+
+pytestmark = pytest.mark.integration
+
+OPTIONS = (
+    Option(name="fast", model="tiny", max_tokens=16),
+    Option(name="deep", model="tiny", max_tokens=200),
+)
+
+
+def _prior():
+    prior = PriorPredictor(group_by=False)
+    step = Step(id="warm", options=OPTIONS)
+    for k in range(10):
+        prior.observe(step, "fast", Spend(input_tokens=40, output_tokens=16), success=k < 5)
+        prior.observe(step, "deep", Spend(input_tokens=40, output_tokens=150), success=k < 9)
+    return prior
+
+
+def _graph(
+    server, *, ledger=None, scope=None, checkpointer=None, interrupt_before=None, async_client=None
+):
+    chat = budgeted(
+        ChatOpenAI(
+            base_url=server.base_url,
+            api_key="unused",
+            model="tiny",
+            extra_body={"ignore_eos": True},
+            max_retries=0,
+            timeout=120,
+            http_async_client=async_client,
+        )
+    )
+    control = BudgetControllerNode(Controller(), ledger=ledger, scope=scope)
+    calls = []
+
+    def execute(state: BudgetState, config) -> dict:
+        step, decision = current_step(state)
+        try:
+            message = chat.invoke(step.text, decision=decision, option=step.option(decision.option))
+        except BudgetExceeded:
+            return control.skip(state)  # the prompt does not fit: never sent
+        usage = message.usage_metadata
+        calls.append(step.id)
+        spend = Spend(input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"])
+        thread = config["configurable"]["thread_id"]
+        return control.settle(state, spend, call_id=f"{thread}:{step.id}")
+
+    graph = StateGraph(BudgetState)
+    graph.add_node("forecast", MetaCognitiveNode(_prior()))
+    graph.add_node("control", control)
+    graph.add_node("execute", execute)
+    graph.add_node("skip", control.skip)
+    graph.add_edge(START, "forecast")
+    graph.add_edge("forecast", "control")
+    graph.add_conditional_edges(
+        "control", route_budget, {"execute": "execute", "skip": "skip", "finish": END}
+    )
+    graph.add_edge("execute", "forecast")
+    graph.add_edge("skip", "forecast")
+    compiled = graph.compile(checkpointer=checkpointer, interrupt_before=interrupt_before)
+    return compiled, chat, calls
+
+
+def _start(budget, n=6):
+    steps = [
+        Step(id=f"s{i}", text=f"research step {i}: summarise the findings", options=OPTIONS)
+        for i in range(n)
+    ]
+    return {
+        "budget": Budget(tokens=budget).model_dump(),
+        "pending": [s.model_dump() for s in steps],
+    }
+
+
+def _config():
+    return {"configurable": {"thread_id": uuid.uuid4().hex}, "recursion_limit": 100}
+
+
+@pytest.mark.parametrize("budget", [250, 1200])
+def test_graph_never_spends_more_than_its_budget(tiny_chat_server, budget):
+    graph, chat, calls = _graph(tiny_chat_server)
+    final = graph.invoke(_start(budget), _config())
+    assert final["spent"]["input_tokens"] + final["spent"]["output_tokens"] <= budget
+    assert chat.spent.tokens == final["spent"]["input_tokens"] + final["spent"]["output_tokens"]
+    decisions = final["decisions"]
+    assert len(decisions) == 6
+    # Skipped steps are never called; every other step was called exactly once.
+    ran = [d["step_id"] for d in decisions if d["option"] != "skip"]
+    assert calls == [s for s in ran if s in calls]
+    assert all(d["step_id"] not in calls for d in decisions if d["option"] == "skip")
+    assert final["pending"] == []
+
+
+@pytest.mark.parametrize("saver", ["memory", "sqlite"])
+def test_interrupt_and_resume_neither_loses_nor_double_counts(tiny_chat_server, tmp_path, saver):
+    if saver == "memory":
+        checkpointer = InMemorySaver()
+    else:
+        import sqlite3
+
+        checkpointer = SqliteSaver(sqlite3.connect(tmp_path / "cp.db", check_same_thread=False))
+    graph, chat, calls = _graph(
+        tiny_chat_server, checkpointer=checkpointer, interrupt_before=["execute"]
+    )
+    config = _config()
+    state = graph.invoke(_start(1200, n=4), config)
+    paused = 0
+    while graph.get_state(config).next:
+        paused += 1
+        state = graph.invoke(None, config)  # resume from the checkpoint
+    assert paused >= 1
+    spent = state["spent"]["input_tokens"] + state["spent"]["output_tokens"]
+    assert spent == chat.spent.tokens  # nothing lost, nothing counted twice
+    assert len(state["charged"]) == len(calls) == len(set(calls))
+    assert spent <= 1200
+
+
+def test_a_replayed_call_is_charged_once():
+    """settle() with a call id already charged (a retry, a replay) adds nothing."""
+    control = BudgetControllerNode(Controller())
+    state = {
+        "budget": Budget(tokens=100).model_dump(),
+        "pending": [{}, {}],
+        "spent": Spend(output_tokens=10).model_dump(),
+        "charged": ["t:s0"],
+    }
+    update = control.settle(state, Spend(output_tokens=10), call_id="t:s0")
+    assert "spent" not in update
+    assert update["pending"] == [{}]
+    update = control.settle(state, Spend(output_tokens=10), call_id="t:s1")
+    assert update["spent"]["output_tokens"] == 10
+
+
+def test_graph_spends_from_a_shared_ledger_scope(tiny_chat_server):
+    ledger = MemoryLedger()
+    ledger.set_budget(ScopeBudget(scope="team", tokens=700))
+    ledger.set_budget(ScopeBudget(scope="team/a", tokens=5000))
+    graph, chat, _ = _graph(tiny_chat_server, ledger=ledger, scope="team/a")
+    final = graph.invoke(_start(5000), _config())
+    balance = ledger.balance("team")
+    spent = final["spent"]["input_tokens"] + final["spent"]["output_tokens"]
+    assert balance.committed.tokens == spent == chat.spent.tokens
+    assert spent <= 700  # the tenant's budget bound the graph, not the graph's own 5000
+    assert balance.reserved.tokens == 0
+
+
+async def test_async_graph_run(tiny_chat_server):
+    client = httpx.AsyncClient(timeout=120)  # one per event loop
+    graph, _, _ = _graph(tiny_chat_server, async_client=client)
+    try:
+        final = await graph.ainvoke(_start(600, n=3), _config())
+    finally:
+        await client.aclose()
+    assert final["spent"]["input_tokens"] + final["spent"]["output_tokens"] <= 600
+    assert len(final["decisions"]) == 3
+
+
+def test_graph_shape():
+    from roi_agents_vllm import VLLMServer  # noqa: F401 - the integration imports cleanly
+
+    graph, _, _ = _graph(type("S", (), {"base_url": "http://127.0.0.1:9/v1"})())
+    assert graph.get_graph().draw_mermaid() == MERMAID
+
+
+MERMAID = """---
+config:
+  flowchart:
+    curve: linear
+---
+graph TD;
+\t__start__([<p>__start__</p>]):::first
+\tforecast(forecast)
+\tcontrol(control)
+\texecute(execute)
+\tskip(skip)
+\t__end__([<p>__end__</p>]):::last
+\t__start__ --> forecast;
+\tcontrol -. &nbsp;finish&nbsp; .-> __end__;
+\tcontrol -.-> execute;
+\tcontrol -.-> skip;
+\texecute --> forecast;
+\tforecast --> control;
+\tskip --> forecast;
+\tclassDef default fill:#f2f0ff,line-height:1.2
+\tclassDef first fill-opacity:0
+\tclassDef last fill:#bfb6fc
+"""
