@@ -1,5 +1,11 @@
 """roi-agents for LangGraph and LangChain chat models."""
 
+from roi_agents_langgraph.agent import (
+    DEFAULT_OPTIONS,
+    DEFAULT_TOOL_OPTIONS,
+    AgentState,
+    create_budgeted_agent,
+)
 from roi_agents_langgraph.chat import BudgetedChatModel, budgeted, prompt_token_bound
 from roi_agents_langgraph.nodes import (
     BudgetControllerNode,
@@ -8,18 +14,25 @@ from roi_agents_langgraph.nodes import (
     route_budget,
 )
 from roi_agents_langgraph.state import BudgetState, add_spend, current_step, remaining, union
+from roi_agents_langgraph.tools import BudgetedToolNode, tool_call_allowance
 
 __all__ = [
+    "DEFAULT_OPTIONS",
+    "DEFAULT_TOOL_OPTIONS",
+    "AgentState",
     "BudgetControllerNode",
     "BudgetState",
     "BudgetedChatModel",
+    "BudgetedToolNode",
     "MetaCognitiveNode",
     "Route",
     "add_spend",
     "budgeted",
+    "create_budgeted_agent",
     "current_step",
     "prompt_token_bound",
     "remaining",
     "route_budget",
+    "tool_call_allowance",
     "union",
 ]

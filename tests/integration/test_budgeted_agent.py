@@ -1,0 +1,52 @@
+"""The prebuilt agent against the real vLLM server (a runaway model)."""
+
+import uuid
+
+import pytest
+from langchain_openai import ChatOpenAI
+from roi_agents_langgraph import create_budgeted_agent
+
+from roi_agents import Budget
+
+pytestmark = pytest.mark.integration
+
+
+def _model(server):
+    return ChatOpenAI(
+        base_url=server.base_url,
+        api_key="unused",
+        model="tiny",
+        extra_body={"ignore_eos": True},
+        max_retries=0,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("tokens", [400, 2500])
+def test_agent_plans_executes_and_reports_within_budget(tiny_chat_server, tokens):
+    agent = create_budgeted_agent(
+        _model(tiny_chat_server), budget=Budget(tokens=tokens), max_steps=5, planning_tokens=120
+    )
+    final = agent.invoke(
+        {"task": "compare three vendors and draft a summary"},
+        {"configurable": {"thread_id": uuid.uuid4().hex}, "recursion_limit": 200},
+    )
+    report = final["report"]
+    spent = report["spent"]["input_tokens"] + report["spent"]["output_tokens"]
+    assert spent <= tokens
+    assert 1 <= report["steps"] <= 5
+    ran = [r for r in final["results"] if "answer" in r]
+    assert sum(r["tokens"] for r in ran) <= spent  # planning spent the rest
+    assert report["skipped"] == report["steps"] - len(ran)
+
+
+def test_agent_with_a_fixed_plan_skips_what_the_budget_cannot_pay(tiny_chat_server):
+    steps = [f"step {i}: write a paragraph" for i in range(6)]
+    agent = create_budgeted_agent(
+        _model(tiny_chat_server), budget=Budget(tokens=300), planner=lambda task: steps
+    )
+    final = agent.invoke({"task": "six paragraphs"}, {"recursion_limit": 200})
+    report = final["report"]
+    assert report["steps"] == 6
+    assert report["skipped"] >= 1
+    assert report["spent"]["input_tokens"] + report["spent"]["output_tokens"] <= 300

@@ -1,0 +1,76 @@
+"""BudgetedToolNode in a real LangGraph graph with real tools."""
+
+from typing import Annotated
+
+import pytest
+from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.tools import tool
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+from roi_agents_langgraph import BudgetedToolNode, BudgetState
+
+from roi_agents import Budget
+
+pytestmark = pytest.mark.integration
+
+RAN: list[str] = []
+
+
+@tool
+def lookup(query: str) -> str:
+    """Look something up."""
+    RAN.append(query)
+    return f"found {query}"
+
+
+class State(BudgetState):
+    messages: Annotated[list, add_messages]
+
+
+def _graph():
+    def ask(state: State) -> dict:
+        # The turn's tool calls, as a model would request them.
+        calls = [
+            {
+                "name": "lookup",
+                "args": {"query": f"q{k}"},
+                "id": f"call-{len(RAN)}-{k}",
+                "type": "tool_call",
+            }
+            for k in range(3)
+        ]
+        return {"messages": [AIMessage(content="", tool_calls=calls)]}
+
+    graph = StateGraph(State)
+    graph.add_node("ask", ask)
+    graph.add_node("tools", BudgetedToolNode([lookup]))
+    graph.add_edge(START, "ask")
+    graph.add_edge("ask", "tools")
+    graph.add_edge("tools", END)
+    return graph.compile()
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+async def test_tool_calls_beyond_the_allowance_are_refused_and_never_run(mode):
+    RAN.clear()
+    graph = _graph()
+    start = {"budget": Budget(tool_calls=2).model_dump(), "messages": []}
+    final = graph.invoke(start) if mode == "invoke" else await graph.ainvoke(start)
+    tool_messages = [m for m in final["messages"] if isinstance(m, ToolMessage)]
+    assert RAN == ["q0", "q1"]
+    assert [m.status for m in tool_messages] == ["success", "success", "error"]
+    assert "Refused" in tool_messages[2].content
+    assert final["spent"]["tool_calls"] == 2
+    # The next turn has no allowance left: every call is refused, none runs.
+    again = graph.invoke({**final})
+    new = [m for m in again["messages"] if isinstance(m, ToolMessage)][3:]
+    assert RAN == ["q0", "q1"]
+    assert [m.status for m in new] == ["error"] * 3
+    assert again["spent"]["tool_calls"] == 2
+
+
+def test_unlimited_tool_calls_all_run():
+    RAN.clear()
+    final = _graph().invoke({"budget": Budget(tokens=100).model_dump(), "messages": []})
+    assert RAN == ["q0", "q1", "q2"]
+    assert final["spent"]["tool_calls"] == 3
