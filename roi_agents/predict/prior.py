@@ -171,24 +171,32 @@ class PriorPredictor:
             var = (k * var0 + max(own.n - 1, 0) * own.var) / (k + max(own.n - 1, 0))
             return mu, math.sqrt(var)
 
-        def quantiles(mu: float, sigma: float, offset: float, shift: float = 0.0) -> CostForecast:
+        def quantiles(
+            mu: float, sigma: float, offset: float, shift: float = 0.0, ceiling: float = math.inf
+        ) -> CostForecast:
             def at(z: float) -> float:
-                return shift + max(math.exp(mu + z * sigma) - offset, 0.0)
+                return shift + min(max(math.exp(mu + z * sigma) - offset, 0.0), ceiling)
 
-            mean = shift + max(math.exp(mu + sigma**2 / 2) - offset, 0.0)
+            # E[min(X, c)] <= min(E[X], c): an upper bound, as a cost forecast should err.
+            mean = shift + min(max(math.exp(mu + sigma**2 / 2) - offset, 0.0), ceiling)
             return CostForecast(mean=mean, p50=at(0.0), p90=at(_Z90), p99=at(_Z99))
+
+        # An option's max_tokens caps its output: no forecast goes past it.
+        ceiling = float(option.max_tokens) if option.max_tokens is not None else math.inf
 
         known_input = step.input_tokens
         output = lognormal("output_tokens")
         total = lognormal("tokens")
         assert output is not None
         if known_input is not None or total is None:
-            tokens = quantiles(*output, _OFFSET["output_tokens"], shift=float(known_input or 0))
+            tokens = quantiles(
+                *output, _OFFSET["output_tokens"], shift=float(known_input or 0), ceiling=ceiling
+            )
         else:
             tokens = quantiles(*total, _OFFSET["tokens"])
         usd: CostForecast | None = None
         if known_input is not None and (option.input_price or option.output_price):
-            out = quantiles(*output, _OFFSET["output_tokens"])
+            out = quantiles(*output, _OFFSET["output_tokens"], ceiling=ceiling)
             usd = CostForecast(
                 mean=option.usd(known_input, out.mean),
                 p50=option.usd(known_input, out.p50),

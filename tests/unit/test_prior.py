@@ -87,3 +87,14 @@ def test_bad_inputs():
 async def test_apredict_equals_predict():
     prior = PriorPredictor()
     assert await prior.apredict([_step()]) == prior.predict([_step()])
+
+
+def test_forecasts_never_exceed_the_options_max_tokens():
+    prior = PriorPredictor()  # no history: the default is a median of 512 output tokens
+    step = Step(
+        id="q", input_tokens=40, options=[Option(name="quick", max_tokens=64), Option(name="open")]
+    )
+    quick, open_ended = prior.predict([step])
+    assert quick.tokens.p99 == pytest.approx(40 + 64)
+    assert quick.tokens.mean <= 40 + 64
+    assert open_ended.tokens.p99 > 40 + 512

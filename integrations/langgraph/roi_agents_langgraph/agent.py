@@ -29,7 +29,7 @@ from roi_agents.ledger.base import Ledger
 from roi_agents.predict.base import Predictor
 from roi_agents.predict.prior import PriorPredictor
 from roi_agents.types import Budget, Cap, Decision, Option, Spend, Step
-from roi_agents_langgraph.chat import budgeted
+from roi_agents_langgraph.chat import budgeted, prompt_token_bound
 from roi_agents_langgraph.nodes import BudgetControllerNode, MetaCognitiveNode, route_budget
 from roi_agents_langgraph.state import BudgetState, current_step, remaining
 from roi_agents_langgraph.tools import BudgetedToolNode
@@ -136,7 +136,15 @@ def create_budgeted_agent(
                 ).model_dump()
             except BudgetExceeded:
                 pass  # no room to plan: the task is the one step
-        steps = [Step(id=f"step-{i}", text=t, options=option_list) for i, t in enumerate(texts)]
+        steps = [
+            Step(
+                id=f"step-{i}",
+                text=text,
+                options=option_list,
+                input_tokens=prompt_token_bound([HumanMessage(content=text)]),
+            )
+            for i, text in enumerate(texts)
+        ]
         return {
             **update,
             "pending": [s.model_dump() for s in steps],

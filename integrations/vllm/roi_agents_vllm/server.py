@@ -75,6 +75,10 @@ def server_command(
         command += ["--served-model-name", served_model_name]
     if runner == "pooling":
         command += ["--runner", "pooling"]
+    else:
+        # Tools bound by LangChain ask for tool_choice "auto", which vLLM serves only with a
+        # tool-call parser; hermes reads <tool_call> tags and leaves plain text alone.
+        command += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
     return command
 
 
