@@ -7,6 +7,7 @@ from roi_agents_langgraph.agent import (
     create_budgeted_agent,
 )
 from roi_agents_langgraph.chat import BudgetedChatModel, budgeted, prompt_token_bound
+from roi_agents_langgraph.middleware import BudgetMiddleware, BudgetMiddlewareState
 from roi_agents_langgraph.nodes import (
     BudgetControllerNode,
     MetaCognitiveNode,
@@ -21,6 +22,8 @@ __all__ = [
     "DEFAULT_TOOL_OPTIONS",
     "AgentState",
     "BudgetControllerNode",
+    "BudgetMiddleware",
+    "BudgetMiddlewareState",
     "BudgetState",
     "BudgetedChatModel",
     "BudgetedToolNode",

@@ -1,0 +1,213 @@
+"""`BudgetMiddleware` for ``langchain.agents.create_agent``.
+
+Forecasts, allocation, caps and accounting for every model call, degrading to a cheaper option
+before it stops.
+
+Beside langchain's ``ModelCallLimitMiddleware`` (counts calls) and ``ToolCallLimitMiddleware``
+(counts tool calls), this one budgets what the calls cost: before each model call it plans the
+call and the ones expected after it over what is left, sends the call with the chosen option's
+model and ``max_tokens`` (the cap minus the prompt's size), and after it adds the real
+``usage_metadata`` to the thread's spend. When no option fits, the agent ends with a message
+that says why (``on_exhausted="end"``) or raises `BudgetExceeded` (``"error"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Annotated, Any, Literal, NotRequired
+
+from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse
+from langchain.agents.middleware.types import hook_config
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage
+from langgraph.runtime import Runtime
+
+from roi_agents.allocate import Controller
+from roi_agents.errors import BudgetExceeded, InvalidValueError
+from roi_agents.predict.base import Predictor
+from roi_agents.predict.prior import PriorPredictor
+from roi_agents.types import Budget, Decision, Option, Spend, Step
+from roi_agents_langgraph.chat import prompt_token_bound
+from roi_agents_langgraph.state import add_spend, union
+
+__all__ = ["BudgetMiddleware", "BudgetMiddlewareState"]
+
+
+class BudgetMiddlewareState(AgentState[Any]):
+    """The agent state plus the thread's spend and the ids of the calls charged."""
+
+    roi_spent: NotRequired[Annotated[dict[str, Any], add_spend]]
+    roi_charged: NotRequired[Annotated[list[str], union]]
+
+
+class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
+    """Budget every model call of a ``create_agent`` agent.
+
+    Args:
+        budget: the thread's budget (tokens and/or USD at the options' prices).
+        options: the ways of answering, e.g. a strong and a cheap model, or effort levels.
+        models: chat models by the options' ``model`` names; an option without one keeps the
+            agent's model.
+        predictor: forecasts per call and option (default: a `PriorPredictor` that learns from
+            this middleware's own calls).
+        controller: allocation settings.
+        expected_calls: how many model calls the plan assumes are still to come, this one
+            included: the budget is spread over them.
+        on_exhausted: ``"end"`` the run with a message, or raise (``"error"``).
+    """
+
+    state_schema = BudgetMiddlewareState
+
+    def __init__(
+        self,
+        *,
+        budget: Budget,
+        options: Sequence[Option],
+        models: Mapping[str, BaseChatModel] | None = None,
+        predictor: Predictor | None = None,
+        controller: Controller | None = None,
+        expected_calls: int = 3,
+        on_exhausted: Literal["end", "error"] = "end",
+    ) -> None:
+        super().__init__()
+        if not options:
+            raise InvalidValueError("options", "at least one option")
+        if expected_calls < 1:
+            raise InvalidValueError("expected_calls", f"must be >= 1, got {expected_calls}")
+        if on_exhausted not in ("end", "error"):
+            raise InvalidValueError("on_exhausted", f"'end' or 'error', got {on_exhausted!r}")
+        self.budget = budget
+        self.options = tuple(options)
+        self.models = dict(models or {})
+        self.prior = predictor if predictor is not None else PriorPredictor(group_by=False)
+        self.controller = controller or Controller(predictor=self.prior)
+        if self.controller.predictor is None:
+            self.controller.predictor = self.prior
+        self.expected_calls = expected_calls
+        self.on_exhausted = on_exhausted
+
+    def _remaining(self, state: Any) -> Budget:
+        spent = Spend.model_validate(state.get("roi_spent") or {})
+        left: dict[str, float | int] = {}
+        for resource in self.budget.limited():
+            limit = self.budget.get(resource)
+            assert limit is not None
+            value = max(limit - spent.get(resource), 0)
+            left[resource] = value if resource == "usd" else int(value)
+        return Budget.model_validate(left)
+
+    def _decide(self, request: ModelRequest[Any]) -> tuple[Decision, Step]:
+        messages = list(request.messages)
+        if request.system_message is not None:
+            messages = [request.system_message, *messages]
+        prompt = prompt_token_bound(messages)
+        steps = [
+            Step(
+                id=f"call-{k}",
+                text=str(messages[-1].content) if messages else "",
+                options=self.options,
+                input_tokens=prompt,
+            )
+            for k in range(self.expected_calls)
+        ]
+        decision = self.controller.plan(steps, self._remaining(request.state)).next
+        assert decision is not None
+        return decision, steps[0]
+
+    def _exhausted(self, state: Any) -> dict[str, Any] | None:
+        left = self._remaining(state)
+        if not any(left.get(r) == 0 for r in left.limited()):
+            return None
+        message = f"Stopped: the budget is spent ({left.model_dump(exclude_none=True)} left)."
+        if self.on_exhausted == "error":
+            resource = next(r for r in left.limited() if left.get(r) == 0)
+            limit = self.budget.get(resource) or 0.0
+            raise BudgetExceeded(resource=resource, scope="thread", limit=0, requested=limit)
+        return {"jump_to": "end", "messages": [AIMessage(content=message)]}
+
+    @hook_config(can_jump_to=["end"])
+    def before_model(
+        self, state: BudgetMiddlewareState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        """End the run (or raise) when the budget has nothing left."""
+        return self._exhausted(state)
+
+    @hook_config(can_jump_to=["end"])
+    async def abefore_model(
+        self, state: BudgetMiddlewareState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        """Async `before_model`."""
+        return self._exhausted(state)
+
+    def _apply(self, request: ModelRequest[Any]) -> ModelRequest[Any] | AIMessage:
+        decision, step = self._decide(request)
+        if decision.skipped:
+            reason = f"Stopped: {decision.reason}"
+            if self.on_exhausted == "error":
+                raise BudgetExceeded(
+                    resource="tokens",
+                    scope="thread",
+                    limit=0,
+                    requested=float(step.input_tokens or 0),
+                )
+            return AIMessage(content=reason)
+        option = step.option(decision.option)
+        max_tokens = decision.cap.max_output_tokens(step.input_tokens or 0, option)
+        if max_tokens <= 0:
+            return AIMessage(content=f"Stopped: no room for an answer ({decision.reason})")
+        overrides: dict[str, Any] = {
+            "model_settings": {**request.model_settings, "max_tokens": max_tokens}
+        }
+        if option.model is not None and option.model in self.models:
+            overrides["model"] = self.models[option.model]
+        return request.override(**overrides)
+
+    def wrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
+    ) -> ModelResponse[Any] | AIMessage:
+        """Send the call with the chosen option's model and ``max_tokens``."""
+        applied = self._apply(request)
+        return applied if isinstance(applied, AIMessage) else handler(applied)
+
+    async def awrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
+    ) -> ModelResponse[Any] | AIMessage:
+        """Async `wrap_model_call`."""
+        applied = self._apply(request)
+        return applied if isinstance(applied, AIMessage) else await handler(applied)
+
+    def _account(self, state: Any) -> dict[str, Any] | None:
+        messages = state.get("messages") or []
+        last = messages[-1] if messages else None
+        if not isinstance(last, AIMessage) or last.usage_metadata is None:
+            return None
+        call_id = last.id or ""
+        if call_id and call_id in (state.get("roi_charged") or []):
+            return None  # already charged (a replay)
+        usage = last.usage_metadata
+        model = (last.response_metadata or {}).get("model_name")
+        option = next((o for o in self.options if o.model and o.model == model), None)
+        spend = Spend(
+            input_tokens=usage["input_tokens"],
+            output_tokens=usage["output_tokens"],
+            usd=option.usd(usage["input_tokens"], usage["output_tokens"]) if option else 0.0,
+        )
+        if isinstance(self.prior, PriorPredictor) and option is not None:
+            self.prior.record(option.name, None, spend, 1.0)
+        return {"roi_spent": spend.model_dump(), "roi_charged": [call_id] if call_id else []}
+
+    def after_model(
+        self, state: BudgetMiddlewareState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        """Add the call's real usage to the thread's spend."""
+        return self._account(state)
+
+    async def aafter_model(
+        self, state: BudgetMiddlewareState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        """Async `after_model`."""
+        return self._account(state)

@@ -1,0 +1,77 @@
+"""BudgetMiddleware in langchain's create_agent, against the real vLLM server (runaway model)."""
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_openai import ChatOpenAI
+from roi_agents_langgraph import BudgetMiddleware
+
+from roi_agents import Budget, BudgetExceeded, Option, PriorPredictor, Spend, Step
+
+pytestmark = pytest.mark.integration
+
+DEEP = Option(name="deep", max_tokens=300)
+FAST = Option(name="fast", max_tokens=40)
+
+
+def _prior():
+    prior = PriorPredictor(group_by=False)
+    step = Step(id="warm", options=(DEEP, FAST))
+    for k in range(20):
+        prior.observe(step, "deep", Spend(input_tokens=30, output_tokens=250), success=k < 18)
+        prior.observe(step, "fast", Spend(input_tokens=30, output_tokens=40), success=k < 10)
+    return prior
+
+
+def _agent(server, tokens, **kwargs):
+    model = ChatOpenAI(
+        base_url=server.base_url,
+        api_key="unused",
+        model="tiny",
+        extra_body={"ignore_eos": True},
+        max_retries=0,
+        timeout=120,
+    )
+    middleware = BudgetMiddleware(
+        budget=Budget(tokens=tokens),
+        options=(DEEP, FAST),
+        predictor=_prior(),
+        expected_calls=1,
+        **kwargs,
+    )
+    return create_agent(model=model, tools=[], middleware=[middleware])
+
+
+def _answer(result):
+    return next(m for m in reversed(result["messages"]) if isinstance(m, AIMessage))
+
+
+def test_rich_budget_gets_the_deep_option_and_is_accounted(tiny_chat_server):
+    result = _agent(tiny_chat_server, 2000).invoke({"messages": [HumanMessage("plan a trip")]})
+    answer = _answer(result)
+    usage = answer.usage_metadata
+    assert 40 < usage["output_tokens"] <= 300  # deep's ceiling, and the runaway stopped there
+    spent = result["roi_spent"]
+    assert (spent["input_tokens"], spent["output_tokens"]) == (
+        usage["input_tokens"],
+        usage["output_tokens"],
+    )
+
+
+def test_tight_budget_degrades_to_the_cheap_option(tiny_chat_server):
+    result = _agent(tiny_chat_server, 200).invoke({"messages": [HumanMessage("plan a trip")]})
+    usage = _answer(result).usage_metadata
+    assert usage["output_tokens"] <= 40
+    assert usage["input_tokens"] + usage["output_tokens"] <= 200
+
+
+def test_no_budget_ends_without_calling_the_model(tiny_chat_server):
+    result = _agent(tiny_chat_server, 20).invoke({"messages": [HumanMessage("plan a trip")]})
+    answer = _answer(result)
+    assert answer.content.startswith("Stopped")
+    assert answer.usage_metadata is None
+    assert not result.get("roi_spent")
+    with pytest.raises(BudgetExceeded):
+        _agent(tiny_chat_server, 20, on_exhausted="error").invoke(
+            {"messages": [HumanMessage("plan a trip")]}
+        )
