@@ -39,7 +39,14 @@ def _prior():
 
 
 def _graph(
-    server, *, ledger=None, scope=None, checkpointer=None, interrupt_before=None, async_client=None
+    server,
+    *,
+    ledger=None,
+    scope=None,
+    checkpointer=None,
+    interrupt_before=None,
+    async_client=None,
+    on_exhausted="skip",
 ):
     chat = budgeted(
         ChatOpenAI(
@@ -52,7 +59,9 @@ def _graph(
             http_async_client=async_client,
         )
     )
-    control = BudgetControllerNode(Controller(), ledger=ledger, scope=scope)
+    control = BudgetControllerNode(
+        Controller(), ledger=ledger, scope=scope, on_exhausted=on_exhausted
+    )
     calls = []
 
     def execute(state: BudgetState, config) -> dict:
@@ -207,3 +216,83 @@ graph TD;
 \tclassDef first fill-opacity:0
 \tclassDef last fill:#bfb6fc
 """
+
+
+def test_ask_for_more_budget_with_interrupt_and_resume(tiny_chat_server):
+    from langgraph.types import Command
+
+    graph, _, calls = _graph(tiny_chat_server, checkpointer=InMemorySaver(), on_exhausted="ask")
+    config = _config()
+    first = graph.invoke(_start(30, n=3), config)  # too little for any step
+    (question,) = first["__interrupt__"]
+    assert question.value["step"] == "s0"
+    assert question.value["remaining"] == {"tokens": 30}
+    assert calls == []
+    final = graph.invoke(Command(resume={"tokens": 2000}), config)
+    while "__interrupt__" in final:  # asked again later: this time, no more
+        final = graph.invoke(Command(resume=None), config)
+    assert final["budget"]["tokens"] == 2030
+    spent = final["spent"]["input_tokens"] + final["spent"]["output_tokens"]
+    assert 0 < spent <= 2030
+    assert calls  # the extra budget paid for real calls
+
+
+def test_send_fan_out_branches_share_the_budget_through_reservations(tiny_chat_server):
+    """Branches started with Send reserve from one ledger scope: never both the last tokens."""
+    import operator
+    from typing import Annotated
+
+    from langgraph.types import Send
+    from typing_extensions import TypedDict
+
+    from roi_agents import Cap, Decision
+    from roi_agents.ledger import Amount
+
+    ledger = MemoryLedger()
+    ledger.set_budget(ScopeBudget(scope="run", tokens=500))
+    chat = budgeted(
+        ChatOpenAI(
+            base_url=tiny_chat_server.base_url,
+            api_key="unused",
+            model="tiny",
+            extra_body={"ignore_eos": True},
+            max_retries=0,
+            timeout=120,
+        )
+    )
+
+    class FanState(TypedDict):
+        topics: list[str]
+        done: Annotated[list[dict], operator.add]
+
+    def branch(payload: dict) -> dict:
+        cap = 300  # each branch asks for 300 of the 500 tokens
+        try:
+            hold = ledger.reserve("run", Amount(tokens=cap), ttl=60)
+        except BudgetExceeded:
+            return {"done": [{"topic": payload["topic"], "ran": False}]}
+        decision = Decision(
+            step_id=payload["topic"],
+            option="deep",
+            cap=Cap(tokens=cap),
+            expected_value=0.5,
+            expected_cost={"tokens": cap},
+            reason="branch",
+        )
+        message = chat.invoke(payload["topic"], decision=decision, option=OPTIONS[1])
+        usage = message.usage_metadata
+        ledger.commit(hold, Amount(tokens=usage["input_tokens"] + usage["output_tokens"]))
+        return {"done": [{"topic": payload["topic"], "ran": True}]}
+
+    graph = StateGraph(FanState)
+    graph.add_node("branch", branch)
+    graph.add_conditional_edges(
+        START, lambda s: [Send("branch", {"topic": t}) for t in s["topics"]], ["branch"]
+    )
+    graph.add_edge("branch", END)
+    final = graph.compile().invoke({"topics": [f"topic {i}" for i in range(4)], "done": []})
+    ran = [d for d in final["done"] if d["ran"]]
+    assert len(final["done"]) == 4
+    assert len(ran) == 1  # 300 + 300 > 500: only one branch could hold its cap
+    assert ledger.balance("run").committed.tokens <= 500
+    assert ledger.balance("run").committed.tokens == chat.spent.tokens

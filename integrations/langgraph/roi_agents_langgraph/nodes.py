@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig, RunnableLambda
+from langgraph.types import interrupt
 
 from roi_agents.allocate import Controller
 from roi_agents.errors import BudgetExceeded, InvalidValueError
@@ -66,6 +67,10 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         ledger: a shared ledger, optional.
         scope: the ledger scope this graph spends from (required with a ledger).
         ttl: seconds a reservation lasts if the worker dies before settling.
+        on_exhausted: when no option of the next step fits what is left, ``"skip"`` it (the
+            controller has already degraded the options it could), or ``"ask"`` a human for
+            more budget with LangGraph's ``interrupt()`` (needs a checkpointer): resume with
+            ``Command(resume={"tokens": 2000})`` to add to the budget, or ``None`` to skip.
     """
 
     def __init__(
@@ -75,14 +80,18 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         ledger: Ledger | None = None,
         scope: str | None = None,
         ttl: float = 600.0,
+        on_exhausted: Literal["skip", "ask"] = "skip",
         name: str = "control",
     ) -> None:
+        if on_exhausted not in ("skip", "ask"):
+            raise InvalidValueError("on_exhausted", f"'skip' or 'ask', got {on_exhausted!r}")
         if ledger is not None and scope is None:
             raise InvalidValueError("scope", "a ledger needs the scope to spend from")
         self.controller = controller
         self.ledger = ledger
         self.scope = check_scope(scope) if scope is not None else None
         self.ttl = check_ttl(ttl)
+        self.on_exhausted = on_exhausted
         super().__init__(self._decide, name=name)
 
     def _left(self, state: BudgetState) -> Budget:
@@ -102,10 +111,30 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         if not steps:
             return {"decision": None, "reservation": None}
         forecasts = [Forecast.model_validate(f) for f in state.get("forecasts") or []]
-        plan = self.controller.plan(steps, self._left(state), forecasts=forecasts or None)
+        left = self._left(state)
+        plan = self.controller.plan(steps, left, forecasts=forecasts or None)
         decision = plan.next
         assert decision is not None
         update: dict[str, Any] = {"reservation": None}
+        if self.on_exhausted == "ask" and decision.reason.startswith("skip: no option fits"):
+            extra = interrupt(
+                {
+                    "question": "The budget cannot pay for the next step. Add to it?",
+                    "step": steps[0].id,
+                    "remaining": left.model_dump(exclude_none=True),
+                    "reason": decision.reason,
+                }
+            )
+            if extra:
+                budget, added = Budget.model_validate(state["budget"]), Budget.model_validate(extra)
+                grown: dict[str, float] = {}
+                for resource in budget.limited():
+                    grown[resource] = (budget.get(resource) or 0) + (added.get(resource) or 0)
+                update["budget"] = Budget.model_validate(grown).model_dump()
+                more = remaining({**state, "budget": update["budget"]})
+                plan = self.controller.plan(steps, more, forecasts=forecasts or None)
+                decision = plan.next
+                assert decision is not None
         if self.ledger is not None and self.scope is not None and not decision.skipped:
             cap = decision.cap
             thread = (config.get("configurable") or {}).get("thread_id", "")
