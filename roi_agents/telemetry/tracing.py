@@ -25,7 +25,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from roi_agents import __version__
-from roi_agents.errors import BudgetExceeded
+from roi_agents.errors import BudgetExceeded, InvalidValueError
 from roi_agents.telemetry import names
 from roi_agents.types import (
     RESOURCES,
@@ -192,22 +192,25 @@ class RunTrace:
     def decision(
         self,
         step: Step,
-        plan: Plan,
+        plan: Plan | None = None,
         forecasts: Sequence[Forecast] = (),
         *,
         decision: Decision | None = None,
     ) -> DecisionTrace:
         """Open the ``roi.decision`` span of the step the plan decided first.
 
+        The span is a child of the run's ``roi.plan`` span inside a ``with`` block, and of the
+        current span otherwise (a graph node that traces one decision at a time).
+
         Args:
             step: the step.
             plan: the plan just made (its first decision is the step's, unless ``decision``).
             forecasts: the forecasts the plan was made from; the step's are recorded.
-            decision: the step's decision when it is not ``plan.next``.
+            decision: the step's decision, when no plan is given or it is not ``plan.next``.
         """
-        chosen = decision or plan.next
-        assert chosen is not None
-        assert self._span is not None, "RunTrace used outside a with block"
+        chosen = decision or (plan.next if plan is not None else None)
+        if chosen is None:
+            raise InvalidValueError("decision", "pass a plan with decisions or a decision")
         option = step.option(chosen.option)
         attributes: dict[str, Any] = {
             names.STEP_ID: step.id,
@@ -236,7 +239,7 @@ class RunTrace:
                 attributes[names.per_resource(names.CAP, resource)] = cap
         span = self._tracer.start_span(
             names.SPAN_DECISION,
-            context=trace.set_span_in_context(self._span),
+            context=trace.set_span_in_context(self._span) if self._span is not None else None,
             attributes=attributes,
         )
         self.decisions += 1

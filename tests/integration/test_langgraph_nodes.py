@@ -47,6 +47,7 @@ def _graph(
     interrupt_before=None,
     async_client=None,
     on_exhausted="skip",
+    tracer_provider=None,
 ):
     chat = budgeted(
         ChatOpenAI(
@@ -60,7 +61,11 @@ def _graph(
         )
     )
     control = BudgetControllerNode(
-        Controller(), ledger=ledger, scope=scope, on_exhausted=on_exhausted
+        Controller(),
+        ledger=ledger,
+        scope=scope,
+        on_exhausted=on_exhausted,
+        tracer_provider=tracer_provider,
     )
     calls = []
 
@@ -296,3 +301,32 @@ def test_send_fan_out_branches_share_the_budget_through_reservations(tiny_chat_s
     assert len(ran) == 1  # 300 + 300 > 500: only one branch could hold its cap
     assert ledger.balance("run").committed.tokens <= 500
     assert ledger.balance("run").committed.tokens == chat.spent.tokens
+
+
+def test_the_nodes_trace_every_decision_with_its_real_usage(tiny_chat_server):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from roi_agents.telemetry import names
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    graph, chat, _ = _graph(tiny_chat_server, tracer_provider=provider)
+    with provider.get_tracer("test").start_as_current_span("agent.invoke") as outer:
+        final = graph.invoke(_start(700, n=5), _config())
+    spans = [s for s in exporter.get_finished_spans() if s.name == names.SPAN_DECISION]
+    assert [s.attributes[names.STEP_ID] for s in spans] == [
+        d["step_id"] for d in final["decisions"]
+    ]
+    assert [s.attributes[names.OPTION] for s in spans] == [d["option"] for d in final["decisions"]]
+    traced = sum(
+        s.attributes.get(names.GEN_AI_USAGE_INPUT_TOKENS, 0)
+        + s.attributes.get(names.GEN_AI_USAGE_OUTPUT_TOKENS, 0)
+        for s in spans
+    )
+    assert traced == chat.spent.tokens
+    assert all(s.parent is not None for s in spans)
+    assert {s.context.trace_id for s in spans} == {outer.get_span_context().trace_id}
+    provider.shutdown()

@@ -17,11 +17,13 @@ from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.types import interrupt
+from opentelemetry import metrics, trace
 
 from roi_agents.allocate import Controller
 from roi_agents.errors import BudgetExceeded, InvalidValueError
 from roi_agents.ledger.base import Amount, Ledger, check_scope, check_ttl
 from roi_agents.predict.base import Predictor
+from roi_agents.telemetry.tracing import RunTrace
 from roi_agents.types import Budget, Decision, Forecast, Spend, Step
 from roi_agents_langgraph.state import BudgetState, current_step, remaining
 
@@ -71,6 +73,9 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
             controller has already degraded the options it could), or ``"ask"`` a human for
             more budget with LangGraph's ``interrupt()`` (needs a checkpointer): resume with
             ``Command(resume={"tokens": 2000})`` to add to the budget, or ``None`` to skip.
+        tracer_provider: where the ``roi.decision`` span of each settled or skipped step goes
+            (a child of the current span; default: the global provider, a no-op without SDK).
+        meter_provider: where the metrics go (default: the global provider).
     """
 
     def __init__(
@@ -81,6 +86,8 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         scope: str | None = None,
         ttl: float = 600.0,
         on_exhausted: Literal["skip", "ask"] = "skip",
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
         name: str = "control",
     ) -> None:
         if on_exhausted not in ("skip", "ask"):
@@ -92,6 +99,8 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         self.scope = check_scope(scope) if scope is not None else None
         self.ttl = check_ttl(ttl)
         self.on_exhausted = on_exhausted
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
         super().__init__(self._decide, name=name)
 
     def _left(self, state: BudgetState) -> Budget:
@@ -153,11 +162,19 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         dumped = decision.model_dump()
         return {**update, "decision": dumped, "decisions": [dumped]}
 
-    def settle(self, state: BudgetState, spend: Spend, *, call_id: str) -> dict[str, Any]:
+    def settle(
+        self,
+        state: BudgetState,
+        spend: Spend,
+        *,
+        call_id: str,
+        success: float | None = None,
+    ) -> dict[str, Any]:
         """The state update after the next step ran and spent ``spend``.
 
         A ``call_id`` already charged (a retried node, a replay) adds nothing; with a ledger the
-        reservation is committed with the real spend.
+        reservation is committed with the real spend. The step's ``roi.decision`` span (with
+        ``success``, when known) is emitted here.
         """
         pending = state.get("pending") or []
         update: dict[str, Any] = {"pending": pending[1:], "decision": None, "reservation": None}
@@ -166,13 +183,33 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         hold = state.get("reservation")
         if self.ledger is not None and hold:
             self.ledger.commit(hold, Amount.of(spend))
+        self._trace(state, spend, success)
         return {**update, "spent": spend.model_dump(), "charged": [call_id]}
+
+    def _trace(self, state: BudgetState, spend: Spend, success: float | None) -> None:
+        """One finished ``roi.decision`` span for the next step: decision and outcome."""
+        current = current_step(state)
+        if current is None:
+            return
+        step, decision = current
+        run = RunTrace(
+            Budget.model_validate(state["budget"]),
+            resource=self.controller.resource,
+            quantile=self.controller.quantile,
+            tracer_provider=self.tracer_provider,
+            meter_provider=self.meter_provider,
+        )
+        run.spent = Spend.model_validate(state.get("spent") or {})
+        forecasts = [Forecast.model_validate(f) for f in state.get("forecasts") or []]
+        with run.decision(step, forecasts=forecasts, decision=decision) as traced:
+            traced.record(spend, success=success)
 
     def skip(self, state: BudgetState) -> dict[str, Any]:
         """The state update that skips the next step (its hold, if any, is released)."""
         hold = state.get("reservation")
         if self.ledger is not None and hold:
             self.ledger.release(hold)
+        self._trace(state, Spend(), None)
         pending = state.get("pending") or []
         return {"pending": pending[1:], "decision": None, "reservation": None}
 
