@@ -67,6 +67,20 @@ class Budget(BaseModel):
         """The resources this budget limits, in the order of `RESOURCES`."""
         return tuple(r for r in RESOURCES if self.get(r) is not None)
 
+    def left_after(self, spend: Spend) -> Budget:
+        """What is left after ``spend``, floored at zero: an overspend is not raised here.
+
+        For accounting that must carry on after the fact (traces, reports); use
+        `remaining_after` to refuse an overspend.
+        """
+        left: dict[str, float] = {}
+        for resource in self.limited():
+            limit = self.get(resource)
+            assert limit is not None
+            value = max(limit - spend.get(resource), 0)
+            left[resource] = value if resource == "usd" else int(value)
+        return Budget.model_validate(left)
+
     def remaining_after(self, spend: Spend) -> Budget:
         """What is left after ``spend``.
 

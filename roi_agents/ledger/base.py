@@ -13,7 +13,7 @@ from typing import Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt
 
 from roi_agents.errors import InvalidValueError
-from roi_agents.types import RESOURCES, Budget, Resource, Spend
+from roi_agents.types import RESOURCES, Budget, Cap, Resource, Spend
 
 __all__ = [
     "Amount",
@@ -47,6 +47,11 @@ class Amount(BaseModel):
     def of(cls, spend: Spend) -> Amount:
         """The amount of a `Spend` (input plus output tokens)."""
         return cls(tokens=spend.tokens, usd=spend.usd, tool_calls=spend.tool_calls)
+
+    @classmethod
+    def of_cap(cls, cap: Cap) -> Amount:
+        """What to reserve for a decision's cap (an uncapped resource reserves nothing)."""
+        return cls(tokens=cap.tokens or 0, usd=cap.usd or 0.0, tool_calls=cap.tool_calls or 0)
 
     def get(self, resource: Resource) -> float:
         """The quantity of one resource."""

@@ -71,9 +71,7 @@ class LedgerRun:
             if decision.skipped:
                 return decision, None
             cap = decision.cap
-            amount = Amount(
-                tokens=cap.tokens or 0, usd=cap.usd or 0.0, tool_calls=cap.tool_calls or 0
-            )
+            amount = Amount.of_cap(cap)
             try:
                 hold = self.ledger.reserve(
                     self.scope, amount, ttl=self.ttl, idempotency_key=idempotency_key

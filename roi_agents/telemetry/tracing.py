@@ -86,17 +86,6 @@ def _budget_attributes(prefix: str, budget: Budget) -> dict[str, float]:
     return out
 
 
-def _left(budget: Budget, spend: Spend) -> Budget:
-    """What is left after ``spend``, floored at zero (an overspend is traced, not raised)."""
-    left: dict[str, float | int] = {}
-    for resource in budget.limited():
-        limit = budget.get(resource)
-        assert limit is not None
-        value = max(limit - spend.get(resource), 0)
-        left[resource] = value if resource == "usd" else int(value)
-    return Budget.model_validate(left)
-
-
 class RunTrace:
     """One budgeted run as a ``roi.plan`` span, child of the span current when it starts.
 
@@ -139,7 +128,7 @@ class RunTrace:
     @property
     def remaining(self) -> Budget:
         """What the run has left (never negative)."""
-        return _left(self.budget, self.spent)
+        return self.budget.left_after(self.spent)
 
     def _left_attributes(self, prefix: str) -> dict[str, float]:
         out = {}

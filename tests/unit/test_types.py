@@ -85,3 +85,9 @@ def test_cap_turns_into_max_output_tokens():
     assert Cap(usd=0.004).max_output_tokens(100, option) == 100
     with pytest.raises(InvalidValueError):
         Cap().max_output_tokens(10, Option(name="x"))
+
+
+def test_left_after_floors_an_overspend_instead_of_raising():
+    budget = Budget(tokens=100, usd=1.0)
+    assert budget.left_after(Spend(output_tokens=30, usd=0.25)) == Budget(tokens=70, usd=0.75)
+    assert budget.left_after(Spend(output_tokens=130, usd=2.0)) == Budget(tokens=0, usd=0.0)

@@ -87,14 +87,7 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         self.on_exhausted = on_exhausted
 
     def _remaining(self, state: Any) -> Budget:
-        spent = Spend.model_validate(state.get("roi_spent") or {})
-        left: dict[str, float | int] = {}
-        for resource in self.budget.limited():
-            limit = self.budget.get(resource)
-            assert limit is not None
-            value = max(limit - spent.get(resource), 0)
-            left[resource] = value if resource == "usd" else int(value)
-        return Budget.model_validate(left)
+        return self.budget.left_after(Spend.model_validate(state.get("roi_spent") or {}))
 
     def _decide(self, request: ModelRequest[Any]) -> tuple[Decision, Step]:
         messages = list(request.messages)

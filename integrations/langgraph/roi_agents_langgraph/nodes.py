@@ -150,9 +150,7 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
             try:
                 hold = self.ledger.reserve(
                     self.scope,
-                    Amount(
-                        tokens=cap.tokens or 0, usd=cap.usd or 0.0, tool_calls=cap.tool_calls or 0
-                    ),
+                    Amount.of_cap(cap),
                     ttl=self.ttl,
                     idempotency_key=f"{thread}:{steps[0].id}" if thread else None,
                 )

@@ -55,14 +55,7 @@ class BudgetState(TypedDict):
 def remaining(state: BudgetState) -> Budget:
     """What the run has left: budget minus spent, floored at zero."""
     budget = Budget.model_validate(state["budget"])
-    spent = Spend.model_validate(state.get("spent") or {})
-    left: dict[str, float | int] = {}
-    for resource in budget.limited():
-        limit = budget.get(resource)
-        assert limit is not None
-        value = max(limit - spent.get(resource), 0)
-        left[resource] = value if resource == "usd" else int(value)
-    return Budget.model_validate(left)
+    return budget.left_after(Spend.model_validate(state.get("spent") or {}))
 
 
 def current_step(state: BudgetState) -> tuple[Step, Decision] | None:
