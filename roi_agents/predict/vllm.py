@@ -1,0 +1,152 @@
+"""`VLLMPredictor`: the learned checkpoint behind a vLLM pooling server's ``/classify``.
+
+One batched request per planning turn. Connection errors and 5xx answers are retried (tenacity,
+exponential back-off, bounded); a server that is down, too slow, or answers with malformed or
+non-finite outputs makes the predictor fall back to its fallback predictor (a `PriorPredictor`
+by default). A fallback is logged, recorded as a ``roi.predictor.fallback`` event on the current
+span, and kept in `last_fallback`; no bad forecast ever reaches the controller.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+from opentelemetry import trace
+from tenacity import (
+    AsyncRetrying,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from roi_agents.errors import InvalidValueError
+from roi_agents.predict.base import Predictor
+from roi_agents.predict.head import forecast_from_outputs, input_text, pairs
+from roi_agents.predict.prior import PriorPredictor
+from roi_agents.telemetry import names
+from roi_agents.types import Forecast, Step
+
+__all__ = ["VLLMPredictor"]
+
+logger = logging.getLogger("roi_agents.predict")
+
+
+def _retryable(error: BaseException) -> bool:
+    if isinstance(error, httpx.TransportError):
+        return True
+    return isinstance(error, httpx.HTTPStatusError) and error.response.status_code >= 500
+
+
+class VLLMPredictor:
+    """Forecasts from a vLLM server running the checkpoint with ``--runner pooling``.
+
+    Args:
+        base_url: the server's root, e.g. ``http://127.0.0.1:8000`` (a trailing ``/v1`` is
+            accepted and dropped: ``/classify`` lives at the root).
+        model: the served model name.
+        fallback: used when the server fails (default: an empty `PriorPredictor`).
+        timeout: seconds per request.
+        attempts: tries per turn for connection errors and 5xx answers.
+        client: an httpx client to use (and to close yourself).
+        async_client: an httpx async client to use (and to close yourself).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        fallback: Predictor | None = None,
+        timeout: float = 5.0,
+        attempts: int = 3,
+        client: httpx.Client | None = None,
+        async_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if attempts < 1:
+            raise InvalidValueError("attempts", f"must be >= 1, got {attempts}")
+        root = base_url.rstrip("/")
+        self.url = (root.removesuffix("/v1")) + "/classify"
+        self.model = model
+        self.fallback = fallback or PriorPredictor()
+        self.timeout = timeout
+        self.attempts = attempts
+        self._client = client
+        self._async_client = async_client
+        self.last_fallback: str | None = None
+
+    def _retrying(self) -> dict[str, Any]:
+        return {
+            "stop": stop_after_attempt(self.attempts),
+            "wait": wait_exponential(multiplier=0.1, max=2.0),
+            "retry": retry_if_exception(_retryable),
+            "reraise": True,
+        }
+
+    def _forecasts(self, steps: Sequence[Step], payload: Any) -> list[Forecast]:
+        todo = pairs(steps)
+        try:
+            rows = [item["probs"] for item in payload["data"]]
+        except (KeyError, TypeError) as error:
+            raise InvalidValueError("response", f"malformed /classify answer: {error!r}") from None
+        if len(rows) != len(todo):
+            msg = f"{len(rows)} outputs for {len(todo)} (step, option) pairs"
+            raise InvalidValueError("response", msg)
+        return [
+            forecast_from_outputs(s, o, row, source="vllm")
+            for (s, o), row in zip(todo, rows, strict=True)
+        ]
+
+    def _fall_back(self, steps: Sequence[Step], error: BaseException) -> list[Forecast]:
+        reason = f"{type(error).__name__}: {error}"[:300]
+        self.last_fallback = reason
+        logger.warning("VLLMPredictor falls back to %s: %s", type(self.fallback).__name__, reason)
+        trace.get_current_span().add_event(
+            names.EVENT_FALLBACK, {names.EVENT_REASON: reason, "roi.predictor": "vllm"}
+        )
+        return self.fallback.predict(steps)
+
+    def predict(self, steps: Sequence[Step]) -> list[Forecast]:
+        """One batched ``/classify`` request; the fallback's forecasts if it fails."""
+        texts = [input_text(s, o) for s, o in pairs(steps)]
+        if not texts:
+            return []
+        request = {"model": self.model, "input": texts}
+        client = self._client or httpx.Client(timeout=self.timeout)
+        try:
+            for attempt in Retrying(**self._retrying()):
+                with attempt:
+                    response = client.post(self.url, json=request, timeout=self.timeout)
+                    response.raise_for_status()
+            forecasts = self._forecasts(steps, response.json())
+        except (httpx.HTTPError, ValueError) as error:
+            return self._fall_back(steps, error)
+        finally:
+            if self._client is None:
+                client.close()
+        self.last_fallback = None
+        return forecasts
+
+    async def apredict(self, steps: Sequence[Step]) -> list[Forecast]:
+        """Async `predict`: real async I/O with httpx."""
+        texts = [input_text(s, o) for s, o in pairs(steps)]
+        if not texts:
+            return []
+        request = {"model": self.model, "input": texts}
+        client = self._async_client or httpx.AsyncClient(timeout=self.timeout)
+        try:
+            async for attempt in AsyncRetrying(**self._retrying()):
+                with attempt:
+                    response = await client.post(self.url, json=request, timeout=self.timeout)
+                    response.raise_for_status()
+            forecasts = self._forecasts(steps, response.json())
+        except (httpx.HTTPError, ValueError) as error:
+            return self._fall_back(steps, error)
+        finally:
+            if self._async_client is None:
+                await client.aclose()
+        self.last_fallback = None
+        return forecasts

@@ -1,0 +1,159 @@
+"""LocalPredictor and VLLMPredictor on the same checkpoint; VLLMPredictor's fallbacks."""
+
+import json
+import math
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from roi_agents_vllm import VLLMServer, vllm_python
+
+from roi_agents import Option, PriorPredictor, Step
+from roi_agents.predict import LocalPredictor, VLLMPredictor
+from roi_agents.telemetry import names
+
+pytestmark = pytest.mark.integration
+
+OPTIONS = (
+    Option(name="fast", tags=("fast",), max_tokens=64),
+    Option(name="deep", tags=("deep",)),
+    Option(name="tool", tags=("tool",)),
+)
+STEPS = [
+    Step(id=f"s{i}", text=text, options=OPTIONS, input_tokens=12 + i)
+    for i, text in enumerate(
+        [
+            "add two numbers",
+            "prove the theorem step by step",
+            "summarise the report",
+            "search the notes",
+        ]
+    )
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-predictor")
+    builder = Path(__file__).with_name("build_tiny_classifier.py")
+    subprocess.run(
+        [str(vllm_python()), str(builder), str(folder)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pooling_server(checkpoint):
+    server = VLLMServer(
+        checkpoint,
+        served_model_name="predictor",
+        runner="pooling",
+        max_model_len=256,
+        log=checkpoint / "vllm.log",
+    )
+    with server:
+        yield server
+
+
+def _close(a, b):
+    assert (a.step_id, a.option) == (b.step_id, b.option)
+    assert a.p_success == pytest.approx(b.p_success, abs=1e-3)
+    for field in ("mean", "p50", "p90", "p99"):
+        assert getattr(a.tokens, field) == pytest.approx(getattr(b.tokens, field), rel=1e-3)
+        assert getattr(a.usd, field) == pytest.approx(getattr(b.usd, field), rel=1e-3)
+
+
+def test_vllm_and_local_forecasts_agree(pooling_server, checkpoint):
+    local = LocalPredictor(checkpoint, device="cpu").predict(STEPS)
+    remote_predictor = VLLMPredictor(pooling_server.url, "predictor")
+    remote = remote_predictor.predict(STEPS)
+    assert remote_predictor.last_fallback is None
+    assert len(local) == len(remote) == len(STEPS) * len(OPTIONS)
+    for a, b in zip(local, remote, strict=True):
+        _close(a, b)
+        assert b.source == "vllm"
+    # The option's max_tokens caps the output forecast; the prompt is added.
+    fast = next(f for f in remote if f.option == "fast" and f.step_id == "s0")
+    assert fast.tokens.p99 <= 12 + 64
+
+
+async def test_async_predict_agrees(pooling_server, checkpoint):
+    sync = VLLMPredictor(pooling_server.base_url, "predictor").predict(STEPS)
+    asynchronous = await VLLMPredictor(pooling_server.base_url, "predictor").apredict(STEPS)
+    for a, b in zip(sync, asynchronous, strict=True):
+        _close(a, b)
+
+
+class _Bad(BaseHTTPRequestHandler):
+    mode = "nan"
+    hits = 0
+
+    def do_POST(self):
+        type(self).hits += 1
+        length = int(self.headers["Content-Length"])
+        n = len(json.loads(self.rfile.read(length))["input"])
+        if self.mode == "500":
+            self.send_response(500)
+            self.end_headers()
+            return
+        rows = {
+            "nan": [[math.nan, 5.0, 0.0]] * n,
+            "short": [[0.1, 5.0]] * n,
+            "count": [[0.1, 5.0, 0.0]] * (n - 1),
+            "garbage": None,
+        }[self.mode]
+        body = (
+            b"not json"
+            if rows is None
+            else json.dumps({"data": [{"probs": r} for r in rows]}).encode()
+        )
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("mode", ["nan", "short", "count", "garbage", "500"])
+def test_malformed_answers_fall_back_to_the_prior(mode):
+    _Bad.mode, _Bad.hits = mode, 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Bad)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    try:
+        predictor = VLLMPredictor(
+            f"http://127.0.0.1:{server.server_address[1]}",
+            "p",
+            fallback=PriorPredictor(),
+            attempts=3,
+        )
+        with provider.get_tracer("t").start_as_current_span("turn"):
+            forecasts = predictor.predict(STEPS)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert all(f.source == "prior" for f in forecasts)
+    assert predictor.last_fallback
+    assert _Bad.hits == (3 if mode == "500" else 1)  # only 5xx is retried
+    (span,) = exporter.get_finished_spans()
+    assert [e.name for e in span.events] == [names.EVENT_FALLBACK]
+
+
+def test_killing_the_server_mid_run_falls_back_without_an_exception(pooling_server):
+    predictor = VLLMPredictor(pooling_server.url, "predictor", timeout=2.0, attempts=2)
+    assert predictor.predict(STEPS[:1])[0].source == "vllm"
+    pooling_server.stop()
+    forecasts = predictor.predict(STEPS)
+    assert {f.source for f in forecasts} == {"prior"}
+    assert "ConnectError" in predictor.last_fallback
