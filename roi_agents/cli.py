@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -114,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("--out", type=Path, help="output folder (default: the user cache)")
     pull.set_defaults(run=_pull)
 
+    serve = commands.add_parser("serve", help="serve a predictor checkpoint with vLLM")
+    serve.add_argument("checkpoint", type=Path, help="a Hugging Face checkpoint folder")
+    serve.add_argument("--name", default="predictor", help="the served model name")
+    serve.add_argument("--runner", choices=["pooling", "generate"], default="pooling")
+    serve.set_defaults(run=_serve)
+
     report = commands.add_parser("report", help="summarise a JSONL trace of budgeted runs")
     report.add_argument("traces", type=Path, help="a JSONL file written by the jsonl exporter")
     report.add_argument("--json", type=Path, help="write the report as JSON here")
@@ -171,11 +179,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     from roi_agents.bench.report import plot_result, print_result, write_json
     from roi_agents.bench.simulate import BenchConfig, run_bench
     from roi_agents.data import load_replay
-    from roi_agents.errors import InvalidValueError
 
-    if args.predictor != "prior":
-        msg = f"{args.predictor!r}: only 'prior' is available in this version"
-        raise InvalidValueError("predictor", msg)
+    factory = _predictor_factory(args.predictor)
     paths = _resolve_data(args.data)
     queries = load_replay(paths)
     config = BenchConfig(
@@ -193,7 +198,11 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     with _progress(console) as progress:
         task = progress.add_task("replaying", total=config.episodes * len(config.budgets))
         result = run_bench(
-            queries, config, data=label, progress=lambda k: progress.advance(task, k)
+            queries,
+            config,
+            data=label,
+            predictor=factory,
+            progress=lambda k: progress.advance(task, k),
         )
     print_result(result, console)
     if args.json:
@@ -201,6 +210,35 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     if args.plot:
         console.print(f"wrote {plot_result(result, args.plot)}")
     return 0
+
+
+def _predictor_factory(spec: str) -> Any:
+    """``prior`` -> None (the bench fits one); ``local:DIR`` / ``vllm:URL`` -> a factory."""
+    from roi_agents.errors import InvalidValueError
+
+    if spec == "prior":
+        return None
+    kind, _, target = spec.partition(":")
+    if kind == "local" and target:
+        from roi_agents.predict.local import LocalPredictor
+
+        local = LocalPredictor(target)
+        return lambda train: local
+    if kind == "vllm" and target:
+        import httpx
+
+        from roi_agents.predict.vllm import VLLMPredictor
+
+        root = target.rstrip("/").removesuffix("/v1")
+        try:
+            served = httpx.get(f"{root}/v1/models", timeout=10).json()["data"][0]["id"]
+        except (httpx.HTTPError, KeyError, IndexError, ValueError) as error:
+            msg = f"no model served at {root}: {error}"
+            raise InvalidValueError("predictor", msg) from None
+        remote = VLLMPredictor(root, served)
+        return lambda train: remote
+    msg = f"expected prior, local:DIR or vllm:URL, got {spec!r}"
+    raise InvalidValueError("predictor", msg)
 
 
 def _demo(args: argparse.Namespace, console: Console) -> int:
@@ -294,6 +332,30 @@ def _pull(args: argparse.Namespace, console: Console) -> int:
         )
     for path in written:
         console.print(f"wrote {path}")
+    return 0
+
+
+def _serve(args: argparse.Namespace, console: Console) -> int:
+    from roi_agents.errors import InvalidValueError
+
+    try:
+        from roi_agents_vllm import VLLMServer
+    except ImportError as error:
+        msg = "serving needs roi-agents-vllm: pip install -e integrations/vllm"
+        raise InvalidValueError("serve", msg) from error
+    server = VLLMServer(args.checkpoint, served_model_name=args.name, runner=args.runner)
+    with console.status(f"starting vLLM for {args.checkpoint} (log: {server.log_path})"):
+        server.start()
+    console.print(
+        f"serving {args.name!r} at {server.url} (POST {server.url}/classify); Ctrl-C stops it"
+    )
+    try:
+        while server.running:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
     return 0
 
 

@@ -47,6 +47,8 @@ class LocalPredictor:
         self.model = AutoModelForSequenceClassification.from_pretrained(self.path).to(self.device)
         self.model.eval()
         self.batch_size = batch_size
+        # Long step texts are cut where the model's positions end, as vLLM cuts them.
+        self.max_length = int(getattr(self.model.config, "max_position_embeddings", 512))
         self._lock = threading.Lock()
 
     def outputs(self, texts: Sequence[str]) -> list[list[float]]:
@@ -58,6 +60,7 @@ class LocalPredictor:
                     list(texts[start : start + self.batch_size]),
                     padding=True,
                     truncation=True,
+                    max_length=self.max_length,
                     return_tensors="pt",
                 ).to(self.device)
                 logits: Any = self.model(**batch).logits

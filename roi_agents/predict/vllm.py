@@ -86,6 +86,10 @@ class VLLMPredictor:
             "reraise": True,
         }
 
+    def _request(self, texts: list[str]) -> dict[str, Any]:
+        # -1: cut each text at the server's max_model_len, as LocalPredictor cuts at the model's.
+        return {"model": self.model, "input": texts, "truncate_prompt_tokens": -1}
+
     def _forecasts(self, steps: Sequence[Step], payload: Any) -> list[Forecast]:
         todo = pairs(steps)
         try:
@@ -114,7 +118,7 @@ class VLLMPredictor:
         texts = [input_text(s, o) for s, o in pairs(steps)]
         if not texts:
             return []
-        request = {"model": self.model, "input": texts}
+        request = self._request(texts)
         client = self._client or httpx.Client(timeout=self.timeout)
         try:
             for attempt in Retrying(**self._retrying()):
@@ -135,7 +139,7 @@ class VLLMPredictor:
         texts = [input_text(s, o) for s, o in pairs(steps)]
         if not texts:
             return []
-        request = {"model": self.model, "input": texts}
+        request = self._request(texts)
         client = self._async_client or httpx.AsyncClient(timeout=self.timeout)
         try:
             async for attempt in AsyncRetrying(**self._retrying()):

@@ -150,6 +150,40 @@ def test_malformed_answers_fall_back_to_the_prior(mode):
     assert [e.name for e in span.events] == [names.EVENT_FALLBACK]
 
 
+@pytest.mark.parametrize("kind", ["vllm", "local"])
+def test_bench_runs_with_the_learned_predictor(
+    pooling_server, checkpoint, shared_data, tmp_path, kind, caplog
+):
+    from roi_agents.cli import main
+
+    spec = f"vllm:{pooling_server.url}" if kind == "vllm" else f"local:{checkpoint}"
+    out = tmp_path / "bench.json"
+    assert (
+        main(
+            [
+                "bench",
+                "--data",
+                str(shared_data / "gsm8k.jsonl"),
+                "--episodes",
+                "2",
+                "--steps",
+                "5",
+                "--budgets",
+                "0.25",
+                "--predictor",
+                spec,
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    result = json.loads(out.read_text())
+    assert all(p["overruns"] == 0 for p in result["budgets"][0]["policies"].values())
+    if kind == "vllm":  # long GSM8K texts are cut, not refused: no fallback
+        assert not [r for r in caplog.records if "falls back" in r.getMessage()]
+
+
 def test_killing_the_server_mid_run_falls_back_without_an_exception(pooling_server):
     predictor = VLLMPredictor(pooling_server.url, "predictor", timeout=2.0, attempts=2)
     assert predictor.predict(STEPS[:1])[0].source == "vllm"

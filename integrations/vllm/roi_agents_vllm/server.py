@@ -158,6 +158,11 @@ class VLLMServer:
         return f"http://{self.host}:{self.port}"
 
     @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
     def base_url(self) -> str:
         """The OpenAI-compatible API root (``.../v1``)."""
         return f"{self.url}/v1"
