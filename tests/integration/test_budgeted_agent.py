@@ -50,3 +50,26 @@ def test_agent_with_a_fixed_plan_skips_what_the_budget_cannot_pay(tiny_chat_serv
     assert report["steps"] == 6
     assert report["skipped"] >= 1
     assert report["spent"]["input_tokens"] + report["spent"]["output_tokens"] <= 300
+
+
+def test_agent_spends_from_a_shared_ledger_scope(tiny_chat_server):
+    from roi_agents.ledger import MemoryLedger, ScopeBudget
+
+    ledger = MemoryLedger()
+    ledger.set_budget(ScopeBudget(scope="acme", tokens=400))
+    ledger.set_budget(ScopeBudget(scope="acme/bob", tokens=10_000))
+    agent = create_budgeted_agent(
+        _model(tiny_chat_server),
+        budget=Budget(tokens=10_000),
+        planner=lambda task: [f"part {i}" for i in range(5)],
+        ledger=ledger,
+        scope="acme/bob",
+    )
+    final = agent.invoke(
+        {"task": "five parts"},
+        {"configurable": {"thread_id": uuid.uuid4().hex}, "recursion_limit": 200},
+    )
+    ran = sum(r["tokens"] for r in final["results"] if "answer" in r)
+    balance = ledger.balance("acme")
+    assert balance.committed.tokens == ran <= 400  # the tenant's budget held, not the run's
+    assert balance.reserved.tokens == 0

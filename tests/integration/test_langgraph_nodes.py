@@ -330,3 +330,57 @@ def test_the_nodes_trace_every_decision_with_its_real_usage(tiny_chat_server):
     assert all(s.parent is not None for s in spans)
     assert {s.context.trace_id for s in spans} == {outer.get_span_context().trace_id}
     provider.shutdown()
+
+
+def test_a_retried_node_is_charged_once(tiny_chat_server):
+    """RetryPolicy: the attempt that failed returned no update, so only the retry is charged."""
+    from langgraph.types import RetryPolicy
+
+    chat = budgeted(
+        ChatOpenAI(
+            base_url=tiny_chat_server.base_url,
+            api_key="unused",
+            model="tiny",
+            extra_body={"ignore_eos": True},
+            max_retries=0,
+            timeout=120,
+        )
+    )
+    control = BudgetControllerNode(Controller())
+    attempts = []
+
+    def flaky_execute(state: BudgetState, config) -> dict:
+        step, decision = current_step(state)
+        message = chat.invoke(step.text, decision=decision, option=step.option(decision.option))
+        attempts.append(message.usage_metadata)
+        if len(attempts) == 1:
+            msg = "network blip after the call"
+            raise ConnectionError(msg)
+        usage = message.usage_metadata
+        spend = Spend(input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"])
+        return control.settle(
+            state, spend, call_id=f"{config['configurable']['thread_id']}:{step.id}"
+        )
+
+    graph = StateGraph(BudgetState)
+    graph.add_node("forecast", MetaCognitiveNode(_prior()))
+    graph.add_node("control", control)
+    graph.add_node(
+        "execute",
+        flaky_execute,
+        retry_policy=RetryPolicy(max_attempts=3, initial_interval=0.01, retry_on=ConnectionError),
+    )
+    graph.add_node("skip", control.skip)
+    graph.add_edge(START, "forecast")
+    graph.add_edge("forecast", "control")
+    graph.add_conditional_edges(
+        "control", route_budget, {"execute": "execute", "skip": "skip", "finish": END}
+    )
+    graph.add_edge("execute", "forecast")
+    graph.add_edge("skip", "forecast")
+    final = graph.compile().invoke(_start(2000, n=1), _config())
+    assert len(attempts) == 2
+    second = attempts[1]
+    assert final["spent"]["input_tokens"] == second["input_tokens"]
+    assert final["spent"]["output_tokens"] == second["output_tokens"]
+    assert len(final["charged"]) == 1
