@@ -168,9 +168,7 @@ def create_budgeted_agent(
         spend = Spend(input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"])
         messages: list[Any] = [reply]
         if tool_node is not None and isinstance(reply, AIMessage) and reply.tool_calls:
-            ran = tool_node.invoke(
-                {**state, "messages": [reply], "spent": {**(state.get("spent") or {})}}, config
-            )
+            ran = tool_node.invoke({**state, "messages": [reply]}, config)
             messages += ran["messages"]
             spend = spend + Spend.model_validate(ran["spent"])
         thread = (config.get("configurable") or {}).get("thread_id", uuid.uuid4().hex)

@@ -80,9 +80,7 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         self.options = tuple(options)
         self.models = dict(models or {})
         self.prior = predictor if predictor is not None else PriorPredictor(group_by=False)
-        self.controller = controller or Controller(predictor=self.prior)
-        if self.controller.predictor is None:
-            self.controller.predictor = self.prior
+        self.controller = controller or Controller()
         self.expected_calls = expected_calls
         self.on_exhausted = on_exhausted
 
@@ -103,7 +101,9 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
             )
             for k in range(self.expected_calls)
         ]
-        decision = self.controller.plan(steps, self._remaining(request.state)).next
+        forecasts = self.prior.predict(steps)
+        remaining = self._remaining(request.state)
+        decision = self.controller.plan(steps, remaining, forecasts=forecasts).next
         assert decision is not None
         return decision, steps[0]
 
