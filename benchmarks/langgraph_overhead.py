@@ -12,13 +12,13 @@ import argparse
 import time
 
 import numpy as np
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import StateGraph
 from roi_agents_langgraph import (
     BudgetControllerNode,
     BudgetState,
     MetaCognitiveNode,
+    add_budget_loop,
     current_step,
-    route_budget,
 )
 
 from roi_agents import Budget, Controller, Option, PriorPredictor, Spend, Step
@@ -55,17 +55,7 @@ def graph_turns(runs: int) -> np.ndarray:
         return control.settle(state, Spend(input_tokens=20, output_tokens=100), call_id=step.id)
 
     graph = StateGraph(BudgetState)
-    graph.add_node("forecast", MetaCognitiveNode(PriorPredictor()))
-    graph.add_node("control", control)
-    graph.add_node("execute", execute)
-    graph.add_node("skip", control.skip)
-    graph.add_edge(START, "forecast")
-    graph.add_edge("forecast", "control")
-    graph.add_conditional_edges(
-        "control", route_budget, {"execute": "execute", "skip": "skip", "finish": END}
-    )
-    graph.add_edge("execute", "forecast")
-    graph.add_edge("skip", "forecast")
+    add_budget_loop(graph, MetaCognitiveNode(PriorPredictor()), control, execute)
     compiled = graph.compile()
     per_step = []
     for _ in range(runs):

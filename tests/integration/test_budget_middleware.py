@@ -3,7 +3,7 @@
 import pytest
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage
-from langchain_openai import ChatOpenAI
+from live import runaway_chat
 from roi_agents_langgraph import BudgetMiddleware
 
 from roi_agents import Budget, BudgetExceeded, Option, PriorPredictor, Spend, Step
@@ -24,14 +24,7 @@ def _prior():
 
 
 def _agent(server, tokens, **kwargs):
-    model = ChatOpenAI(
-        base_url=server.base_url,
-        api_key="unused",
-        model="tiny",
-        extra_body={"ignore_eos": True},
-        max_retries=0,
-        timeout=120,
-    )
+    model = runaway_chat(server)
     middleware = BudgetMiddleware(
         budget=Budget(tokens=tokens),
         options=(DEEP, FAST),

@@ -3,7 +3,7 @@
 import uuid
 
 import pytest
-from langchain_openai import ChatOpenAI
+from live import runaway_chat
 from roi_agents_langgraph import create_budgeted_agent
 
 from roi_agents import Budget
@@ -11,21 +11,13 @@ from roi_agents import Budget
 pytestmark = pytest.mark.integration
 
 
-def _model(server):
-    return ChatOpenAI(
-        base_url=server.base_url,
-        api_key="unused",
-        model="tiny",
-        extra_body={"ignore_eos": True},
-        max_retries=0,
-        timeout=120,
-    )
-
-
 @pytest.mark.parametrize("tokens", [400, 2500])
 def test_agent_plans_executes_and_reports_within_budget(tiny_chat_server, tokens):
     agent = create_budgeted_agent(
-        _model(tiny_chat_server), budget=Budget(tokens=tokens), max_steps=5, planning_tokens=120
+        runaway_chat(tiny_chat_server),
+        budget=Budget(tokens=tokens),
+        max_steps=5,
+        planning_tokens=120,
     )
     final = agent.invoke(
         {"task": "compare three vendors and draft a summary"},
@@ -43,7 +35,7 @@ def test_agent_plans_executes_and_reports_within_budget(tiny_chat_server, tokens
 def test_agent_with_a_fixed_plan_skips_what_the_budget_cannot_pay(tiny_chat_server):
     steps = [f"step {i}: write a paragraph" for i in range(6)]
     agent = create_budgeted_agent(
-        _model(tiny_chat_server), budget=Budget(tokens=300), planner=lambda task: steps
+        runaway_chat(tiny_chat_server), budget=Budget(tokens=300), planner=lambda task: steps
     )
     final = agent.invoke({"task": "six paragraphs"}, {"recursion_limit": 200})
     report = final["report"]
@@ -59,7 +51,7 @@ def test_agent_spends_from_a_shared_ledger_scope(tiny_chat_server):
     ledger.set_budget(ScopeBudget(scope="acme", tokens=400))
     ledger.set_budget(ScopeBudget(scope="acme/bob", tokens=10_000))
     agent = create_budgeted_agent(
-        _model(tiny_chat_server),
+        runaway_chat(tiny_chat_server),
         budget=Budget(tokens=10_000),
         planner=lambda task: [f"part {i}" for i in range(5)],
         ledger=ledger,

@@ -2,7 +2,7 @@
 
 import httpx
 import pytest
-from langchain_openai import ChatOpenAI
+from live import runaway_chat
 from roi_agents_langgraph import budgeted, prompt_token_bound
 
 from roi_agents import (
@@ -25,19 +25,6 @@ FAST = Option(name="fast", model="tiny", max_tokens=24)
 DEEP = Option(name="deep", model="tiny", max_tokens=400)
 
 
-def _chat(server, *, async_client=None):
-    # ignore_eos: the model never stops on its own, a runaway on demand.
-    return ChatOpenAI(
-        base_url=server.base_url,
-        api_key="unused",
-        model="tiny",
-        extra_body={"ignore_eos": True},
-        max_retries=0,
-        timeout=120,
-        http_async_client=async_client,
-    )
-
-
 def _decision(cap_tokens, option=DEEP):
     return Decision(
         step_id="s",
@@ -50,7 +37,7 @@ def _decision(cap_tokens, option=DEEP):
 
 
 def test_each_call_is_sent_with_the_caps_max_tokens_and_accounted(tiny_chat_server):
-    model = budgeted(_chat(tiny_chat_server))
+    model = budgeted(runaway_chat(tiny_chat_server))
     prompt = [("system", "answer briefly"), ("user", "plan the steps")]
     message = model.invoke(prompt, decision=_decision(150), option=DEEP)
     bound = prompt_token_bound(_as_messages(prompt))
@@ -77,7 +64,7 @@ def _as_messages(prompt):
 
 
 def test_a_call_without_room_is_never_sent(tiny_chat_server):
-    model = budgeted(_chat(tiny_chat_server))
+    model = budgeted(runaway_chat(tiny_chat_server))
     with pytest.raises(BudgetExceeded) as info:
         model.invoke("plan the steps, then answer", decision=_decision(20), option=DEEP)
     assert info.value.limit == 20
@@ -117,7 +104,9 @@ async def test_a_run_never_spends_more_than_its_budget_against_a_runaway_model(
 ):
     """The runaway-reasoning attack: every call would generate without end."""
     client = httpx.AsyncClient(timeout=120)  # one per event loop
-    model = budgeted(_chat(tiny_chat_server, async_client=client), budget=Budget(tokens=budget))
+    model = budgeted(
+        runaway_chat(tiny_chat_server, async_client=client), budget=Budget(tokens=budget)
+    )
     controller = Controller()
     pending = [Step(id=f"s{i}", text=f"step {i}", options=(FAST, DEEP)) for i in range(8)]
     called, skipped = 0, 0

@@ -1,24 +1,13 @@
 """The LangGraph examples, run against the real vLLM server (a runaway model)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from live import load_example
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_research_assistant(tiny_chat_server, capsys):
-    report = _load("research_assistant").main(
+    report = load_example("research_assistant").main(
         tiny_chat_server.base_url, "tiny", 900, extra_body={"ignore_eos": True}
     )
     printed = capsys.readouterr().out
@@ -30,7 +19,7 @@ def test_research_assistant(tiny_chat_server, capsys):
 
 
 def test_tool_agent(tiny_chat_server, capsys):
-    module = _load("tool_agent")
+    module = load_example("tool_agent")
     report = module.main(tiny_chat_server.base_url, "tiny", 800, 3, extra_body={"ignore_eos": True})
     assert report["spent"]["input_tokens"] + report["spent"]["output_tokens"] <= 800
     assert report["spent"]["tool_calls"] <= 3

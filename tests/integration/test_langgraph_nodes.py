@@ -4,17 +4,17 @@ import uuid
 
 import httpx
 import pytest
-from langchain_openai import ChatOpenAI
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
+from live import runaway_chat
 from roi_agents_langgraph import (
     BudgetControllerNode,
     BudgetState,
     MetaCognitiveNode,
+    add_budget_loop,
     budgeted,
     current_step,
-    route_budget,
 )
 
 from roi_agents import Budget, Controller, Option, PriorPredictor, Spend, Step
@@ -49,17 +49,7 @@ def _graph(
     on_exhausted="skip",
     tracer_provider=None,
 ):
-    chat = budgeted(
-        ChatOpenAI(
-            base_url=server.base_url,
-            api_key="unused",
-            model="tiny",
-            extra_body={"ignore_eos": True},
-            max_retries=0,
-            timeout=120,
-            http_async_client=async_client,
-        )
-    )
+    chat = budgeted(runaway_chat(server, async_client=async_client))
     control = BudgetControllerNode(
         Controller(),
         ledger=ledger,
@@ -82,17 +72,7 @@ def _graph(
         return control.settle(state, spend, call_id=f"{thread}:{step.id}")
 
     graph = StateGraph(BudgetState)
-    graph.add_node("forecast", MetaCognitiveNode(_prior()))
-    graph.add_node("control", control)
-    graph.add_node("execute", execute)
-    graph.add_node("skip", control.skip)
-    graph.add_edge(START, "forecast")
-    graph.add_edge("forecast", "control")
-    graph.add_conditional_edges(
-        "control", route_budget, {"execute": "execute", "skip": "skip", "finish": END}
-    )
-    graph.add_edge("execute", "forecast")
-    graph.add_edge("skip", "forecast")
+    add_budget_loop(graph, MetaCognitiveNode(_prior()), control, execute)
     compiled = graph.compile(checkpointer=checkpointer, interrupt_before=interrupt_before)
     return compiled, chat, calls
 
@@ -255,16 +235,7 @@ def test_send_fan_out_branches_share_the_budget_through_reservations(tiny_chat_s
 
     ledger = MemoryLedger()
     ledger.set_budget(ScopeBudget(scope="run", tokens=500))
-    chat = budgeted(
-        ChatOpenAI(
-            base_url=tiny_chat_server.base_url,
-            api_key="unused",
-            model="tiny",
-            extra_body={"ignore_eos": True},
-            max_retries=0,
-            timeout=120,
-        )
-    )
+    chat = budgeted(runaway_chat(tiny_chat_server))
 
     class FanState(TypedDict):
         topics: list[str]
@@ -336,16 +307,7 @@ def test_a_retried_node_is_charged_once(tiny_chat_server):
     """RetryPolicy: the attempt that failed returned no update, so only the retry is charged."""
     from langgraph.types import RetryPolicy
 
-    chat = budgeted(
-        ChatOpenAI(
-            base_url=tiny_chat_server.base_url,
-            api_key="unused",
-            model="tiny",
-            extra_body={"ignore_eos": True},
-            max_retries=0,
-            timeout=120,
-        )
-    )
+    chat = budgeted(runaway_chat(tiny_chat_server))
     control = BudgetControllerNode(Controller())
     attempts = []
 
@@ -363,21 +325,13 @@ def test_a_retried_node_is_charged_once(tiny_chat_server):
         )
 
     graph = StateGraph(BudgetState)
-    graph.add_node("forecast", MetaCognitiveNode(_prior()))
-    graph.add_node("control", control)
-    graph.add_node(
-        "execute",
+    add_budget_loop(
+        graph,
+        MetaCognitiveNode(_prior()),
+        control,
         flaky_execute,
         retry_policy=RetryPolicy(max_attempts=3, initial_interval=0.01, retry_on=ConnectionError),
     )
-    graph.add_node("skip", control.skip)
-    graph.add_edge(START, "forecast")
-    graph.add_edge("forecast", "control")
-    graph.add_conditional_edges(
-        "control", route_budget, {"execute": "execute", "skip": "skip", "finish": END}
-    )
-    graph.add_edge("execute", "forecast")
-    graph.add_edge("skip", "forecast")
     final = graph.compile().invoke(_start(2000, n=1), _config())
     assert len(attempts) == 2
     second = attempts[1]

@@ -2,16 +2,15 @@
 
 import json
 import math
-import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
+from live import build_checkpoint
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from roi_agents_vllm import VLLMServer, vllm_python
+from roi_agents_vllm import VLLMServer
 
 from roi_agents import Option, PriorPredictor, Step
 from roi_agents.predict import LocalPredictor, VLLMPredictor
@@ -39,15 +38,7 @@ STEPS = [
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-predictor")
-    builder = Path(__file__).with_name("build_tiny_classifier.py")
-    subprocess.run(
-        [str(vllm_python()), str(builder), str(folder)],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    return folder
+    return build_checkpoint("build_tiny_classifier.py", tmp_path_factory.mktemp("tiny-predictor"))
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,10 @@
-import importlib.util
 import re
-from pathlib import Path
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from live import load_example
 
 
 def test_two_budget_example_respects_both_budgets():
-    lines = _load("plan_with_two_budgets").main()
+    lines = load_example("plan_with_two_budgets").main()
     assert len(lines) == 6
     lefts = [re.search(r"left=\s*(\d+) tok (\d+) calls", line).groups() for line in lines]
     tokens = [int(t) for t, _ in lefts]

@@ -12,6 +12,7 @@ from roi_agents_langgraph.nodes import (
     BudgetControllerNode,
     MetaCognitiveNode,
     Route,
+    add_budget_loop,
     route_budget,
 )
 from roi_agents_langgraph.state import BudgetState, add_spend, current_step, remaining, union
@@ -29,6 +30,7 @@ __all__ = [
     "BudgetedToolNode",
     "MetaCognitiveNode",
     "Route",
+    "add_budget_loop",
     "add_spend",
     "budgeted",
     "create_budgeted_agent",

@@ -30,7 +30,7 @@ from roi_agents.predict.base import Predictor
 from roi_agents.predict.prior import PriorPredictor
 from roi_agents.types import Budget, Cap, Decision, Option, Spend, Step
 from roi_agents_langgraph.chat import budgeted, prompt_token_bound
-from roi_agents_langgraph.nodes import BudgetControllerNode, MetaCognitiveNode, route_budget
+from roi_agents_langgraph.nodes import BudgetControllerNode, MetaCognitiveNode, add_budget_loop
 from roi_agents_langgraph.state import BudgetState, current_step, remaining
 from roi_agents_langgraph.tools import BudgetedToolNode
 
@@ -201,18 +201,15 @@ def create_budgeted_agent(
 
     graph = StateGraph(AgentState)
     graph.add_node("plan", plan)
-    graph.add_node("forecast", MetaCognitiveNode(predictor or PriorPredictor()))
-    graph.add_node("control", control)
-    graph.add_node("execute", execute)
-    graph.add_node("skip", control.skip)
-    graph.add_node("report", report)
     graph.add_edge(START, "plan")
-    graph.add_edge("plan", "forecast")
-    graph.add_edge("forecast", "control")
-    graph.add_conditional_edges(
-        "control", route_budget, {"execute": "execute", "skip": "skip", "finish": "report"}
+    add_budget_loop(
+        graph,
+        MetaCognitiveNode(predictor or PriorPredictor()),
+        control,
+        execute,
+        start="plan",
+        finish="report",
     )
-    graph.add_edge("execute", "forecast")
-    graph.add_edge("skip", "forecast")
+    graph.add_node("report", report)
     graph.add_edge("report", END)
     return graph.compile(checkpointer=checkpointer)

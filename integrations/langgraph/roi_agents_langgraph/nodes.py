@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig, RunnableLambda
-from langgraph.types import interrupt
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import RetryPolicy, interrupt
 from opentelemetry import metrics, trace
 
 from roi_agents.allocate import Controller
@@ -27,7 +28,13 @@ from roi_agents.telemetry.tracing import RunTrace
 from roi_agents.types import Budget, Decision, Forecast, Spend, Step
 from roi_agents_langgraph.state import BudgetState, current_step, remaining
 
-__all__ = ["BudgetControllerNode", "MetaCognitiveNode", "Route", "route_budget"]
+__all__ = [
+    "BudgetControllerNode",
+    "MetaCognitiveNode",
+    "Route",
+    "add_budget_loop",
+    "route_budget",
+]
 
 Route = Literal["execute", "skip", "finish"]
 
@@ -218,3 +225,31 @@ def route_budget(state: BudgetState) -> Route:
     if current is None:
         return "finish"
     return "skip" if current[1].skipped else "execute"
+
+
+def add_budget_loop(
+    graph: StateGraph[Any, Any, Any, Any],
+    forecast: MetaCognitiveNode,
+    control: BudgetControllerNode,
+    execute: Any,
+    *,
+    start: str = START,
+    finish: str = END,
+    retry_policy: RetryPolicy | None = None,
+) -> None:
+    """Wire the loop into ``graph``: ``start`` -> forecast -> control -> execute | skip | finish.
+
+    Adds the nodes ``forecast``, ``control``, ``execute`` (your executor, optionally with a
+    ``retry_policy``) and ``skip`` (``control.skip``); execute and skip go back to forecast.
+    """
+    graph.add_node("forecast", forecast)
+    graph.add_node("control", control)
+    graph.add_node("execute", execute, retry_policy=retry_policy)
+    graph.add_node("skip", control.skip)
+    graph.add_edge(start, "forecast")
+    graph.add_edge("forecast", "control")
+    graph.add_conditional_edges(
+        "control", route_budget, {"execute": "execute", "skip": "skip", "finish": finish}
+    )
+    graph.add_edge("execute", "forecast")
+    graph.add_edge("skip", "forecast")
