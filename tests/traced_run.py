@@ -1,23 +1,15 @@
 """A budgeted, traced run shared by the telemetry tests."""
 
-from roi_agents import Budget, Controller, CostForecast, Forecast, Option, Spend, Step
+from forecasts import fixed_forecasts
+
+from roi_agents import Budget, Controller, Option, Spend, Step
 from roi_agents.telemetry import RunTrace
 
 OPTIONS = (Option(name="fast", model="small-model"), Option(name="deep", model="big-model"))
 # (p_success, p50 = p90 = p99 tokens)
-TABLE = {"fast": (0.6, 100), "deep": (0.9, 400)}
+TABLE = {"fast": (0.6, 100, 100, 100), "deep": (0.9, 400, 400, 400)}
 # What each option really spends: (input, output) tokens.
 REAL = {"fast": (30, 90), "deep": (30, 450)}
-
-
-def _forecasts(steps):
-    return [
-        Forecast(
-            step_id=s.id, option=o, p_success=p, tokens=CostForecast(mean=c, p50=c, p90=c, p99=c)
-        )
-        for s in steps
-        for o, (p, c) in TABLE.items()
-    ]
 
 
 def _run(tracer_provider, meter_provider, budget=1000, steps=5, run_id="r1"):
@@ -32,7 +24,7 @@ def _run(tracer_provider, meter_provider, budget=1000, steps=5, run_id="r1"):
         meter_provider=meter_provider,
     ) as run:
         while pending:
-            forecasts = _forecasts(pending)
+            forecasts = fixed_forecasts(pending, TABLE)
             plan = controller.plan(pending, run.remaining, forecasts=forecasts)
             with run.decision(pending[0], plan, forecasts) as step:
                 decision = plan.next

@@ -2,6 +2,7 @@
 
 import httpx
 import pytest
+from forecasts import fixed_forecasts
 from live import runaway_chat
 from roi_agents_langgraph import budgeted, prompt_token_bound
 
@@ -10,9 +11,7 @@ from roi_agents import (
     BudgetExceeded,
     Cap,
     Controller,
-    CostForecast,
     Decision,
-    Forecast,
     InvalidValueError,
     Option,
     Spend,
@@ -20,6 +19,8 @@ from roi_agents import (
 )
 
 pytestmark = pytest.mark.integration
+
+TABLE = {"fast": (0.5, 40.0, 60.0, 80.0), "deep": (0.9, 200.0, 300.0, 400.0)}
 
 FAST = Option(name="fast", model="tiny", max_tokens=24)
 DEEP = Option(name="deep", model="tiny", max_tokens=400)
@@ -85,19 +86,6 @@ def test_a_call_without_room_is_never_sent(tiny_chat_server):
         )
 
 
-def _forecasts(steps):
-    return [
-        Forecast(
-            step_id=s.id,
-            option=o,
-            p_success=p,
-            tokens=CostForecast(mean=c, p50=c, p90=c * 1.5, p99=c * 2),
-        )
-        for s in steps
-        for o, p, c in (("fast", 0.5, 40.0), ("deep", 0.9, 200.0))
-    ]
-
-
 @pytest.mark.parametrize("budget", [300, 900])
 async def test_a_run_never_spends_more_than_its_budget_against_a_runaway_model(
     tiny_chat_server, budget
@@ -112,7 +100,7 @@ async def test_a_run_never_spends_more_than_its_budget_against_a_runaway_model(
     called, skipped = 0, 0
     while pending:
         step = pending[0]
-        plan = controller.plan(pending, model.remaining, forecasts=_forecasts(pending))
+        plan = controller.plan(pending, model.remaining, forecasts=fixed_forecasts(pending, TABLE))
         decision = plan.next
         if decision.skipped:
             skipped += 1

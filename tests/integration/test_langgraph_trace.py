@@ -4,11 +4,12 @@ import operator
 from typing import Annotated
 
 import pytest
+from forecasts import fixed_forecasts
 from langgraph.graph import END, START, StateGraph
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from traced_run import OPTIONS, REAL, _forecasts
+from traced_run import OPTIONS, REAL, TABLE
 from typing_extensions import TypedDict
 
 from roi_agents import Budget, Controller, Spend, Step
@@ -27,7 +28,7 @@ def _graph(run: RunTrace):
 
     def act(state: State) -> dict:
         steps = [Step.model_validate(s) for s in state["pending"]]
-        forecasts = _forecasts(steps)
+        forecasts = fixed_forecasts(steps, TABLE)
         plan = controller.plan(steps, run.remaining, forecasts=forecasts)
         decision = plan.next
         used = 0

@@ -7,14 +7,13 @@ import time
 from pathlib import Path
 
 import pytest
+from forecasts import fixed_forecasts
 from pydantic import ValidationError
 
 from roi_agents import (
     Budget,
     BudgetExceeded,
     Controller,
-    CostForecast,
-    Forecast,
     InvalidValueError,
     Option,
     Spend,
@@ -30,6 +29,8 @@ from roi_agents.ledger import Amount, Ledger, ScopeBudget
 from roi_agents.ledger.run import LedgerRun
 
 pytestmark = pytest.mark.integration
+
+TABLE = {"fast": (0.6, 50, 75, 100), "deep": (0.9, 300, 450, 600)}
 
 WORKER = Path(__file__).with_name("ledger_worker.py")
 
@@ -279,25 +280,12 @@ def _steps(n):
     return [Step(id=f"s{i}", options=options) for i in range(n)]
 
 
-def _forecasts(steps):
-    return [
-        Forecast(
-            step_id=s.id,
-            option=o,
-            p_success=p,
-            tokens=CostForecast(mean=c, p50=c, p90=c * 1.5, p99=c * 2),
-        )
-        for s in steps
-        for o, p, c in (("fast", 0.6, 50), ("deep", 0.9, 300))
-    ]
-
-
 class _Fixed:
     def predict(self, steps):
-        return _forecasts(steps)
+        return fixed_forecasts(steps, TABLE)
 
     async def apredict(self, steps):
-        return _forecasts(steps)
+        return fixed_forecasts(steps, TABLE)
 
 
 def test_controller_runs_share_one_scope_through_the_ledger(backend):

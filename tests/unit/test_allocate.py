@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from forecasts import fixed_forecasts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -72,23 +73,12 @@ def _steps(n, names=("fast", "deep")):
     ]
 
 
-def _forecasts(steps, table):
-    """table: option -> (p_success, p50 cost, p90 cost, p99 cost)."""
-    out = []
-    for step in steps:
-        for option in step.options:
-            p, p50, p90, p99 = table[option.name]
-            cost = CostForecast(mean=p50, p50=p50, p90=p90, p99=p99)
-            out.append(Forecast(step_id=step.id, option=option.name, p_success=p, tokens=cost))
-    return out
-
-
 TABLE = {"fast": (0.6, 100, 150, 300), "deep": (0.9, 800, 1000, 2000)}
 
 
 def test_plan_uses_the_chosen_quantile_and_caps_within_budget():
     steps = _steps(5)
-    plan = allocate(steps, _forecasts(steps, TABLE), Budget(tokens=2400))
+    plan = allocate(steps, fixed_forecasts(steps, TABLE), Budget(tokens=2400))
     # At p90 deep costs 1000, fast 150: 1 deep + 4 fast (3.3 for 1600) beats 2 deep + 2 fast
     # (3.0 for 2300); 2 deep + 3 fast (2450) does not fit.
     chosen = [d.option for d in plan.decisions]
@@ -106,7 +96,7 @@ def test_plan_uses_the_chosen_quantile_and_caps_within_budget():
 
 def test_p50_quantile_plans_more_steps_than_p99():
     steps = _steps(6)
-    fc = _forecasts(steps, TABLE)
+    fc = fixed_forecasts(steps, TABLE)
     p50 = allocate(steps, fc, Budget(tokens=900), quantile="p50")
     p99 = allocate(steps, fc, Budget(tokens=900), quantile="p99")
     assert sum(not d.skipped for d in p50.decisions) > sum(not d.skipped for d in p99.decisions)
@@ -122,7 +112,7 @@ def test_realised_spend_never_exceeds_budget_under_the_caps():
         spent = 0
         controller = Controller(predictor=None)
         while pending:
-            plan = controller.plan(pending, remaining, forecasts=_forecasts(pending, TABLE))
+            plan = controller.plan(pending, remaining, forecasts=fixed_forecasts(pending, TABLE))
             decision = plan.next
             assert decision is not None
             cost = 0 if decision.skipped else decision.cap.tokens
@@ -138,7 +128,7 @@ def test_second_resource_by_lagrangian_relaxation_respects_both():
         for i in range(6)
     ]
     table = {"tool": (0.95, 100, 100, 100), "think": (0.7, 300, 300, 300)}
-    fc = _forecasts(steps, table)
+    fc = fixed_forecasts(steps, table)
     unconstrained = allocate(steps, fc, Budget(tokens=3000))
     assert all(d.option == "tool" for d in unconstrained.decisions)
     plan = allocate(steps, fc, Budget(tokens=3000, tool_calls=5))
@@ -164,7 +154,7 @@ def test_usd_budget_derives_cost_from_prices():
             ],
         )
     ]
-    fc = _forecasts(steps, {"big": (0.9, 1500, 2000, 3000), "small": (0.6, 1500, 2000, 3000)})
+    fc = fixed_forecasts(steps, {"big": (0.9, 1500, 2000, 3000), "small": (0.6, 1500, 2000, 3000)})
     # big at p90: 1000 in * 10/M + 1000 out * 30/M = 0.04 USD; small: 0.001.
     plan = allocate(steps, fc, Budget(usd=0.03))
     assert plan.next.option == "small"
@@ -184,13 +174,13 @@ def test_bad_arguments_are_named(kwargs, field):
     args = {"remaining": Budget(tokens=100), **kwargs}
     remaining = args.pop("remaining")
     with pytest.raises(InvalidValueError) as info:
-        allocate(steps, _forecasts(steps, TABLE), remaining, **args)
+        allocate(steps, fixed_forecasts(steps, TABLE), remaining, **args)
     assert info.value.field == field
 
 
 def test_forecast_errors_are_named():
     steps = _steps(2)
-    fc = _forecasts(steps, TABLE)
+    fc = fixed_forecasts(steps, TABLE)
     bad_option = fc[0].model_copy(update={"option": "nope"})
     with pytest.raises(InvalidValueError, match="nope"):
         allocate(steps, [*fc, bad_option], Budget(tokens=100))
@@ -204,7 +194,7 @@ def test_forecast_errors_are_named():
 
 def test_zero_budget_skips_everything():
     steps = _steps(3)
-    plan = allocate(steps, _forecasts(steps, TABLE), Budget(tokens=0))
+    plan = allocate(steps, fixed_forecasts(steps, TABLE), Budget(tokens=0))
     assert all(d.skipped for d in plan.decisions)
     assert plan.decisions[0].reason == "skip: no option fits in 0 tokens left"
     assert plan.decisions[0].cap.tokens == 0
@@ -262,7 +252,7 @@ def test_second_resource_stays_feasible_when_no_finite_multiplier_prices_it():
         )
         for i in range(3)
     ]
-    fc = _forecasts(steps, {"tool": (0.9, 10, 10, 10), "plain": (0.5, 10, 10, 10)})
+    fc = fixed_forecasts(steps, {"tool": (0.9, 10, 10, 10), "plain": (0.5, 10, 10, 10)})
     plan = allocate(steps, fc, Budget(tokens=100, tool_calls=1))
     assert plan.expected_cost("tool_calls") <= 1
     assert [d.option for d in plan.decisions].count("tool") == 1

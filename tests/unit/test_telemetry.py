@@ -2,12 +2,13 @@ import json
 import math
 
 import pytest
+from forecasts import fixed_forecasts
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from traced_run import OPTIONS, REAL, _forecasts, _run
+from traced_run import OPTIONS, REAL, TABLE, _run
 
 from roi_agents import (
     Budget,
@@ -109,7 +110,7 @@ def test_budget_exceeded_is_an_event_and_nothing_is_lost(providers):
         Budget(tokens=100), tracer_provider=tracer_provider, meter_provider=meter_provider
     )
     step = Step(id="s0", options=OPTIONS)
-    forecasts = _forecasts([step])
+    forecasts = fixed_forecasts([step], TABLE)
 
     def run_out_of_budget():
         with run:  # the run ends by the exception
