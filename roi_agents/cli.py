@@ -1,4 +1,6 @@
-"""The ``roi-agents`` command line: ``demo``, ``bench``, ``data pull``, ``report``, ``ledger``.
+"""The ``roi-agents`` command line.
+
+Commands: ``demo``, ``bench``, ``train``, ``serve``, ``data pull``, ``report``, ``ledger``.
 
 Run ``roi-agents COMMAND --help`` for each command's flags.
 """
@@ -63,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--predictor",
         default="prior",
-        help="prior (local:DIR and vllm:URL arrive with the learned model)",
+        help="prior, local:DIR (a trained checkpoint in-process) or vllm:URL[@DIR] (a vLLM "
+        "pooling server; DIR: the checkpoint whose calibration.json applies)",
     )
     bench.add_argument(
         "--resource",
@@ -115,6 +118,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     pull.add_argument("--out", type=Path, help="output folder (default: the user cache)")
     pull.set_defaults(run=_pull)
+
+    train = commands.add_parser(
+        "train", help="fine-tune, calibrate and evaluate the learned predictor"
+    )
+    train.add_argument(
+        "--data", type=Path, nargs="+", required=True, help="replay or JSONL trace file(s)"
+    )
+    train.add_argument("--out", type=Path, required=True, help="the checkpoint folder to write")
+    train.add_argument("--base", type=Path, help="a local Hugging Face checkpoint (MiniLM-L6)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--test", type=Path, nargs="+", default=[], help="evaluate on these files instead"
+    )
+    train.add_argument(
+        "--split",
+        choices=["query", "dataset"],
+        default="query",
+        help="hold out queries, or whole datasets/subjects",
+    )
+    train.add_argument(
+        "--train-fraction", type=float, default=0.5, help="as the bench's: the rest is the test"
+    )
+    train.add_argument("--max-rows", type=int, default=8000, help="rows to fine-tune on")
+    train.add_argument("--eval-rows", type=int, default=6000, help="test rows to evaluate")
+    train.add_argument("--epochs", type=int, default=3)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=5e-5)
+    train.add_argument("--max-length", type=int, default=256, help="tokens per input")
+    train.add_argument("--device", help="cpu, cuda, ... (default: CUDA when present)")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    train.add_argument("--json", type=Path, help="also write the report here")
+    train.set_defaults(run=_train)
 
     serve = commands.add_parser("serve", help="serve a predictor checkpoint with vLLM")
     serve.add_argument("checkpoint", type=Path, help="a Hugging Face checkpoint folder")
@@ -213,32 +248,85 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
 
 
 def _predictor_factory(spec: str) -> Any:
-    """``prior`` -> None (the bench fits one); ``local:DIR`` / ``vllm:URL`` -> a factory."""
+    """``prior`` -> None (the bench fits one); ``local:DIR`` / ``vllm:URL[@DIR]`` -> a factory.
+
+    The learned predictors are wrapped in a `CachedPredictor`: re-planning asks again for the
+    same pending steps, and a checkpoint answers them the same way.
+    """
     from roi_agents.errors import InvalidValueError
 
     if spec == "prior":
         return None
     kind, _, target = spec.partition(":")
     if kind == "local" and target:
+        from roi_agents.predict.cache import CachedPredictor
         from roi_agents.predict.local import LocalPredictor
 
-        local = LocalPredictor(target)
+        local = CachedPredictor(LocalPredictor(target))
         return lambda train: local
     if kind == "vllm" and target:
         import httpx
 
+        from roi_agents.predict.cache import CachedPredictor
         from roi_agents.predict.vllm import VLLMPredictor
 
-        root = target.rstrip("/").removesuffix("/v1")
+        url, _, checkpoint = target.partition("@")
+        root = url.rstrip("/").removesuffix("/v1")
         try:
             served = httpx.get(f"{root}/v1/models", timeout=10).json()["data"][0]["id"]
         except (httpx.HTTPError, KeyError, IndexError, ValueError) as error:
             msg = f"no model served at {root}: {error}"
             raise InvalidValueError("predictor", msg) from None
-        remote = VLLMPredictor(root, served)
+        remote = CachedPredictor(VLLMPredictor(root, served, calibration=checkpoint or None))
         return lambda train: remote
-    msg = f"expected prior, local:DIR or vllm:URL, got {spec!r}"
+    msg = f"expected prior, local:DIR or vllm:URL[@DIR], got {spec!r}"
     raise InvalidValueError("predictor", msg)
+
+
+def _train(args: argparse.Namespace, console: Console) -> int:
+    from pydantic import ValidationError
+
+    from roi_agents.errors import InvalidValueError
+    from roi_agents.train import TrainConfig, train
+    from roi_agents.train.report import print_train_report
+
+    try:
+        config = TrainConfig(
+            data=args.data,
+            out=args.out,
+            base=args.base,
+            test=args.test,
+            seed=args.seed,
+            train_fraction=args.train_fraction,
+            split=args.split,
+            max_rows=args.max_rows,
+            eval_rows=args.eval_rows,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            max_length=args.max_length,
+            device=args.device,
+            overwrite=args.overwrite,
+        )
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise InvalidValueError(field, first["msg"]) from None
+    tasks: dict[str, Any] = {}
+    with _progress(console) as progress:
+
+        def advance(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        report = train(config, progress=advance)
+    print_train_report(report, console)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {args.json}")
+    return 0
 
 
 def _demo(args: argparse.Namespace, console: Console) -> int:

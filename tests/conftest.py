@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 # Scripts that tests run in other processes (the vLLM virtualenv), not test modules.
-collect_ignore = ["integration/build_tiny_llama.py", "integration/build_tiny_classifier.py"]
+collect_ignore = ["integration/build_tiny_llama.py"]
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

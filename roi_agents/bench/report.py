@@ -32,6 +32,7 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
             "value",
             "% oracle",
             "PGR",
+            "gap closed",
             f"spend ({unit})",
             "budget",
             "overruns",
@@ -49,6 +50,7 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
                 value,
                 _num(r.pct_oracle, "{:.1f}"),
                 _num(r.pgr, "{:.2f}"),
+                _num(r.gap_closed, "{:.2f}"),
                 f"{r.spend:.4g}",
                 f"{r.budget:.4g}",
                 str(r.overruns),
@@ -59,8 +61,9 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
             )
         console.print(table)
     console.print(
-        "value: mean successes per episode; * best policy at this budget; cut off and "
-        "skipped: steps per episode"
+        "value: mean successes per episode; * best policy at this budget; gap closed: (value - "
+        "best fixed option or random mix) / (oracle - that); cut off and skipped: steps per "
+        "episode"
     )
 
 

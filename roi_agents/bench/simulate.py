@@ -30,6 +30,7 @@ import numpy as np
 from roi_agents.allocate import Controller, SolverName
 from roi_agents.allocate._milp import solve_milp
 from roi_agents.data.replay import ReplayQuery
+from roi_agents.data.split import split_by
 from roi_agents.errors import DataError, InvalidValueError
 from roi_agents.predict.base import Predictor
 from roi_agents.predict.prior import PriorPredictor
@@ -94,6 +95,7 @@ class PolicyResult:
     latency_ms_p99: float
     pct_oracle: float = math.nan
     pgr: float = math.nan
+    gap_closed: float = math.nan
 
 
 @dataclass(slots=True)
@@ -158,12 +160,15 @@ def choose_resource(queries: Sequence[ReplayQuery]) -> Resource:
 
 
 def split_queries(
-    queries: Sequence[ReplayQuery], train_fraction: float, rng: np.random.Generator
+    queries: Sequence[ReplayQuery], train_fraction: float, seed: int
 ) -> tuple[list[ReplayQuery], list[ReplayQuery]]:
-    """A seeded random split into training and test queries."""
-    order = rng.permutation(len(queries))
-    cut = round(len(queries) * train_fraction)
-    return [queries[i] for i in order[:cut]], [queries[i] for i in order[cut:]]
+    """A seeded split into training and test queries by query id (`roi_agents.data.split`).
+
+    ``roi-agents train`` splits the same way, so a checkpoint trained with the bench's seed and
+    training fraction never saw the bench's test queries.
+    """
+    train, test = split_by(queries, lambda q: q.query_id, [train_fraction], seed)
+    return train, test
 
 
 def _step(query: ReplayQuery, group_by: bool) -> Step:
@@ -352,7 +357,7 @@ def prepare(
     config.validate()
     rng = np.random.default_rng(config.seed)
     resource = config.resource or choose_resource(queries)
-    train, test = split_queries(queries, config.train_fraction, rng)
+    train, test = split_queries(queries, config.train_fraction, config.seed)
     if len(test) < config.steps:
         msg = f"{len(test)} test queries, fewer than {config.steps} steps per episode"
         raise InvalidValueError("steps", msg)
@@ -532,7 +537,12 @@ def _summarise(
     oracle = out["oracle"].value
     low = unlimited[f"fixed:{cheapest}"]
     high = unlimited[f"fixed:{dearest}"]
+    # The best policy a user has without a predictor: a fixed option or the random mix.
+    baseline = max(r.value for n, r in out.items() if n.startswith("fixed:") or n == "random-mix")
     for result in out.values():
         result.pct_oracle = 100 * result.value / oracle if oracle > 0 else math.nan
         result.pgr = (result.value - low) / (high - low) if high != low else math.nan
+        result.gap_closed = (
+            (result.value - baseline) / (oracle - baseline) if oracle > baseline else math.nan
+        )
     return out

@@ -7,9 +7,14 @@ text, e.g. ``"[deep] Prove that ..."``. Output: the checkpoint's regression head
 * 1, 2: the mean and the log of the spread of ``log(output_tokens + 1)``;
 * 3, 4 (optional): the same for ``log(usd + 1e-6)``.
 
+A step text longer than 768 characters is cut to its first and last 384, joined by `` ... ``
+(the question of a long prompt is often at its end), so that training, `LocalPredictor` and a
+vLLM server all read the same input, well within the model's positions.
+
 The forecast adds the prompt's tokens when the step knows them, and never lets the output go past
-the option's ``max_tokens``. Every output must be finite: anything else raises, so that a caller
-can fall back instead of passing a bad forecast on.
+the option's ``max_tokens``. Without a `Calibration` the cost is log-normal and ``p_success`` the
+sigmoid of the logit; with one, both go through its maps. Every output must be finite: anything
+else raises, so that a caller can fall back instead of passing a bad forecast on.
 """
 
 from __future__ import annotations
@@ -18,9 +23,17 @@ import math
 from collections.abc import Sequence
 
 from roi_agents.errors import InvalidValueError
+from roi_agents.predict.calibration import Calibration, ResidualQuantiles
 from roi_agents.types import SKIP, CostForecast, Forecast, Option, Step
 
-__all__ = ["HEAD_LABELS", "forecast_from_outputs", "input_text", "pairs"]
+__all__ = [
+    "HEAD_LABELS",
+    "LOG_SIGMA_RANGE",
+    "forecast_from_outputs",
+    "input_text",
+    "model_input",
+    "pairs",
+]
 
 HEAD_LABELS = (
     "success_logit",
@@ -32,13 +45,24 @@ HEAD_LABELS = (
 _Z90 = 1.2815515655446004
 _Z99 = 2.3263478740408408
 # A spread beyond e^3 on the log scale says nothing; beyond e^-5 it claims too much.
-_LOG_SIGMA_RANGE = (-5.0, 3.0)
+LOG_SIGMA_RANGE = (-5.0, 3.0)
+_HALF_TEXT = 384
+
+
+def model_input(tags: Sequence[str], text: str) -> str:
+    """The model's input: ``[tag]`` per tag, then the text (cut when longer than 768 characters).
+
+    >>> model_input(("deep",), "Prove it.")
+    '[deep] Prove it.'
+    """
+    if len(text) > 2 * _HALF_TEXT:
+        text = f"{text[:_HALF_TEXT]} ... {text[-_HALF_TEXT:]}"
+    return f"{' '.join(f'[{tag}]' for tag in tags)} {text}".strip()
 
 
 def input_text(step: Step, option: Option) -> str:
-    """The text the model reads for one (step, option)."""
-    tags = " ".join(f"[{tag}]" for tag in (option.tags or (option.name,)))
-    return f"{tags} {step.text}".strip()
+    """The text the model reads for one (step, option): its tags, or else its name."""
+    return model_input(option.tags or (option.name,), step.text)
 
 
 def pairs(steps: Sequence[Step]) -> list[tuple[Step, Option]]:
@@ -46,22 +70,40 @@ def pairs(steps: Sequence[Step]) -> list[tuple[Step, Option]]:
     return [(step, option) for step in steps for option in step.options if option.name != SKIP]
 
 
-def _lognormal(
-    mu: float, log_sigma: float, offset: float, shift: float, ceiling: float
+def _cost(
+    mu: float,
+    log_sigma: float,
+    offset: float,
+    shift: float,
+    ceiling: float,
+    residuals: ResidualQuantiles | None,
 ) -> CostForecast:
-    sigma = math.exp(min(max(log_sigma, _LOG_SIGMA_RANGE[0]), _LOG_SIGMA_RANGE[1]))
+    sigma = math.exp(min(max(log_sigma, LOG_SIGMA_RANGE[0]), LOG_SIGMA_RANGE[1]))
 
     def at(z: float) -> float:
-        return shift + min(max(math.exp(mu + z * sigma) - offset, 0.0), ceiling)
+        return shift + min(max(math.exp(min(mu + z * sigma, 700.0)) - offset, 0.0), ceiling)
 
-    mean = shift + min(max(math.exp(mu + sigma**2 / 2) - offset, 0.0), ceiling)
-    return CostForecast(mean=mean, p50=at(0.0), p90=at(_Z90), p99=at(_Z99))
+    if residuals is None:
+        mean = shift + min(max(math.exp(mu + sigma**2 / 2) - offset, 0.0), ceiling)
+        return CostForecast(mean=mean, p50=at(0.0), p90=at(_Z90), p99=at(_Z99))
+    grid = residuals.midpoints()
+    return CostForecast(
+        mean=sum(at(z) for z in grid) / len(grid),
+        p50=at(residuals.at(0.5)),
+        p90=at(residuals.at(0.9)),
+        p99=at(residuals.at(0.99)),
+    )
 
 
 def forecast_from_outputs(
-    step: Step, option: Option, outputs: Sequence[float], *, source: str
+    step: Step,
+    option: Option,
+    outputs: Sequence[float],
+    *,
+    source: str,
+    calibration: Calibration | None = None,
 ) -> Forecast:
-    """Turn one row of raw head outputs into a validated `Forecast`.
+    """Turn one row of raw head outputs into a validated `Forecast`, calibrated when given.
 
     Raises:
         InvalidValueError: on fewer than 3 outputs, a non-finite one, or a cost that overflows.
@@ -77,8 +119,15 @@ def forecast_from_outputs(
     logit = values[0]
     p_success = 1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0
     ceiling = float(option.max_tokens) if option.max_tokens is not None else math.inf
-    tokens = _lognormal(values[1], values[2], 1.0, float(step.input_tokens or 0), ceiling)
-    usd = _lognormal(values[3], values[4], 1e-6, 0.0, math.inf) if len(values) >= 5 else None
+    tokens_z = usd_z = None
+    if calibration is not None:
+        p_success = calibration.p_success(p_success)
+        tokens_z, usd_z = calibration.tokens, calibration.usd
+    shift = float(step.input_tokens or 0)
+    tokens = _cost(values[1], values[2], 1.0, shift, ceiling, tokens_z)
+    usd = None
+    if len(values) >= 5:
+        usd = _cost(values[3], values[4], 1e-6, 0.0, math.inf, usd_z)
     return Forecast(
         step_id=step.id,
         option=option.name,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from roi_agents.errors import InvalidValueError
+from roi_agents.predict.calibration import Calibration
 from roi_agents.predict.head import forecast_from_outputs, input_text, pairs
 from roi_agents.types import Forecast, Step
 
@@ -19,18 +20,26 @@ class LocalPredictor:
     """The embedded default: a Hugging Face sequence-regression checkpoint, run in-process.
 
     The same checkpoint a vLLM pooling server serves (`VLLMPredictor`), with the same outputs.
+    The checkpoint's ``calibration.json`` (written by ``roi-agents train``) is applied when
+    present.
 
     Args:
         path: the checkpoint folder.
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
         batch_size: texts per forward pass.
+        calibrated: apply the stored calibration (``False``: raw head outputs).
 
     Raises:
         InvalidValueError: when the folder is not a checkpoint or torch/transformers are missing.
     """
 
     def __init__(
-        self, path: str | Path, *, device: str | None = None, batch_size: int = 64
+        self,
+        path: str | Path,
+        *,
+        device: str | None = None,
+        batch_size: int = 64,
+        calibrated: bool = True,
     ) -> None:
         try:
             import torch
@@ -50,21 +59,29 @@ class LocalPredictor:
         # Long step texts are cut where the model's positions end, as vLLM cuts them.
         self.max_length = int(getattr(self.model.config, "max_position_embeddings", 512))
         self._lock = threading.Lock()
+        self.calibration = Calibration.load(self.path) if calibrated else None
 
-    def outputs(self, texts: Sequence[str]) -> list[list[float]]:
-        """Raw head outputs for each text."""
-        rows: list[list[float]] = []
+    def outputs(
+        self, texts: Sequence[str], *, progress: Callable[[int], None] | None = None
+    ) -> list[list[float]]:
+        """Raw head outputs for each text (batched by length; ``progress`` gets rows done)."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        rows: list[list[float]] = [[] for _ in texts]
         with self._lock, self._torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
                 batch = self.tokenizer(
-                    list(texts[start : start + self.batch_size]),
+                    [texts[i] for i in chunk],
                     padding=True,
                     truncation=True,
                     max_length=self.max_length,
                     return_tensors="pt",
                 ).to(self.device)
                 logits: Any = self.model(**batch).logits
-                rows.extend(logits.float().cpu().tolist())
+                for i, row in zip(chunk, logits.float().cpu().tolist(), strict=True):
+                    rows[i] = row
+                if progress is not None:
+                    progress(len(chunk))
         return rows
 
     def predict(self, steps: Sequence[Step]) -> list[Forecast]:
@@ -72,7 +89,7 @@ class LocalPredictor:
         todo = pairs(steps)
         rows = self.outputs([input_text(s, o) for s, o in todo])
         return [
-            forecast_from_outputs(s, o, row, source="local")
+            forecast_from_outputs(s, o, row, source="local", calibration=self.calibration)
             for (s, o), row in zip(todo, rows, strict=True)
         ]
 

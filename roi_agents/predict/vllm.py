@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +26,7 @@ from tenacity import (
 
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.base import Predictor
+from roi_agents.predict.calibration import CALIBRATION_FILE, Calibration
 from roi_agents.predict.head import forecast_from_outputs, input_text, pairs
 from roi_agents.predict.prior import PriorPredictor
 from roi_agents.telemetry import names
@@ -53,6 +55,8 @@ class VLLMPredictor:
         attempts: tries per turn for connection errors and 5xx answers.
         client: an httpx client to use (and to close yourself).
         async_client: an httpx async client to use (and to close yourself).
+        calibration: the checkpoint's `Calibration`, or the checkpoint folder holding its
+            ``calibration.json`` (the server returns raw outputs; the maps apply here).
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class VLLMPredictor:
         attempts: int = 3,
         client: httpx.Client | None = None,
         async_client: httpx.AsyncClient | None = None,
+        calibration: Calibration | str | Path | None = None,
     ) -> None:
         if attempts < 1:
             raise InvalidValueError("attempts", f"must be >= 1, got {attempts}")
@@ -77,6 +82,13 @@ class VLLMPredictor:
         self._client = client
         self._async_client = async_client
         self.last_fallback: str | None = None
+        if isinstance(calibration, str | Path):
+            loaded = Calibration.load(calibration)
+            if loaded is None:
+                msg = f"no {CALIBRATION_FILE} in {calibration}"
+                raise InvalidValueError("calibration", msg)
+            calibration = loaded
+        self.calibration = calibration
 
     def _retrying(self) -> dict[str, Any]:
         return {
@@ -100,7 +112,7 @@ class VLLMPredictor:
             msg = f"{len(rows)} outputs for {len(todo)} (step, option) pairs"
             raise InvalidValueError("response", msg)
         return [
-            forecast_from_outputs(s, o, row, source="vllm")
+            forecast_from_outputs(s, o, row, source="vllm", calibration=self.calibration)
             for (s, o), row in zip(todo, rows, strict=True)
         ]
 

@@ -40,6 +40,8 @@ SKIPS = "roi.skips"
 # Decision (roi.decision) attributes
 STEP_ID = "roi.step.id"
 STEP_GROUP = "roi.step.group"
+# The step's text as the learned predictor reads it (cut like its input); off with record_text.
+STEP_TEXT = "roi.step.text"
 OPTION = "roi.option"
 OPTIONS_CONSIDERED = "roi.options.considered"
 P_SUCCESS = "roi.forecast.p_success"

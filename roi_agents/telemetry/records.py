@@ -34,9 +34,10 @@ def read_spans(path: str | Path) -> Iterator[dict[str, Any]]:
 def replay_records(path: str | Path) -> list[ReplayRecord]:
     """Every decision that ran and whose success is known, as a replay record.
 
-    The step id is the query, the option the option, the step's group the dataset; token counts
-    and USD are the recorded usage. This is how a deployment learns from its own traffic: the
-    records train a predictor exactly like a replay file.
+    The step id is the query, the option the option, the step's group the dataset, its recorded
+    text (``roi.step.text``) the text; token counts and USD are the recorded usage. This is how
+    a deployment learns from its own traffic: the records train a predictor exactly like a
+    replay file.
     """
     out = []
     for span in read_spans(path):
@@ -54,6 +55,7 @@ def replay_records(path: str | Path) -> list[ReplayRecord]:
                 output_tokens=int(a[names.GEN_AI_USAGE_OUTPUT_TOKENS]),
                 cost_usd=float(a.get(names.ACTUAL_USD, 0.0)),
                 score=float(a[names.SUCCESS]),
+                text=str(a.get(names.STEP_TEXT, "")),
             )
         )
     return out

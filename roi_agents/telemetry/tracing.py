@@ -26,6 +26,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from roi_agents import __version__
 from roi_agents.errors import BudgetExceeded, InvalidValueError
+from roi_agents.predict.head import model_input
 from roi_agents.telemetry import names
 from roi_agents.types import (
     RESOURCES,
@@ -97,6 +98,9 @@ class RunTrace:
         scope: the ledger scope the run spends from, if any.
         tracer_provider: defaults to the global one.
         meter_provider: defaults to the global one.
+        record_text: put each step's text on its decision span (``roi.step.text``, cut as the
+            learned predictor reads it), so the trace file can train the predictor; turn off
+            where prompts must not leave the process.
     """
 
     def __init__(
@@ -109,8 +113,10 @@ class RunTrace:
         scope: str | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
+        record_text: bool = True,
     ) -> None:
         self.budget = budget
+        self.record_text = record_text
         self.resource: Resource = resource
         self.quantile: Quantile = quantile
         self.run_id = run_id
@@ -211,6 +217,8 @@ class RunTrace:
         }
         if step.group is not None:
             attributes[names.STEP_GROUP] = step.group
+        if self.record_text and step.text:
+            attributes[names.STEP_TEXT] = model_input((), step.text)
         if option.model is not None:
             attributes[names.GEN_AI_REQUEST_MODEL] = option.model
         planned = chosen.expected_cost.get(self.resource)

@@ -45,3 +45,43 @@ def tiny_chat_server(tmp_path_factory):
         folder, served_model_name="tiny", max_model_len=2048, log=folder / "vllm.log"
     ) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def small_replay(tmp_path_factory, shared_data):
+    """A replay file of 160 GSM8K queries (320 rows): enough to train a checkpoint in seconds."""
+    from roi_agents.data import read_records, write_records
+
+    records = list(read_records(shared_data / "gsm8k.jsonl"))[:320]
+    path = tmp_path_factory.mktemp("replay") / "gsm8k-small.jsonl"
+    write_records(records, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory, small_replay):
+    """A MiniLM predictor trained, calibrated and evaluated by ``roi-agents train``."""
+    from roi_agents.cli import main
+
+    out = tmp_path_factory.mktemp("trained") / "predictor"
+    status = main(
+        [
+            "train",
+            "--data",
+            str(small_replay),
+            "--out",
+            str(out),
+            "--max-rows",
+            "200",
+            "--eval-rows",
+            "80",
+            "--epochs",
+            "1",
+            "--max-length",
+            "128",
+            "--json",
+            str(out.parent / "report.json"),
+        ]
+    )
+    assert status == 0
+    return out

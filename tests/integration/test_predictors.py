@@ -1,4 +1,4 @@
-"""LocalPredictor and VLLMPredictor on the same checkpoint; VLLMPredictor's fallbacks."""
+"""LocalPredictor and VLLMPredictor on the same trained checkpoint; VLLMPredictor's fallbacks."""
 
 import json
 import math
@@ -6,7 +6,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from live import build_checkpoint
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -37,18 +36,18 @@ STEPS = [
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return build_checkpoint("build_tiny_classifier.py", tmp_path_factory.mktemp("tiny-predictor"))
+def checkpoint(trained_checkpoint):
+    return trained_checkpoint
 
 
 @pytest.fixture(scope="module")
-def pooling_server(checkpoint):
+def pooling_server(checkpoint, tmp_path_factory):
     server = VLLMServer(
         checkpoint,
         served_model_name="predictor",
         runner="pooling",
-        max_model_len=256,
-        log=checkpoint / "vllm.log",
+        max_model_len=512,
+        log=tmp_path_factory.mktemp("vllm") / "vllm.log",
     )
     with server:
         yield server
@@ -63,8 +62,10 @@ def _close(a, b):
 
 
 def test_vllm_and_local_forecasts_agree(pooling_server, checkpoint):
-    local = LocalPredictor(checkpoint, device="cpu").predict(STEPS)
-    remote_predictor = VLLMPredictor(pooling_server.url, "predictor")
+    local_predictor = LocalPredictor(checkpoint, device="cpu")
+    assert local_predictor.calibration is not None
+    local = local_predictor.predict(STEPS)
+    remote_predictor = VLLMPredictor(pooling_server.url, "predictor", calibration=checkpoint)
     remote = remote_predictor.predict(STEPS)
     assert remote_predictor.last_fallback is None
     assert len(local) == len(remote) == len(STEPS) * len(OPTIONS)
@@ -74,12 +75,19 @@ def test_vllm_and_local_forecasts_agree(pooling_server, checkpoint):
     # The option's max_tokens caps the output forecast; the prompt is added.
     fast = next(f for f in remote if f.option == "fast" and f.step_id == "s0")
     assert fast.tokens.p99 <= 12 + 64
+    # The calibration applies on the client: the raw outputs give other numbers.
+    raw = VLLMPredictor(pooling_server.url, "predictor").predict(STEPS)
+    assert [f.p_success for f in raw] != [f.p_success for f in remote]
+    assert [f.tokens.p90 for f in raw] != [f.tokens.p90 for f in remote]
 
 
 async def test_async_predict_agrees(pooling_server, checkpoint):
-    sync = VLLMPredictor(pooling_server.base_url, "predictor").predict(STEPS)
-    asynchronous = await VLLMPredictor(pooling_server.base_url, "predictor").apredict(STEPS)
-    for a, b in zip(sync, asynchronous, strict=True):
+    sync = VLLMPredictor(pooling_server.base_url, "predictor", calibration=checkpoint)
+    remote = VLLMPredictor(pooling_server.base_url, "predictor", calibration=checkpoint)
+    asynchronous = await remote.apredict(STEPS)
+    sync_forecasts = sync.predict(STEPS)
+    assert remote.last_fallback is None
+    for a, b in zip(sync_forecasts, asynchronous, strict=True):
         _close(a, b)
 
 
@@ -143,18 +151,18 @@ def test_malformed_answers_fall_back_to_the_prior(mode):
 
 @pytest.mark.parametrize("kind", ["vllm", "local"])
 def test_bench_runs_with_the_learned_predictor(
-    pooling_server, checkpoint, shared_data, tmp_path, kind, caplog
+    pooling_server, checkpoint, small_replay, tmp_path, kind, caplog
 ):
     from roi_agents.cli import main
 
-    spec = f"vllm:{pooling_server.url}" if kind == "vllm" else f"local:{checkpoint}"
+    spec = f"vllm:{pooling_server.url}@{checkpoint}" if kind == "vllm" else f"local:{checkpoint}"
     out = tmp_path / "bench.json"
     assert (
         main(
             [
                 "bench",
                 "--data",
-                str(shared_data / "gsm8k.jsonl"),
+                str(small_replay),
                 "--episodes",
                 "2",
                 "--steps",

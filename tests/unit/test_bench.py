@@ -39,6 +39,12 @@ def test_no_policy_overruns_and_the_oracle_is_the_ceiling(result):
             assert r.spend <= r.budget * (1 + 1e-9), name
             assert r.value <= oracle + 1e-9, name
         assert policies["oracle"].pct_oracle == pytest.approx(100)
+        assert policies["oracle"].gap_closed == pytest.approx(1.0)
+        baseline = max(
+            r.value for n, r in policies.items() if n.startswith("fixed:") or n == "random-mix"
+        )
+        ours = policies["ours"]
+        assert ours.gap_closed == pytest.approx((ours.value - baseline) / (oracle - baseline))
         assert policies["fixed:mixtral-8x7b-instruct-v0.1"].pgr == pytest.approx(0, abs=1e-9) or (
             policies["fixed:mixtral-8x7b-instruct-v0.1"].truncated > 0
         )
@@ -50,7 +56,16 @@ def test_json_shape(result):
     assert (payload["episodes"], payload["steps"], payload["seed"]) == (8, 12, 3)
     assert [b["fraction"] for b in payload["budgets"]] == [0.1, 0.5]
     ours = payload["budgets"][0]["policies"]["ours"]
-    for key in ("value", "spend", "budget", "overruns", "pct_oracle", "pgr", "latency_ms_p50"):
+    for key in (
+        "value",
+        "spend",
+        "budget",
+        "overruns",
+        "pct_oracle",
+        "pgr",
+        "gap_closed",
+        "latency_ms_p50",
+    ):
         assert key in ours
     assert ours["overruns"] == 0
 

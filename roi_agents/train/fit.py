@@ -1,0 +1,278 @@
+"""Fine-tune a Hugging Face sequence-regression model into the predictor (torch, transformers).
+
+Loss per row: the success log-loss of output 0 plus the Gaussian negative log-likelihood of
+``log(tokens + 1)`` under outputs 1 (mean) and 2 (log-spread), and of ``log(usd + 1e-6)``
+under outputs 3 and 4 when the data records USD. Early stopping keeps the weights with the
+lowest validation loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from roi_agents.errors import InvalidValueError
+from roi_agents.predict.head import HEAD_LABELS, LOG_SIGMA_RANGE
+from roi_agents.train.examples import Example
+
+__all__ = ["FitHistory", "FitSettings", "fine_tune", "load_base"]
+
+
+@dataclass(frozen=True, slots=True)
+class FitSettings:
+    """Optimisation settings (see ``roi-agents train --help``)."""
+
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 5e-5
+    head_lr: float = 1e-3
+    patience: int = 1
+    evals_per_epoch: int = 2
+    max_length: int = 256
+    freeze_embeddings: bool = True
+    seed: int = 0
+    device: str | None = None
+
+
+@dataclass(slots=True)
+class FitHistory:
+    """What training did: validation loss per evaluation, the best one, and the rows seen."""
+
+    val_losses: list[float]
+    best: float
+    steps: int
+    stopped_early: bool
+
+
+def _targets(examples: Sequence[Example], usd: bool) -> tuple[Any, Any]:
+    import torch
+
+    values, present = [], []
+    for e in examples:
+        row = [e.success, e.log_tokens or 0.0]
+        mask = [1.0, float(e.log_tokens is not None)]
+        if usd:
+            row.append(e.log_usd or 0.0)
+            mask.append(float(e.log_usd is not None))
+        values.append(row)
+        present.append(mask)
+    return torch.tensor(values), torch.tensor(present)
+
+
+def _loss(logits: Any, targets: Any, present: Any) -> Any:
+    import torch
+    from torch.nn import functional
+
+    success = functional.binary_cross_entropy_with_logits(logits[:, 0], targets[:, 0])
+    total = success
+    for k in range(1, targets.shape[1]):
+        mean, log_sigma = logits[:, 2 * k - 1], logits[:, 2 * k].clamp(*LOG_SIGMA_RANGE)
+        nll = log_sigma + 0.5 * ((targets[:, k] - mean) / torch.exp(log_sigma)) ** 2
+        weight = present[:, k]
+        total = total + (nll * weight).sum() / weight.sum().clamp(min=1.0)
+    return total
+
+
+def _head(model: Any, outputs: int) -> Any:
+    """The last linear layer producing the head's outputs."""
+    import torch
+
+    found = None
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.out_features == outputs:
+            found = module
+    if found is None:
+        raise InvalidValueError("base", "no linear head with the expected outputs")
+    return found
+
+
+def _init_head(head: Any, examples: Sequence[Example], usd: bool) -> None:
+    """Start from the training set's averages: a small weight and the mean as bias."""
+    import torch
+
+    def stats(values: list[float]) -> tuple[float, float]:
+        return float(np.mean(values)), math.log(max(float(np.std(values)), 1e-3))
+
+    rate = min(max(float(np.mean([e.success for e in examples])), 1e-3), 1 - 1e-3)
+    bias = [math.log(rate / (1 - rate))]
+    bias.extend(stats([e.log_tokens for e in examples if e.log_tokens is not None] or [0.0]))
+    if usd:
+        bias.extend(stats([e.log_usd for e in examples if e.log_usd is not None] or [0.0]))
+    with torch.no_grad():
+        head.weight.mul_(0.1)
+        if head.bias is not None:
+            head.bias.copy_(torch.tensor(bias))
+
+
+def _batches(examples: Sequence[Example], size: int, rng: random.Random) -> list[list[Example]]:
+    """Shuffled batches of similar lengths (less padding), in a shuffled order."""
+    order = list(examples)
+    rng.shuffle(order)
+    batches: list[list[Example]] = []
+    chunk = size * 50
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda e: len(e.text))
+        batches.extend(part[i : i + size] for i in range(0, len(part), size))
+    rng.shuffle(batches)
+    return batches
+
+
+def fine_tune(
+    model: Any,
+    tokenizer: Any,
+    fit: Sequence[Example],
+    val: Sequence[Example],
+    *,
+    usd: bool,
+    settings: FitSettings,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> FitHistory:
+    """Train ``model`` in place on ``fit``; stop early on ``val``; keep the best weights.
+
+    Args:
+        model: a transformers sequence-classification model with 3 (or 5 with USD) outputs.
+        tokenizer: its tokenizer.
+        fit: training rows (non-empty).
+        val: validation rows for early stopping (non-empty).
+        usd: whether outputs 3 and 4 (USD) are trained.
+        settings: optimisation settings.
+        on_step: called after each batch with (steps done, steps planned, running loss).
+
+    Raises:
+        InvalidValueError: with no training or validation rows.
+    """
+    import torch
+
+    if not fit or not val:
+        raise InvalidValueError("data", "needs training and validation rows (more queries)")
+    random.seed(settings.seed)
+    np.random.seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    outputs = 5 if usd else 3
+    head = _head(model, outputs)
+    _init_head(head, fit, usd)
+    if settings.freeze_embeddings:
+        model.get_input_embeddings().requires_grad_(False)
+    head_ids = {id(p) for p in head.parameters()}
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    optimiser = torch.optim.AdamW(
+        [
+            {"params": body, "lr": settings.lr},
+            {"params": list(head.parameters()), "lr": settings.head_lr},
+        ],
+        weight_decay=0.01,
+    )
+    rng = random.Random(settings.seed)
+    per_epoch = math.ceil(len(fit) / settings.batch_size)
+    total = per_epoch * settings.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: max(0.05, 1.0 - step / max(total, 1))
+    )
+    eval_every = max(1, per_epoch // max(settings.evals_per_epoch, 1))
+
+    def encode(batch: Sequence[Example]) -> tuple[Any, Any, Any]:
+        inputs = tokenizer(
+            [e.text for e in batch],
+            padding=True,
+            truncation=True,
+            max_length=settings.max_length,
+            return_tensors="pt",
+        ).to(device)
+        targets, present = _targets(batch, usd)
+        return inputs, targets.to(device), present.to(device)
+
+    def validate() -> float:
+        model.eval()
+        losses, weights = [], []
+        with torch.inference_mode():
+            for batch in _batches(val, settings.batch_size * 2, random.Random(0)):
+                inputs, targets, present = encode(batch)
+                logits = model(**inputs).logits.float()
+                losses.append(float(_loss(logits, targets, present)))
+                weights.append(len(batch))
+        model.train()
+        return float(np.average(losses, weights=weights))
+
+    history = FitHistory(val_losses=[], best=math.inf, steps=0, stopped_early=False)
+    best_state = copy.deepcopy(model.state_dict())
+    worse = 0
+    running = 0.0
+    model.train()
+    for _ in range(settings.epochs):
+        for batch in _batches(fit, settings.batch_size, rng):
+            inputs, targets, present = encode(batch)
+            loss = _loss(model(**inputs).logits.float(), targets, present)
+            optimiser.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimiser.step()
+            scheduler.step()
+            history.steps += 1
+            value = float(loss.detach())
+            running = value if history.steps == 1 else 0.98 * running + 0.02 * value
+            if on_step is not None:
+                on_step(history.steps, total, running)
+            if history.steps % eval_every and history.steps != total:
+                continue
+            current = validate()
+            history.val_losses.append(current)
+            if current < history.best:
+                history.best, worse = current, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                worse += 1
+                if worse > settings.patience:
+                    history.stopped_early = True
+                    break
+        if history.stopped_early:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+def load_base(base: str | Path, outputs: int, *, seed: int = 0) -> tuple[Any, Any]:
+    """A base checkpoint as a sequence-regression model with ``outputs`` raw outputs.
+
+    Encoders and decoders both work (decoders get their end-of-sequence token as padding). The
+    new head's random start is drawn from ``seed``.
+
+    Raises:
+        InvalidValueError: when the folder holds no loadable checkpoint.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    from transformers.utils import logging as hf_logging
+
+    set_seed(seed)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # the new head's "newly initialised" report
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                base,
+                num_labels=outputs,
+                problem_type="regression",
+                ignore_mismatched_sizes=True,
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    except (OSError, ValueError) as error:
+        raise InvalidValueError("base", f"cannot load {base}: {error}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.id2label = dict(enumerate(HEAD_LABELS[:outputs]))
+    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
+    return model, tokenizer

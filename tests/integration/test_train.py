@@ -1,0 +1,140 @@
+"""``roi-agents train``: the checkpoint, its calibration and report; other bases; trace files."""
+
+import json
+
+import pytest
+from live import build_checkpoint
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from roi_agents import Budget, Controller, Option, PriorPredictor, Spend, Step
+from roi_agents.data import read_records
+from roi_agents.data.split import split_by
+from roi_agents.errors import InvalidValueError
+from roi_agents.predict import LocalPredictor
+from roi_agents.predict.calibration import Calibration
+from roi_agents.telemetry import JsonlSpanExporter, RunTrace
+from roi_agents.train import TrainConfig, load_examples, train
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_checkpoint_is_complete_and_reports_on_the_bench_test_queries(
+    trained_checkpoint, small_replay
+):
+    files = {p.name for p in trained_checkpoint.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
+    assert {"calibration.json", "report.json", "reliability.png"} <= files
+    assert not trained_checkpoint.with_name("predictor.partial").exists()
+    config = json.loads((trained_checkpoint / "config.json").read_text())
+    assert config["problem_type"] == "regression"
+    assert len(config["id2label"]) == 5  # success, tokens (2), USD (2): the data records USD
+    report = json.loads((trained_checkpoint / "report.json").read_text())
+    # The test part is the bench's (same seed, same fraction): queries never trained on.
+    records = list(read_records(small_replay))
+    _, held = split_by(records, lambda r: r.query_id, [0.5], seed=0)
+    assert report["rows"]["test_available"] == len(held) > 80
+    assert report["rows"]["test"] == report["quality"]["rows"] == 80  # --eval-rows
+    assert report["rows"]["fit"] <= 200
+    quality = report["quality"]
+    assert 0.0 <= quality["auc"] <= 1.0
+    assert 0.0 < quality["brier"] < 1.0
+    assert 0.5 <= quality["coverage90"] <= 1.0
+    assert quality["usd_coverage90"] is not None
+    calibration = Calibration.load(trained_checkpoint)
+    assert calibration is not None
+    assert calibration.rows == report["rows"]["calibration"]
+    assert calibration.usd is not None
+
+
+def test_local_forecasts_are_calibrated_and_ordered(trained_checkpoint):
+    steps = [
+        Step(
+            id=f"q{i}",
+            text=text,
+            input_tokens=40,
+            options=(Option(name="mixtral-8x7b-instruct-v0.1"), Option(name="gpt-4-1106-preview")),
+        )
+        for i, text in enumerate(["What is 2 + 3?", "A train leaves at 3 pm going 60 mph ..."])
+    ]
+    calibrated = LocalPredictor(trained_checkpoint).predict(steps)
+    raw = LocalPredictor(trained_checkpoint, calibrated=False).predict(steps)
+    calibration = Calibration.load(trained_checkpoint)
+    assert calibration is not None
+    for c, r in zip(calibrated, raw, strict=True):
+        assert c.p_success == pytest.approx(calibration.p_success(r.p_success))
+        assert 40 <= c.tokens.p50 <= c.tokens.p90 <= c.tokens.p99
+        assert c.usd is not None
+        assert c.usd.p50 <= c.usd.p90 <= c.usd.p99
+
+
+def test_an_existing_output_is_not_replaced_without_overwrite(trained_checkpoint, small_replay):
+    before = (trained_checkpoint / "model.safetensors").stat().st_mtime_ns
+    with pytest.raises(InvalidValueError, match="--overwrite"):
+        train(TrainConfig(data=[small_replay], out=trained_checkpoint))
+    assert (trained_checkpoint / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_a_decoder_checkpoint_works_as_base_and_a_seed_repeats(tmp_path, small_replay):
+    base = build_checkpoint("build_tiny_llama.py", tmp_path / "llama")
+    reports = [
+        train(
+            TrainConfig(
+                data=[small_replay],
+                out=tmp_path / out,
+                base=base,
+                max_rows=60,
+                eval_rows=20,
+                epochs=1,
+                max_length=64,
+            )
+        )
+        for out in ("out", "again")
+    ]
+    assert reports[0].rows["test"] == 20
+    assert reports[0].quality == reports[1].quality
+    assert Calibration.load(tmp_path / "out") == Calibration.load(tmp_path / "again")
+    forecasts = LocalPredictor(tmp_path / "out").predict(
+        [Step(id="a", text="How many eggs?", options=(Option(name="gpt-4-1106-preview"),))]
+    )
+    assert len(forecasts) == 1
+    assert 0.0 <= forecasts[0].p_success <= 1.0
+
+
+def test_a_trace_file_trains_a_predictor(tmp_path, trained_checkpoint):
+    """Decision spans carry the step's text: a deployment learns from its own traffic."""
+    path = tmp_path / "traces.jsonl"
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(JsonlSpanExporter(path)))
+    options = (Option(name="fast", max_tokens=200), Option(name="deep", max_tokens=800))
+    steps = [
+        Step(id=f"s{i}", text=f"{'prove' if i % 2 else 'add'} item {i}", options=options)
+        for i in range(80)
+    ]
+    controller = Controller(predictor=PriorPredictor())
+    with RunTrace(Budget(tokens=10**7), tracer_provider=provider) as run:
+        for step in steps:
+            plan = controller.plan([step], run.remaining)
+            with run.decision(step, plan, []) as decision:
+                deep = plan.next.option == "deep"
+                decision.record(
+                    Spend(input_tokens=10, output_tokens=600 if deep else 50),
+                    success=1.0 if deep or "add" in step.text else 0.0,
+                )
+    provider.shutdown()
+    examples = load_examples([path])
+    assert len(examples) == 80
+    assert examples[1].text.endswith("prove item 1")
+    report = train(
+        TrainConfig(
+            data=[path],
+            out=tmp_path / "from-traces",
+            base=trained_checkpoint,
+            max_rows=60,
+            eval_rows=40,
+            epochs=1,
+            max_length=32,
+        )
+    )
+    assert report.rows["test"] > 0
+    assert (tmp_path / "from-traces" / "calibration.json").exists()

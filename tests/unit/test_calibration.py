@@ -1,0 +1,124 @@
+"""Isotonic and split-conformal calibration, and forecasts made through them."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from roi_agents import Option, Step
+from roi_agents.errors import InvalidValueError
+from roi_agents.predict.calibration import (
+    LEVELS,
+    Calibration,
+    conformal_quantiles,
+    isotonic,
+)
+from roi_agents.predict.head import forecast_from_outputs, input_text, model_input
+
+
+def test_isotonic_pools_violators_and_shrinks_small_blocks():
+    x, y = isotonic([0.1, 0.2, 0.3, 0.4], [0.0, 1.0, 0.0, 1.0])
+    # (0.2, 1) and (0.3, 0) violate the order and pool into one block at x = 0.25.
+    assert x == pytest.approx([0.1, 0.25, 0.4])
+    assert y == pytest.approx([0.5 / 2, 1.5 / 3, 1.5 / 2])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(0, 1), st.sampled_from([0.0, 0.5, 1.0])), min_size=1, max_size=60)
+)
+def test_isotonic_is_non_decreasing_and_within_zero_one(rows):
+    x, y = isotonic([r[0] for r in rows], [r[1] for r in rows])
+    assert all(b >= a for a, b in itertools.pairwise(y))
+    assert all(b >= a for a, b in itertools.pairwise(x))
+    assert all(0.0 < v < 1.0 for v in y)
+
+
+def test_isotonic_recovers_a_miscalibrated_model():
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0, 1, 20_000)
+    outcome = (rng.uniform(0, 1, truth.size) < truth).astype(float)
+    raw = truth**3  # confident in the wrong direction: says 0.125 where the truth is 0.5
+    x, y = isotonic(raw.tolist(), outcome.tolist())
+    assert float(np.interp(0.125, x, y)) == pytest.approx(0.5, abs=0.05)
+    assert float(np.interp(0.729, x, y)) == pytest.approx(0.9, abs=0.05)
+
+
+def test_conformal_quantiles_cover_new_draws_at_their_level():
+    rng = np.random.default_rng(1)
+    held_out = rng.standard_t(3, 2000)  # heavy tails: a Gaussian spread would under-cover
+    z = conformal_quantiles(held_out.tolist())
+    fresh = rng.standard_t(3, 200_000)
+    for level in (0.5, 0.9, 0.99):
+        assert float(np.mean(fresh <= z.at(level))) == pytest.approx(level, abs=0.01)
+    inside = np.mean((fresh >= z.at(0.05)) & (fresh <= z.at(0.95)))
+    assert inside == pytest.approx(0.9, abs=0.015)
+
+
+def test_conformal_rank_is_the_finite_sample_one():
+    z = conformal_quantiles([float(i) for i in range(1, 10)])  # n = 9
+    assert z.at(0.9) == 9.0  # ceil(10 * 0.9) = 9th smallest
+    assert z.at(0.5) == 5.0
+    assert z.at(0.05) == 1.0  # floor below the median, at least the first
+    with pytest.raises(InvalidValueError):
+        conformal_quantiles([])
+    with pytest.raises(InvalidValueError):
+        conformal_quantiles([1.0, math.nan])
+
+
+def _calibration(shift=0.0):
+    return Calibration(
+        success_x=(0.0, 0.5, 1.0),
+        success_y=(0.1, 0.2, 0.9),
+        tokens=conformal_quantiles((np.linspace(-2, 2, 401) + shift).tolist()),
+        rows=401,
+    )
+
+
+def test_save_load_round_trip_and_bad_files(tmp_path):
+    calibration = _calibration()
+    calibration.save(tmp_path)
+    assert Calibration.load(tmp_path) == calibration
+    assert Calibration.load(tmp_path / "nowhere") is None
+    (tmp_path / "calibration.json").write_text('{"success_x": [0.5], "success_y": [2.0]}')
+    with pytest.raises(InvalidValueError, match="calibration"):
+        Calibration.load(tmp_path)
+    with pytest.raises(ValueError, match="must not decrease"):
+        Calibration(
+            success_x=(0.0, 1.0),
+            success_y=(0.6, 0.4),
+            tokens=calibration.tokens,
+            rows=3,
+        )
+    assert len(calibration.tokens.z) == len(LEVELS)
+
+
+def test_forecasts_through_the_calibration():
+    step = Step(id="s", text="t", input_tokens=10, options=(Option(name="o", max_tokens=500),))
+    option = step.options[0]
+    # logit 0 -> raw 0.5 -> 0.2; log-token mean 4 with spread e^0 = 1.
+    calibrated = forecast_from_outputs(
+        step, option, [0.0, 4.0, 0.0], source="local", calibration=_calibration(shift=1.0)
+    )
+    raw = forecast_from_outputs(step, option, [0.0, 4.0, 0.0], source="local")
+    assert raw.p_success == pytest.approx(0.5)
+    assert calibrated.p_success == pytest.approx(0.2)
+    # Residuals shifted up by 1: the median is e^(4 + 1) - 1 output tokens, plus the prompt.
+    assert calibrated.tokens.p50 == pytest.approx(10 + math.exp(5.0) - 1, rel=1e-3)
+    assert calibrated.tokens.p50 <= calibrated.tokens.p90 <= calibrated.tokens.p99 <= 510
+    assert calibrated.tokens.p99 == pytest.approx(510)  # capped at the option's max_tokens
+
+
+def test_long_texts_are_cut_the_same_way_everywhere():
+    text = "a" * 500 + "b" * 500
+    cut = model_input(("deep",), text)
+    assert cut.startswith("[deep] " + "a" * 384)
+    assert cut.endswith("b" * 384)
+    assert " ... " in cut
+    assert len(cut) == len("[deep] ") + 384 * 2 + 5
+    step = Step(id="s", text=text, options=(Option(name="x", tags=("deep",)),))
+    assert input_text(step, step.options[0]) == cut
+    assert model_input((), "short") == "short"

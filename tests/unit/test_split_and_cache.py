@@ -1,0 +1,79 @@
+"""Seeded id-based splits shared by train and bench; the forecast cache."""
+
+from roi_agents import Option, PriorPredictor, Step
+from roi_agents.bench.simulate import split_queries
+from roi_agents.data import load_replay
+from roi_agents.data.split import split_by
+from roi_agents.predict.cache import CachedPredictor
+from roi_agents.train import load_examples
+
+
+def test_a_query_lands_on_the_same_side_whatever_else_is_loaded(shared_data):
+    alone = load_replay(shared_data / "gsm8k.jsonl")
+    mixed = load_replay([shared_data / "gpqa.jsonl", shared_data / "gsm8k.jsonl"])
+    _, test_alone = split_queries(alone, 0.5, seed=3)
+    _, test_mixed = split_queries(mixed, 0.5, seed=3)
+    ids = {q.query_id for q in alone}
+    assert {q.query_id for q in test_alone} == {q.query_id for q in test_mixed if q.query_id in ids}
+    assert 0.45 < len(test_alone) / len(alone) < 0.55
+    # Training's examples split by the same rule: the bench's test queries are its test rows.
+    examples = load_examples([shared_data / "gsm8k.jsonl"])
+    _, held = split_by(examples, lambda e: e.query_id, [0.5], seed=3)
+    assert {e.query_id for e in held} == {q.query_id for q in test_alone}
+    _, other_seed = split_queries(alone, 0.5, seed=4)
+    assert {q.query_id for q in other_seed} != {q.query_id for q in test_alone}
+
+
+class Counting:
+    """A real predictor that counts the (step, option) pairs it is asked for."""
+
+    def __init__(self):
+        self.inner = PriorPredictor()
+        self.asked = 0
+        self.last_fallback = None
+
+    def predict(self, steps):
+        self.asked += sum(len([o for o in s.options if o.name != "skip"]) for s in steps)
+        return self.inner.predict(steps)
+
+    async def apredict(self, steps):
+        return self.predict(steps)
+
+
+OPTIONS = (Option(name="fast", max_tokens=100), Option(name="deep", max_tokens=900))
+
+
+def _steps(n, prefix="s"):
+    return [Step(id=f"{prefix}{i}", text=f"task {i}", options=OPTIONS) for i in range(n)]
+
+
+async def test_only_unseen_pairs_reach_the_predictor():
+    counting = Counting()
+    cache = CachedPredictor(counting)
+    first = cache.predict(_steps(5))
+    assert counting.asked == 10
+    again = cache.predict(_steps(5)[2:])  # a re-planning turn: nothing new
+    assert counting.asked == 10
+    assert again == first[4:]
+    more = await cache.apredict(_steps(7))
+    assert counting.asked == 14
+    assert more[:10] == first
+    # Same id, other text: another question.
+    cache.predict([Step(id="s0", text="changed", options=OPTIONS)])
+    assert counting.asked == 16
+
+
+def test_fallback_forecasts_are_not_remembered_and_the_size_is_bounded():
+    counting = Counting()
+    cache = CachedPredictor(counting, size=4)
+    counting.last_fallback = "ConnectError"
+    cache.predict(_steps(2))
+    cache.predict(_steps(2))
+    assert counting.asked == 8
+    counting.last_fallback = None
+    cache.predict(_steps(3))
+    assert counting.asked == 14
+    cache.predict(_steps(3)[1:])  # s1, s2 kept (4 newest pairs)
+    assert counting.asked == 14
+    cache.predict(_steps(1))  # s0 was evicted
+    assert counting.asked == 16
