@@ -7,7 +7,7 @@ text, e.g. ``"[deep] Prove that ..."``. Output: the checkpoint's regression head
 * 1, 2: the mean and the log of the spread of ``log(output_tokens + 1)``;
 * 3, 4 (optional): the same for ``log(usd + 1e-6)``.
 
-A step text longer than 768 characters is cut to its first and last 384, joined by `` ... ``
+A step text longer than 512 characters is cut to its first and last 256, joined by `` ... ``
 (the question of a long prompt is often at its end), so that training, `LocalPredictor` and a
 vLLM server all read the same input, well within the model's positions.
 
@@ -32,6 +32,7 @@ __all__ = [
     "forecast_from_outputs",
     "input_text",
     "model_input",
+    "option_key",
     "pairs",
 ]
 
@@ -46,11 +47,11 @@ _Z90 = 1.2815515655446004
 _Z99 = 2.3263478740408408
 # A spread beyond e^3 on the log scale says nothing; beyond e^-5 it claims too much.
 LOG_SIGMA_RANGE = (-5.0, 3.0)
-_HALF_TEXT = 384
+_HALF_TEXT = 256
 
 
 def model_input(tags: Sequence[str], text: str) -> str:
-    """The model's input: ``[tag]`` per tag, then the text (cut when longer than 768 characters).
+    """The model's input: ``[tag]`` per tag, then the text (cut when longer than 512 characters).
 
     >>> model_input(("deep",), "Prove it.")
     '[deep] Prove it.'
@@ -58,6 +59,11 @@ def model_input(tags: Sequence[str], text: str) -> str:
     if len(text) > 2 * _HALF_TEXT:
         text = f"{text[:_HALF_TEXT]} ... {text[-_HALF_TEXT:]}"
     return f"{' '.join(f'[{tag}]' for tag in tags)} {text}".strip()
+
+
+def option_key(option: Option) -> str:
+    """The option as the model reads it: its tags, or else its name (keys calibration maps)."""
+    return " ".join(option.tags or (option.name,))
 
 
 def input_text(step: Step, option: Option) -> str:
@@ -121,8 +127,9 @@ def forecast_from_outputs(
     ceiling = float(option.max_tokens) if option.max_tokens is not None else math.inf
     tokens_z = usd_z = None
     if calibration is not None:
-        p_success = calibration.p_success(p_success)
-        tokens_z, usd_z = calibration.tokens, calibration.usd
+        maps = calibration.maps(option_key(option))
+        p_success = maps.p_success(p_success)
+        tokens_z, usd_z = maps.tokens, maps.usd
     shift = float(step.input_tokens or 0)
     tokens = _cost(values[1], values[2], 1.0, shift, ceiling, tokens_z)
     usd = None

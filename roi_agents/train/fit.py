@@ -2,8 +2,9 @@
 
 Loss per row: the success log-loss of output 0 plus the Gaussian negative log-likelihood of
 ``log(tokens + 1)`` under outputs 1 (mean) and 2 (log-spread), and of ``log(usd + 1e-6)``
-under outputs 3 and 4 when the data records USD. Early stopping keeps the weights with the
-lowest validation loss.
+under outputs 3 and 4 when the data records USD (beta-NLL weighting, see `_loss`). The head
+is first fitted alone on frozen features, then the whole model is fine-tuned; early stopping
+keeps the weights with the lowest validation loss.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class FitSettings:
     epochs: int = 3
     batch_size: int = 32
     lr: float = 5e-5
-    head_lr: float = 1e-3
+    head_lr: float = 2e-4
     patience: int = 1
     evals_per_epoch: int = 2
     max_length: int = 256
@@ -66,6 +67,11 @@ def _targets(examples: Sequence[Example], usd: bool) -> tuple[Any, Any]:
     return torch.tensor(values), torch.tensor(present)
 
 
+# Training floors the spread at 0.1 on the log scale (costs recorded as one token would
+# otherwise drive it to zero); served outputs are read within LOG_SIGMA_RANGE.
+_TRAIN_LOG_SIGMA = (math.log(0.1), LOG_SIGMA_RANGE[1])
+
+
 def _loss(logits: Any, targets: Any, present: Any) -> Any:
     import torch
     from torch.nn import functional
@@ -73,8 +79,11 @@ def _loss(logits: Any, targets: Any, present: Any) -> Any:
     success = functional.binary_cross_entropy_with_logits(logits[:, 0], targets[:, 0])
     total = success
     for k in range(1, targets.shape[1]):
-        mean, log_sigma = logits[:, 2 * k - 1], logits[:, 2 * k].clamp(*LOG_SIGMA_RANGE)
-        nll = log_sigma + 0.5 * ((targets[:, k] - mean) / torch.exp(log_sigma)) ** 2
+        mean, log_sigma = logits[:, 2 * k - 1], logits[:, 2 * k].clamp(*_TRAIN_LOG_SIGMA)
+        sigma = torch.exp(log_sigma)
+        # beta-NLL (beta = 1/2, Seitzer et al. 2022): weighting by the detached spread keeps a
+        # shrinking spread from blowing up the gradient and drowning the success loss.
+        nll = (log_sigma + 0.5 * ((targets[:, k] - mean) / sigma) ** 2) * sigma.detach()
         weight = present[:, k]
         total = total + (nll * weight).sum() / weight.sum().clamp(min=1.0)
     return total
@@ -124,6 +133,66 @@ def _batches(examples: Sequence[Example], size: int, rng: random.Random) -> list
     return batches
 
 
+def _head_inputs(
+    model: Any, head: Any, encode: Callable[[Sequence[Example]], Any], rows: Sequence[Example]
+) -> Any:
+    """What the head reads for each row, from one frozen forward pass.
+
+    ``None`` when the head reads more than one vector per row (decoders score every position,
+    then pick one).
+    """
+    import torch
+
+    captured: list[Any] = []
+    hook = head.register_forward_hook(
+        lambda module, inputs, output: captured.append(inputs[0].detach().clone())
+    )
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].text))
+    try:
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(order), 64):
+                model(**encode([rows[i] for i in order[start : start + 64]])[0])
+    finally:
+        hook.remove()
+    if any(c.dim() != 2 for c in captured):
+        return None
+    features = torch.cat([c.float() for c in captured])
+    restored = torch.empty_like(features)
+    restored[torch.tensor(order, device=features.device)] = features
+    return restored
+
+
+def _fit_head(
+    head: Any,
+    fit: tuple[Any, Any, Any],
+    val: tuple[Any, Any, Any],
+    steps: int = 400,
+) -> float:
+    """Train the head alone on frozen features (full batch, Adam); keep its best state.
+
+    Returns:
+        The best validation loss.
+    """
+    import torch
+
+    optimiser = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
+    best, state = math.inf, copy.deepcopy(head.state_dict())
+    for step in range(steps):
+        head.train()
+        loss = _loss(head(fit[0]), fit[1], fit[2])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if step % 10 == 9:
+            with torch.no_grad():
+                current = float(_loss(head(val[0]), val[1], val[2]))
+            if current < best:
+                best, state = current, copy.deepcopy(head.state_dict())
+    head.load_state_dict(state)
+    return best
+
+
 def fine_tune(
     model: Any,
     tokenizer: Any,
@@ -135,6 +204,9 @@ def fine_tune(
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> FitHistory:
     """Train ``model`` in place on ``fit``; stop early on ``val``; keep the best weights.
+
+    First the head alone, on features from one frozen pass (a few seconds: the new head starts
+    where a linear probe ends instead of random), then the whole model end to end.
 
     Args:
         model: a transformers sequence-classification model with 3 (or 5 with USD) outputs.
@@ -202,7 +274,20 @@ def fine_tune(
         model.train()
         return float(np.average(losses, weights=weights))
 
-    history = FitHistory(val_losses=[], best=math.inf, steps=0, stopped_early=False)
+    def tensors(rows: Sequence[Example]) -> tuple[Any, Any, Any] | None:
+        features = _head_inputs(model, head, encode, rows)
+        if features is None:
+            return None
+        targets, present = _targets(rows, usd)
+        return features, targets.to(device), present.to(device)
+
+    fit_features, val_features = tensors(fit), tensors(val)
+    if fit_features is not None and val_features is not None:
+        _fit_head(head, fit_features, val_features)
+        del fit_features, val_features
+
+    history = FitHistory(val_losses=[validate()], best=math.inf, steps=0, stopped_early=False)
+    history.best = history.val_losses[0]
     best_state = copy.deepcopy(model.state_dict())
     worse = 0
     running = 0.0

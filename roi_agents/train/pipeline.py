@@ -3,7 +3,7 @@
 Splits are by query id (or by dataset, ``split="dataset"``) and seeded the way the benchmark
 splits (`roi_agents.data.split`): the test part is exactly the queries ``roi-agents bench`` tests
 on with the same seed and training fraction. The training part is split again into fit (80%),
-validation (10%, early stopping) and calibration (10%, isotonic and conformal maps).
+validation (10%, early stopping) and calibration (10%, Platt and conformal maps).
 
 The output folder is a standard Hugging Face checkpoint that ``vllm serve DIR --runner
 pooling`` loads as is, plus ``calibration.json`` (applied client-side by the predictors),
@@ -18,6 +18,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -26,13 +27,29 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from roi_agents.data.split import split_by
 from roi_agents.errors import InvalidValueError
-from roi_agents.predict.calibration import Calibration, conformal_quantiles, isotonic
+from roi_agents.predict.calibration import (
+    MIN_OPTION_ROWS,
+    Calibration,
+    Maps,
+    conformal_quantiles,
+    platt,
+)
 from roi_agents.predict.head import LOG_SIGMA_RANGE
 from roi_agents.train.examples import Example, load_examples
 from roi_agents.train.fit import FitSettings, fine_tune, load_base
 from roi_agents.train.metrics import Quality, plot_reliability, quality
 
-__all__ = ["TrainConfig", "TrainReport", "default_base", "evaluate", "train"]
+__all__ = [
+    "Parts",
+    "TrainConfig",
+    "TrainReport",
+    "calibrate",
+    "default_base",
+    "evaluate",
+    "finish",
+    "split",
+    "train",
+]
 
 # (stage, rows or steps done, total) -> None
 Progress = Callable[[str, int, int], None]
@@ -55,7 +72,7 @@ class TrainConfig(BaseModel):
     epochs: Annotated[int, Field(ge=1)] = 3
     batch_size: Annotated[int, Field(ge=1)] = 32
     lr: Annotated[float, Field(gt=0.0)] = 5e-5
-    head_lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    head_lr: Annotated[float, Field(gt=0.0)] = 2e-4
     max_length: Annotated[int, Field(ge=8)] = 256
     device: str | None = None
     overwrite: bool = False
@@ -125,15 +142,8 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0
 
 
-def calibrate(rows: Sequence[Example], outputs: Sequence[Sequence[float]]) -> Calibration:
-    """Fit the isotonic and conformal maps on held-out rows and their raw outputs.
-
-    Raises:
-        InvalidValueError: with no row or no recorded token count.
-    """
-    if not rows:
-        raise InvalidValueError("data", "no calibration rows (more queries needed)")
-    x, y = isotonic([_sigmoid(o[0]) for o in outputs], [e.success for e in rows])
+def _maps(rows: Sequence[Example], outputs: Sequence[Sequence[float]]) -> Maps:
+    x, y = platt([_sigmoid(o[0]) for o in outputs], [e.success for e in rows])
     tokens = [
         (e.log_tokens - o[1]) / _sigma(o[2])
         for e, o in zip(rows, outputs, strict=True)
@@ -146,13 +156,36 @@ def calibrate(rows: Sequence[Example], outputs: Sequence[Sequence[float]]) -> Ca
     ]
     if not tokens:
         raise InvalidValueError("data", "calibration needs rows with output_tokens")
-    return Calibration(
+    return Maps(
         success_x=tuple(x),
         success_y=tuple(y),
         tokens=conformal_quantiles(tokens),
         usd=conformal_quantiles(usd) if usd else None,
         rows=len(rows),
     )
+
+
+def calibrate(rows: Sequence[Example], outputs: Sequence[Sequence[float]]) -> Calibration:
+    """Fit the Platt and conformal maps on held-out rows and their raw outputs.
+
+    Shared maps from every row; an option with at least `MIN_OPTION_ROWS` rows (and recorded
+    tokens) also gets its own.
+
+    Raises:
+        InvalidValueError: with no row or no recorded token count.
+    """
+    if not rows:
+        raise InvalidValueError("data", "no calibration rows (more queries needed)")
+    shared = _maps(rows, outputs)
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(rows):
+        groups.setdefault(e.option, []).append(i)
+    by_option = {
+        option: _maps([rows[i] for i in index], [outputs[i] for i in index])
+        for option, index in sorted(groups.items())
+        if len(index) >= MIN_OPTION_ROWS and any(rows[i].log_tokens is not None for i in index)
+    }
+    return Calibration(**shared.model_dump(), by_option=by_option)
 
 
 def _quality(
@@ -163,19 +196,21 @@ def _quality(
 ) -> Quality:
     fallback = float(np.mean(list(base_rates.values())))
     p_raw = [_sigmoid(o[0]) for o in outputs]
+    p = [calibration.maps(e.option).p_success(q) for e, q in zip(rows, p_raw, strict=True)]
     tokens_error, tokens_inside, usd_inside = [], [], []
-    z = calibration.tokens
     for e, o in zip(rows, outputs, strict=True):
+        maps = calibration.maps(e.option)
+        z, usd_z = maps.tokens, maps.usd
         if e.log_tokens is not None:
             r = (e.log_tokens - o[1]) / _sigma(o[2])
             tokens_error.append(o[1] + _sigma(o[2]) * z.at(0.5) - e.log_tokens)
             tokens_inside.append(z.at(0.05) <= r <= z.at(0.95))
-        if e.log_usd is not None and len(o) >= 5 and calibration.usd is not None:
+        if e.log_usd is not None and len(o) >= 5 and usd_z is not None:
             r = (e.log_usd - o[3]) / _sigma(o[4])
-            usd_inside.append(calibration.usd.at(0.05) <= r <= calibration.usd.at(0.95))
+            usd_inside.append(usd_z.at(0.05) <= r <= usd_z.at(0.95))
     return quality(
         [e.success for e in rows],
-        [calibration.p_success(p) for p in p_raw],
+        p,
         p_raw,
         [base_rates.get(e.option, fallback) for e in rows],
         log_tokens_error=tokens_error,
@@ -215,6 +250,43 @@ def evaluate(
     return overall, split["dataset"], split["option"]
 
 
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """The rows of each part of a seeded split (see the module's docstring)."""
+
+    fit_all: list[Example]
+    fit: list[Example]
+    validation: list[Example]
+    calibration: list[Example]
+    test: list[Example]
+    test_available: int
+
+
+def split(config: TrainConfig) -> Parts:
+    """Load ``config.data`` (and ``config.test``) and split it as `train` does.
+
+    Raises:
+        DataError: on malformed data files.
+        InvalidValueError: when a part needed later is empty.
+    """
+    key = _key(config.split)
+    known, held = split_by(load_examples(config.data), key, [config.train_fraction], config.seed)
+    if config.test:
+        held = load_examples(config.test)
+    fit_all, val, calibration_rows = split_by(known, key, [0.8, 0.9], config.seed, salt="fit")
+    test = _sample(held, config.eval_rows, config.seed)
+    if not test:
+        raise InvalidValueError("data", "no test rows: more queries or another --train-fraction")
+    return Parts(
+        fit_all=fit_all,
+        fit=_sample(fit_all, config.max_rows, config.seed),
+        validation=_sample(val, max(config.max_rows // 8, 200), config.seed),
+        calibration=calibration_rows,
+        test=test,
+        test_available=len(held),
+    )
+
+
 def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainReport:
     """Fine-tune, calibrate and evaluate a predictor checkpoint; write it to ``config.out``.
 
@@ -223,31 +295,19 @@ def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainRepo
             data, or a base that cannot be loaded.
         DataError: on malformed data files.
     """
-    from roi_agents.predict.local import LocalPredictor
-
     started = time.perf_counter()
     out = config.out
     if out.exists() and not config.overwrite:
         raise InvalidValueError("out", f"{out} exists (pass --overwrite to replace it)")
     base = config.base or default_base()
-    key = _key(config.split)
-    examples = load_examples(config.data)
-    known, held = split_by(examples, key, [config.train_fraction], config.seed)
-    if config.test:
-        held = load_examples(config.test)
-    fit_all, val, calibration_rows = split_by(known, key, [0.8, 0.9], config.seed, salt="fit")
-    fit = _sample(fit_all, config.max_rows, config.seed)
-    val = _sample(val, max(config.max_rows // 8, 200), config.seed)
-    test = _sample(held, config.eval_rows, config.seed)
-    if not test:
-        raise InvalidValueError("data", "no test rows: more queries or another --train-fraction")
-    usd = any(e.log_usd is not None for e in fit)
+    parts = split(config)
+    usd = any(e.log_usd is not None for e in parts.fit)
     model, tokenizer = load_base(base, 5 if usd else 3, seed=config.seed)
     history = fine_tune(
         model,
         tokenizer,
-        fit,
-        val,
+        parts.fit,
+        parts.validation,
         usd=usd,
         settings=FitSettings(
             epochs=config.epochs,
@@ -261,12 +321,50 @@ def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainRepo
         on_step=(lambda done, total, _: progress("fine-tuning", done, total)) if progress else None,
     )
     fitted = time.perf_counter() - started
+    # Written aside and renamed when complete; kept if calibration fails, for `finish`.
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial, safe_serialization=True)
     tokenizer.save_pretrained(partial)
+    report = finish(
+        partial,
+        config,
+        parts,
+        progress=progress,
+        base=base,
+        val_losses=history.val_losses,
+        stopped_early=history.stopped_early,
+        seconds={"fine_tuning": fitted},
+        started=started,
+    )
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    return report.model_copy(update={"out": str(out)})
 
-    local = LocalPredictor(partial, device=config.device, calibrated=False)
+
+def finish(
+    checkpoint: Path,
+    config: TrainConfig,
+    parts: Parts,
+    *,
+    progress: Progress | None = None,
+    base: Path | None = None,
+    val_losses: Sequence[float] = (),
+    stopped_early: bool = False,
+    seconds: dict[str, float] | None = None,
+    started: float | None = None,
+) -> TrainReport:
+    """Calibrate a fine-tuned checkpoint and evaluate it; write the results into it.
+
+    Fits the maps on ``parts.calibration``, evaluates on ``parts.test``, and writes
+    ``calibration.json``, ``report.json`` and ``reliability.png`` into ``checkpoint`` (also the
+    way to re-calibrate an existing checkpoint).
+    """
+    from roi_agents.predict.local import LocalPredictor
+
+    started = time.perf_counter() if started is None else started
+    local = LocalPredictor(checkpoint, device=config.device, calibrated=False)
 
     def outputs(stage: str, rows: Sequence[Example]) -> list[list[float]]:
         done = 0
@@ -279,42 +377,39 @@ def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainRepo
 
         return local.outputs([e.text for e in rows], progress=advance)
 
-    calibration = calibrate(calibration_rows, outputs("calibrating", calibration_rows))
-    calibration.save(partial)
+    calibration = calibrate(parts.calibration, outputs("calibrating", parts.calibration))
+    calibration.save(checkpoint)
     evaluated = time.perf_counter()
-    test_outputs = outputs("evaluating", test)
-    throughput = len(test) / max(time.perf_counter() - evaluated, 1e-9)
+    test_outputs = outputs("evaluating", parts.test)
+    throughput = len(parts.test) / max(time.perf_counter() - evaluated, 1e-9)
     rates: dict[str, list[float]] = {}
-    for e in fit_all:
+    for e in parts.fit_all:
         rates.setdefault(e.option, []).append(e.success)
     base_rates = {option: float(np.mean(v)) for option, v in rates.items()}
-    overall, by_dataset, by_option = evaluate(test, test_outputs, calibration, base_rates)
+    overall, by_dataset, by_option = evaluate(parts.test, test_outputs, calibration, base_rates)
     report = TrainReport(
-        out=str(out),
-        base=str(base),
+        out=str(checkpoint),
+        base=str(base or config.base or ""),
         data=[str(p) for p in config.data],
         test=[str(p) for p in config.test],
         seed=config.seed,
         split=config.split,
         rows={
-            "fit": len(fit),
-            "fit_available": len(fit_all),
-            "validation": len(val),
-            "calibration": len(calibration_rows),
-            "test": len(test),
-            "test_available": len(held),
+            "fit": len(parts.fit),
+            "fit_available": len(parts.fit_all),
+            "validation": len(parts.validation),
+            "calibration": len(parts.calibration),
+            "test": len(parts.test),
+            "test_available": parts.test_available,
         },
-        val_losses=history.val_losses,
-        stopped_early=history.stopped_early,
-        seconds={"fine_tuning": fitted, "total": time.perf_counter() - started},
+        val_losses=list(val_losses),
+        stopped_early=stopped_early,
+        seconds={**(seconds or {}), "total": time.perf_counter() - started},
         test_rows_per_second=throughput,
         quality=overall,
         by_dataset=by_dataset,
         by_option=by_option,
     )
-    (partial / "report.json").write_text(report.model_dump_json(indent=1), encoding="utf-8")
-    plot_reliability({"held-out": overall}, partial / "reliability.png")
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    (checkpoint / "report.json").write_text(report.model_dump_json(indent=1), encoding="utf-8")
+    plot_reliability({"held-out": overall}, checkpoint / "reliability.png")
     return report
