@@ -3,7 +3,8 @@
 Run: ``.venv/bin/python benchmarks/telemetry_overhead.py [--repeat N]``. Times
 ``RunTrace.decision(...)`` plus ``DecisionTrace.record(...)`` per step, (a) with OpenTelemetry's
 no-op providers (no SDK configured) and (b) with the SDK, a BatchSpanProcessor feeding an
-exporter that drops the spans, and a metric reader; p50 and p99 in microseconds, in this run.
+exporter that drops the spans, and a metric reader, with exemplars off (as ``configure`` sets
+up) and on; p50 and p99 in microseconds, in this run.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -58,14 +59,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20_000)
     args = parser.parse_args()
     noop = measure(trace.NoOpTracerProvider(), metrics.NoOpMeterProvider(), args.repeat)
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(BatchSpanProcessor(_Drop()))
-    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
-    sdk = measure(tracer_provider, meter_provider, args.repeat)
-    tracer_provider.shutdown()
-    meter_provider.shutdown()
-    print(f"no-op providers:        p50 {noop[0]:.1f} us, p99 {noop[1]:.1f} us per decision")
-    print(f"SDK + batch processor:  p50 {sdk[0]:.1f} us, p99 {sdk[1]:.1f} us per decision")
+    print(f"no-op providers:            p50 {noop[0]:.1f} us, p99 {noop[1]:.1f} us per decision")
+    # As configure() sets them up: exemplars off by default, on when asked.
+    for label, exemplar_filter in (("", AlwaysOffExemplarFilter()), (", exemplars", None)):
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(BatchSpanProcessor(_Drop()))
+        meter_provider = MeterProvider(
+            metric_readers=[InMemoryMetricReader()], exemplar_filter=exemplar_filter
+        )
+        sdk = measure(tracer_provider, meter_provider, args.repeat)
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+        name = f"SDK + batch processor{label}:"
+        print(f"{name:<28}p50 {sdk[0]:.1f} us, p99 {sdk[1]:.1f} us per decision")
 
 
 if __name__ == "__main__":

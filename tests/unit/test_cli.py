@@ -83,3 +83,24 @@ def test_unknown_predictor_is_a_clear_error(shared_data, capsys):
         == 2
     )
     assert "predictor" in capsys.readouterr().out
+
+
+def test_train_refuses_bad_input_with_clear_errors(shared_data, tmp_path, capsys):
+    data = str(shared_data / "gsm8k.jsonl")
+    assert main(["train", "--data", data, "--out", str(tmp_path / "o"), "--max-rows", "0"]) == 2
+    assert "max_rows" in capsys.readouterr().out
+    assert (
+        main(["train", "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")]) == 2
+    )
+    assert "nope.jsonl" in capsys.readouterr().out
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    assert main(["train", "--data", data, "--out", str(existing)]) == 2
+    assert "--overwrite" in capsys.readouterr().out
+    assert list(existing.iterdir()) == []
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query_id": "q", "option": "o", "score": 2}\n')
+    assert main(["train", "--data", str(bad), "--out", str(tmp_path / "o2")]) == 2
+    assert "bad.jsonl" in capsys.readouterr().out
+    assert not (tmp_path / "o2").exists()
+    assert not (tmp_path / "o2.partial").exists()
