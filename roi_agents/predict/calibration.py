@@ -1,6 +1,7 @@
 """Calibration of the learned predictor, fitted on held-out data and applied client-side.
 
-Two maps, for all options together and per option (`Calibration.maps`), stored as
+Two maps, for all options together, per option and per (step group, option)
+(`Calibration.maps`), stored as
 ``calibration.json`` beside the checkpoint (the server returns raw head outputs;
 `LocalPredictor` and `VLLMPredictor` apply the maps):
 
@@ -30,7 +31,7 @@ from roi_agents.errors import InvalidValueError
 __all__ = [
     "CALIBRATION_FILE",
     "LEVELS",
-    "MIN_OPTION_ROWS",
+    "MIN_ROWS",
     "Calibration",
     "Maps",
     "ResidualQuantiles",
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 CALIBRATION_FILE = "calibration.json"
-MIN_OPTION_ROWS = 100
+MIN_ROWS = 50
 # Midpoints 0.005 ... 0.995 (their mean is the forecast's mean) plus the levels forecasts use.
 _MIDPOINTS = tuple(round((i + 0.5) / 100, 4) for i in range(100))
 LEVELS: tuple[float, ...] = tuple(sorted({*_MIDPOINTS, 0.05, 0.5, 0.9, 0.95, 0.99}))
@@ -102,20 +103,28 @@ class Maps(BaseModel):
 
 
 class Calibration(Maps):
-    """Maps for every option together, and per option where it had enough held-out rows.
+    """Maps for every option together, per option, and per (step group, option).
 
-    Options differ in base rate and in how far the model under- or over-states them, so an
-    option seen on at least `MIN_OPTION_ROWS` calibration rows gets maps of its own, keyed by
-    the option's tag text as the model reads it (``"deep"``, ``"gpt-4-1106-preview"``).
+    Options differ in base rate and in how far the model under- or over-states them, and so do
+    groups of steps (a dataset, a kind of task: one-letter answers against worked solutions).
+    An option, or an option within a group, seen on at least `MIN_ROWS` calibration rows gets
+    maps of its own, keyed by the option's tag text as the model reads it (``"deep"``,
+    ``"gpt-4-1106-preview"``) and the step's ``group``.
 
     Attributes:
         by_option: per option key, its own maps.
+        by_group: per step group, per option key, its own maps.
     """
 
     by_option: dict[str, Maps] = {}
+    by_group: dict[str, dict[str, Maps]] = {}
 
-    def maps(self, key: str) -> Maps:
-        """The maps of option ``key``: its own if it has them, else the shared ones."""
+    def maps(self, key: str, group: str | None = None) -> Maps:
+        """The most specific maps there are for option ``key`` in ``group``."""
+        if group is not None:
+            found = self.by_group.get(group, {}).get(key)
+            if found is not None:
+                return found
         return self.by_option.get(key, self)
 
     def save(self, folder: str | Path) -> Path:

@@ -127,7 +127,7 @@ def forecast_from_outputs(
     ceiling = float(option.max_tokens) if option.max_tokens is not None else math.inf
     tokens_z = usd_z = None
     if calibration is not None:
-        maps = calibration.maps(option_key(option))
+        maps = calibration.maps(option_key(option), step.group)
         p_success = maps.p_success(p_success)
         tokens_z, usd_z = maps.tokens, maps.usd
     shift = float(step.input_tokens or 0)

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from roi_agents.data.split import split_by
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.calibration import (
-    MIN_OPTION_ROWS,
+    MIN_ROWS,
     Calibration,
     Maps,
     conformal_quantiles,
@@ -168,8 +168,8 @@ def _maps(rows: Sequence[Example], outputs: Sequence[Sequence[float]]) -> Maps:
 def calibrate(rows: Sequence[Example], outputs: Sequence[Sequence[float]]) -> Calibration:
     """Fit the Platt and conformal maps on held-out rows and their raw outputs.
 
-    Shared maps from every row; an option with at least `MIN_OPTION_ROWS` rows (and recorded
-    tokens) also gets its own.
+    Shared maps from every row; an option, and an option within a dataset (the step's group at
+    prediction time), with at least `MIN_ROWS` rows with recorded tokens also get their own.
 
     Raises:
         InvalidValueError: with no row or no recorded token count.
@@ -177,15 +177,28 @@ def calibrate(rows: Sequence[Example], outputs: Sequence[Sequence[float]]) -> Ca
     if not rows:
         raise InvalidValueError("data", "no calibration rows (more queries needed)")
     shared = _maps(rows, outputs)
-    groups: dict[str, list[int]] = {}
+    options: dict[str, list[int]] = {}
+    groups: dict[str, dict[str, list[int]]] = {}
     for i, e in enumerate(rows):
-        groups.setdefault(e.option, []).append(i)
-    by_option = {
-        option: _maps([rows[i] for i in index], [outputs[i] for i in index])
-        for option, index in sorted(groups.items())
-        if len(index) >= MIN_OPTION_ROWS and any(rows[i].log_tokens is not None for i in index)
-    }
-    return Calibration(**shared.model_dump(), by_option=by_option)
+        if e.log_tokens is None:
+            continue
+        options.setdefault(e.option, []).append(i)
+        if e.dataset is not None:
+            groups.setdefault(e.dataset, {}).setdefault(e.option, []).append(i)
+
+    def fitted(members: dict[str, list[int]]) -> dict[str, Maps]:
+        return {
+            option: _maps([rows[i] for i in index], [outputs[i] for i in index])
+            for option, index in sorted(members.items())
+            if len(index) >= MIN_ROWS
+        }
+
+    by_group = {group: fitted(members) for group, members in sorted(groups.items())}
+    return Calibration(
+        **shared.model_dump(),
+        by_option=fitted(options),
+        by_group={group: maps for group, maps in by_group.items() if maps},
+    )
 
 
 def _quality(
@@ -196,10 +209,12 @@ def _quality(
 ) -> Quality:
     fallback = float(np.mean(list(base_rates.values())))
     p_raw = [_sigmoid(o[0]) for o in outputs]
-    p = [calibration.maps(e.option).p_success(q) for e, q in zip(rows, p_raw, strict=True)]
+    p = [
+        calibration.maps(e.option, e.dataset).p_success(q) for e, q in zip(rows, p_raw, strict=True)
+    ]
     tokens_error, tokens_inside, usd_inside = [], [], []
     for e, o in zip(rows, outputs, strict=True):
-        maps = calibration.maps(e.option)
+        maps = calibration.maps(e.option, e.dataset)
         z, usd_z = maps.tokens, maps.usd
         if e.log_tokens is not None:
             r = (e.log_tokens - o[1]) / _sigma(o[2])
