@@ -62,7 +62,8 @@ def test_local_forecasts_are_calibrated_and_ordered(trained_checkpoint):
     calibration = Calibration.load(trained_checkpoint)
     assert calibration is not None
     for c, r in zip(calibrated, raw, strict=True):
-        assert c.p_success == pytest.approx(calibration.p_success(r.p_success))
+        maps = calibration.maps(c.option, None)
+        assert c.p_success == pytest.approx(maps.p_success(r.p_success))
         assert 40 <= c.tokens.p50 <= c.tokens.p90 <= c.tokens.p99
         assert c.usd is not None
         assert c.usd.p50 <= c.usd.p90 <= c.usd.p99

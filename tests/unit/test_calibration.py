@@ -13,6 +13,7 @@ from roi_agents.errors import InvalidValueError
 from roi_agents.predict.calibration import (
     LEVELS,
     Calibration,
+    Maps,
     conformal_quantiles,
     platt,
 )
@@ -97,6 +98,25 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
             rows=3,
         )
     assert len(calibration.tokens.z) == len(LEVELS)
+
+
+def test_the_most_specific_maps_apply():
+    shared, deep, deep_math = _calibration(), _calibration(1.0), _calibration(2.0)
+    only_maps = {"by_option", "by_group"}
+    calibration = Calibration(
+        **shared.model_dump(exclude=only_maps),
+        by_option={"deep": Maps(**deep.model_dump(exclude=only_maps))},
+        by_group={"math": {"deep": Maps(**deep_math.model_dump(exclude=only_maps))}},
+    )
+    assert calibration.maps("deep", "math").tokens == deep_math.tokens
+    assert calibration.maps("deep", "law").tokens == deep.tokens
+    assert calibration.maps("deep").tokens == deep.tokens
+    assert calibration.maps("fast", "math").tokens == shared.tokens
+    step = Step(id="s", text="t", group="math", options=(Option(name="x", tags=("deep",)),))
+    grouped = forecast_from_outputs(
+        step, step.options[0], [0.0, 4.0, 0.0], source="local", calibration=calibration
+    )
+    assert grouped.tokens.p50 == pytest.approx(math.exp(6.0) - 1, rel=1e-3)
 
 
 def test_forecasts_through_the_calibration():
