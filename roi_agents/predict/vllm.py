@@ -1,10 +1,11 @@
 """`VLLMPredictor`: the learned checkpoint behind a vLLM pooling server's ``/classify``.
 
-One batched request per planning turn. Connection errors and 5xx answers are retried (tenacity,
-exponential back-off, bounded); a server that is down, too slow, or answers with malformed or
-non-finite outputs makes the predictor fall back to its fallback predictor (a `PriorPredictor`
-by default). A fallback is logged, recorded as a ``roi.predictor.fallback`` event on the current
-span, and kept in `last_fallback`; no bad forecast ever reaches the controller.
+One batched request per planning turn (one per `batch_size` texts on a big turn). Connection
+errors and 5xx answers are retried (tenacity, exponential back-off, bounded); a server that is
+down, too slow, or answers with malformed or non-finite outputs makes the predictor fall back
+to its fallback predictor (a `PriorPredictor` by default). A fallback is logged, recorded as a
+``roi.predictor.fallback`` event on the current span, and kept in `last_fallback`; no bad
+forecast ever reaches the controller.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class VLLMPredictor:
         async_client: an httpx async client to use (and to close yourself).
         calibration: the checkpoint's `Calibration`, or the checkpoint folder holding its
             ``calibration.json`` (the server returns raw outputs; the maps apply here).
+        batch_size: texts per request: a turn with more sends several requests, in turn, so
+            that each stays within ``timeout``.
     """
 
     def __init__(
@@ -70,9 +73,13 @@ class VLLMPredictor:
         client: httpx.Client | None = None,
         async_client: httpx.AsyncClient | None = None,
         calibration: Calibration | str | Path | None = None,
+        batch_size: int = 128,
     ) -> None:
         if attempts < 1:
             raise InvalidValueError("attempts", f"must be >= 1, got {attempts}")
+        if batch_size < 1:
+            raise InvalidValueError("batch_size", f"must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
         root = base_url.rstrip("/")
         self.url = (root.removesuffix("/v1")) + "/classify"
         self.model = model
@@ -102,12 +109,23 @@ class VLLMPredictor:
         # -1: cut each text at the server's max_model_len, as LocalPredictor cuts at the model's.
         return {"model": self.model, "input": texts, "truncate_prompt_tokens": -1}
 
-    def _forecasts(self, steps: Sequence[Step], payload: Any) -> list[Forecast]:
-        todo = pairs(steps)
+    def _chunks(self, steps: Sequence[Step]) -> list[list[str]]:
+        texts = [input_text(s, o) for s, o in pairs(steps)]
+        return [texts[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
+
+    @staticmethod
+    def _rows(payload: Any, expected: int) -> list[Any]:
         try:
             rows = [item["probs"] for item in payload["data"]]
         except (KeyError, TypeError) as error:
             raise InvalidValueError("response", f"malformed /classify answer: {error!r}") from None
+        if len(rows) != expected:
+            msg = f"{len(rows)} outputs for {expected} inputs"
+            raise InvalidValueError("response", msg)
+        return rows
+
+    def _forecasts(self, steps: Sequence[Step], rows: list[Any]) -> list[Forecast]:
+        todo = pairs(steps)
         if len(rows) != len(todo):
             msg = f"{len(rows)} outputs for {len(todo)} (step, option) pairs"
             raise InvalidValueError("response", msg)
@@ -126,18 +144,22 @@ class VLLMPredictor:
         return self.fallback.predict(steps)
 
     def predict(self, steps: Sequence[Step]) -> list[Forecast]:
-        """One batched ``/classify`` request; the fallback's forecasts if it fails."""
-        texts = [input_text(s, o) for s, o in pairs(steps)]
-        if not texts:
+        """Batched ``/classify`` requests; the fallback's forecasts if any fails."""
+        chunks = self._chunks(steps)
+        if not chunks:
             return []
-        request = self._request(texts)
         client = self._client or httpx.Client(timeout=self.timeout)
         try:
-            for attempt in Retrying(**self._retrying()):
-                with attempt:
-                    response = client.post(self.url, json=request, timeout=self.timeout)
-                    response.raise_for_status()
-            forecasts = self._forecasts(steps, response.json())
+            rows: list[Any] = []
+            for chunk in chunks:
+                for attempt in Retrying(**self._retrying()):
+                    with attempt:
+                        response = client.post(
+                            self.url, json=self._request(chunk), timeout=self.timeout
+                        )
+                        response.raise_for_status()
+                rows.extend(self._rows(response.json(), len(chunk)))
+            forecasts = self._forecasts(steps, rows)
         except (httpx.HTTPError, ValueError) as error:
             return self._fall_back(steps, error)
         finally:
@@ -148,17 +170,21 @@ class VLLMPredictor:
 
     async def apredict(self, steps: Sequence[Step]) -> list[Forecast]:
         """Async `predict`: real async I/O with httpx."""
-        texts = [input_text(s, o) for s, o in pairs(steps)]
-        if not texts:
+        chunks = self._chunks(steps)
+        if not chunks:
             return []
-        request = self._request(texts)
         client = self._async_client or httpx.AsyncClient(timeout=self.timeout)
         try:
-            async for attempt in AsyncRetrying(**self._retrying()):
-                with attempt:
-                    response = await client.post(self.url, json=request, timeout=self.timeout)
-                    response.raise_for_status()
-            forecasts = self._forecasts(steps, response.json())
+            rows: list[Any] = []
+            for chunk in chunks:
+                async for attempt in AsyncRetrying(**self._retrying()):
+                    with attempt:
+                        response = await client.post(
+                            self.url, json=self._request(chunk), timeout=self.timeout
+                        )
+                        response.raise_for_status()
+                rows.extend(self._rows(response.json(), len(chunk)))
+            forecasts = self._forecasts(steps, rows)
         except (httpx.HTTPError, ValueError) as error:
             return self._fall_back(steps, error)
         finally:

@@ -75,6 +75,11 @@ def test_vllm_and_local_forecasts_agree(pooling_server, checkpoint):
     # The option's max_tokens caps the output forecast; the prompt is added.
     fast = next(f for f in remote if f.option == "fast" and f.step_id == "s0")
     assert fast.tokens.p99 <= 12 + 64
+    # A turn bigger than batch_size goes in several requests, with the same answers.
+    chunked = VLLMPredictor(pooling_server.url, "predictor", calibration=checkpoint, batch_size=5)
+    for a, b in zip(chunked.predict(STEPS), remote, strict=True):
+        _close(a, b)
+    assert chunked.last_fallback is None
     # The calibration applies on the client: the raw outputs give other numbers.
     raw = VLLMPredictor(pooling_server.url, "predictor").predict(STEPS)
     assert [f.p_success for f in raw] != [f.p_success for f in remote]
