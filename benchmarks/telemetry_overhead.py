@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20_000)
     args = parser.parse_args()
     noop = measure(trace.NoOpTracerProvider(), metrics.NoOpMeterProvider(), args.repeat)
-    print(f"no-op providers:            p50 {noop[0]:.1f} us, p99 {noop[1]:.1f} us per decision")
+    print(f"{'no-op providers:':<36} p50 {noop[0]:.1f} us, p99 {noop[1]:.1f} us per decision")
     # As configure() sets them up: exemplars off by default, on when asked.
     for label, exemplar_filter in (("", AlwaysOffExemplarFilter()), (", exemplars", None)):
         tracer_provider = TracerProvider()
@@ -71,7 +71,7 @@ def main() -> None:
         tracer_provider.shutdown()
         meter_provider.shutdown()
         name = f"SDK + batch processor{label}:"
-        print(f"{name:<28}p50 {sdk[0]:.1f} us, p99 {sdk[1]:.1f} us per decision")
+        print(f"{name:<36} p50 {sdk[0]:.1f} us, p99 {sdk[1]:.1f} us per decision")
 
 
 if __name__ == "__main__":
