@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.base import Predictor
-from roi_agents.types import Forecast, Option, Step
+from roi_agents.types import SKIP, Forecast, Option, Step
 
 __all__ = ["CachedPredictor"]
 
@@ -41,7 +41,7 @@ class CachedPredictor:
     @staticmethod
     def _keys(steps: Sequence[Step]) -> list[_Key]:
         return [
-            (s.id, s.text, s.input_tokens, o) for s in steps for o in s.options if o.name != "skip"
+            (s.id, s.text, s.input_tokens, o) for s in steps for o in s.options if o.name != SKIP
         ]
 
     def _missing(self, steps: Sequence[Step]) -> list[Step]:
