@@ -46,6 +46,7 @@ __all__ = [
     "jsonl_lines",
     "load_replay",
     "read_records",
+    "replay_files",
     "write_records",
 ]
 
@@ -145,7 +146,7 @@ def load_replay(paths: str | Path | Iterable[str | Path]) -> list[ReplayQuery]:
     Raises:
         DataError: on a malformed line, a (query, option) pair recorded twice, or no records.
     """
-    files = _files([paths] if isinstance(paths, str | Path) else paths)
+    files = replay_files([paths] if isinstance(paths, str | Path) else paths)
     queries: dict[str, ReplayQuery] = {}
     for file in files:
         for record in read_records(file):
@@ -162,7 +163,12 @@ def load_replay(paths: str | Path | Iterable[str | Path]) -> list[ReplayQuery]:
     return list(queries.values())
 
 
-def _files(paths: Iterable[str | Path]) -> list[Path]:
+def replay_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The files named: a folder means every ``*.jsonl`` file in it.
+
+    Raises:
+        DataError: on a folder holding no ``*.jsonl`` file.
+    """
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)

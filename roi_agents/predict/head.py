@@ -34,6 +34,8 @@ __all__ = [
     "model_input",
     "option_key",
     "pairs",
+    "spread",
+    "success_probability",
 ]
 
 HEAD_LABELS = (
@@ -76,6 +78,16 @@ def pairs(steps: Sequence[Step]) -> list[tuple[Step, Option]]:
     return [(step, option) for step in steps for option in step.options if option.name != SKIP]
 
 
+def spread(log_sigma: float) -> float:
+    """The spread on the log scale a head output stands for (read within `LOG_SIGMA_RANGE`)."""
+    return math.exp(min(max(log_sigma, LOG_SIGMA_RANGE[0]), LOG_SIGMA_RANGE[1]))
+
+
+def success_probability(logit: float) -> float:
+    """The raw probability of success a success logit stands for."""
+    return 1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0
+
+
 def _cost(
     mu: float,
     log_sigma: float,
@@ -84,7 +96,7 @@ def _cost(
     ceiling: float,
     residuals: ResidualQuantiles | None,
 ) -> CostForecast:
-    sigma = math.exp(min(max(log_sigma, LOG_SIGMA_RANGE[0]), LOG_SIGMA_RANGE[1]))
+    sigma = spread(log_sigma)
 
     def at(z: float) -> float:
         return shift + min(max(math.exp(min(mu + z * sigma, 700.0)) - offset, 0.0), ceiling)
@@ -123,7 +135,7 @@ def forecast_from_outputs(
     if abs(values[1]) > 50 or (len(values) >= 5 and abs(values[3]) > 50):
         raise InvalidValueError("outputs", f"log-cost out of any plausible range: {values}")
     logit = values[0]
-    p_success = 1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0
+    p_success = success_probability(logit)
     ceiling = float(option.max_tokens) if option.max_tokens is not None else math.inf
     tokens_z = usd_z = None
     if calibration is not None:

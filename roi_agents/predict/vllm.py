@@ -125,13 +125,10 @@ class VLLMPredictor:
         return rows
 
     def _forecasts(self, steps: Sequence[Step], rows: list[Any]) -> list[Forecast]:
-        todo = pairs(steps)
-        if len(rows) != len(todo):
-            msg = f"{len(rows)} outputs for {len(todo)} (step, option) pairs"
-            raise InvalidValueError("response", msg)
+        # `_rows` checked each request's count, so rows and pairs line up.
         return [
             forecast_from_outputs(s, o, row, source="vllm", calibration=self.calibration)
-            for (s, o), row in zip(todo, rows, strict=True)
+            for (s, o), row in zip(pairs(steps), rows, strict=True)
         ]
 
     def _fall_back(self, steps: Sequence[Step], error: BaseException) -> list[Forecast]:

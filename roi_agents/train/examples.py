@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from roi_agents.data.replay import ReplayRecord, jsonl_lines, read_records
+from roi_agents.data.replay import ReplayRecord, jsonl_lines, read_records, replay_files
 from roi_agents.errors import DataError
 from roi_agents.predict.head import model_input
 from roi_agents.telemetry.records import replay_records
@@ -75,10 +75,7 @@ def load_examples(paths: Sequence[str | Path]) -> list[Example]:
     Raises:
         DataError: on a malformed line or when no example is found.
     """
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        files.extend(sorted(path.glob("*.jsonl")) if path.is_dir() else [path])
+    files = replay_files(paths)
     examples: list[Example] = []
     for file in files:
         records = replay_records(file) if _is_trace(file) else list(read_records(file))

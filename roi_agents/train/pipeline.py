@@ -13,7 +13,6 @@ complete, so a failed run leaves no half checkpoint behind.
 
 from __future__ import annotations
 
-import math
 import random
 import shutil
 import time
@@ -34,7 +33,7 @@ from roi_agents.predict.calibration import (
     conformal_quantiles,
     platt,
 )
-from roi_agents.predict.head import LOG_SIGMA_RANGE
+from roi_agents.predict.head import spread, success_probability
 from roi_agents.train.examples import Example, load_examples
 from roi_agents.train.fit import FitSettings, fine_tune, load_base
 from roi_agents.train.metrics import Quality, plot_reliability, quality
@@ -134,23 +133,15 @@ def _sample(rows: list[Example], limit: int, seed: int) -> list[Example]:
     return random.Random(seed).sample(rows, limit)
 
 
-def _sigma(log_sigma: float) -> float:
-    return math.exp(min(max(log_sigma, LOG_SIGMA_RANGE[0]), LOG_SIGMA_RANGE[1]))
-
-
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0
-
-
 def _maps(rows: Sequence[Example], outputs: Sequence[Sequence[float]]) -> Maps:
-    x, y = platt([_sigmoid(o[0]) for o in outputs], [e.success for e in rows])
+    x, y = platt([success_probability(o[0]) for o in outputs], [e.success for e in rows])
     tokens = [
-        (e.log_tokens - o[1]) / _sigma(o[2])
+        (e.log_tokens - o[1]) / spread(o[2])
         for e, o in zip(rows, outputs, strict=True)
         if e.log_tokens is not None
     ]
     usd = [
-        (e.log_usd - o[3]) / _sigma(o[4])
+        (e.log_usd - o[3]) / spread(o[4])
         for e, o in zip(rows, outputs, strict=True)
         if e.log_usd is not None and len(o) >= 5
     ]
@@ -208,7 +199,7 @@ def _quality(
     base_rates: dict[str, float],
 ) -> Quality:
     fallback = float(np.mean(list(base_rates.values())))
-    p_raw = [_sigmoid(o[0]) for o in outputs]
+    p_raw = [success_probability(o[0]) for o in outputs]
     p = [
         calibration.maps(e.option, e.dataset).p_success(q) for e, q in zip(rows, p_raw, strict=True)
     ]
@@ -217,11 +208,11 @@ def _quality(
         maps = calibration.maps(e.option, e.dataset)
         z, usd_z = maps.tokens, maps.usd
         if e.log_tokens is not None:
-            r = (e.log_tokens - o[1]) / _sigma(o[2])
-            tokens_error.append(o[1] + _sigma(o[2]) * z.at(0.5) - e.log_tokens)
+            r = (e.log_tokens - o[1]) / spread(o[2])
+            tokens_error.append(o[1] + spread(o[2]) * z.at(0.5) - e.log_tokens)
             tokens_inside.append(z.at(0.05) <= r <= z.at(0.95))
         if e.log_usd is not None and len(o) >= 5 and usd_z is not None:
-            r = (e.log_usd - o[3]) / _sigma(o[4])
+            r = (e.log_usd - o[3]) / spread(o[4])
             usd_inside.append(usd_z.at(0.05) <= r <= usd_z.at(0.95))
     return quality(
         [e.success for e in rows],
