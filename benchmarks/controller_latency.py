@@ -42,7 +42,8 @@ def instance(n: int, m: int, seed: int) -> tuple[list[Step], list[Forecast], Bud
 
 def time_plan(controller: Controller, n: int, m: int, repeat: int) -> tuple[float, float, str]:
     steps, forecasts, budget = instance(n, m, seed=n * 1000 + m)
-    controller.plan(steps, budget, forecasts=forecasts)  # warm up
+    for _ in range(20):  # warm up
+        controller.plan(steps, budget, forecasts=forecasts)
     times = []
     solver = ""
     for _ in range(repeat):

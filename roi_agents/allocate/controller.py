@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal, cast
+from operator import attrgetter
+from typing import Literal, NoReturn, cast
 
 import numpy as np
 
@@ -38,7 +39,6 @@ from roi_agents.predict.base import Predictor
 from roi_agents.types import (
     SKIP,
     Budget,
-    Cap,
     CostForecast,
     Decision,
     Forecast,
@@ -57,6 +57,7 @@ SolverName = Literal["auto", "dp", "greedy"]
 _DP_CELLS = 4_000_000
 _BISECTION_STEPS = 40
 _MIN_RESOLUTION = 1e-6
+_SKIP_CAP = {"tokens": 0, "usd": 0.0, "tool_calls": 0}
 
 
 def allocate(
@@ -79,8 +80,10 @@ def allocate(
             first limited one. Other limited resources are priced in by a multiplier.
         quantile: cost quantile each option is budgeted at.
         resolution: DP budget unit as a fraction of the remaining budget (0.01 = 1%), at
-            least 1e-6.
-        solver: ``"dp"``, ``"greedy"``, or ``"auto"`` (DP unless the instance is very large).
+            least 1e-6; also the precision ``"auto"`` asks of the plan's value.
+        solver: ``"dp"``, ``"greedy"``, or ``"auto"``: the greedy when its certified gap
+            (LP bound minus its value) is within ``resolution`` of the bound or the instance is
+            very large, else the better of the greedy and the DP.
 
     Returns:
         The plan, its decisions in step order.
@@ -114,7 +117,13 @@ def allocate(
 
     def solve_for(values: FloatArray) -> Solution:
         return solve(
-            values, table.costs[primary], table.feasible, capacity, bins=bins, method=method
+            values,
+            table.costs[primary],
+            table.feasible,
+            capacity,
+            bins=bins,
+            method=method,
+            tolerance=resolution,
         )
 
     solution, multiplier, bound = _price_in(table, remaining, primary, secondary, solve_for)
@@ -252,66 +261,53 @@ class _Table:
         limited: tuple[Resource, ...],
         quantile: Quantile,
     ) -> _Table:
-        """Check the forecasts against the steps and lay them out as arrays, in one pass."""
+        """Check the forecasts against the steps and lay them out as arrays."""
+        n, m = len(pending), 1 + max((len(step.options) for step in pending), default=0)
         columns: list[list[Option]] = []
-        slots: dict[str, tuple[int, dict[str, int]]] = {}
+        # (step id, option name) -> its cell, row-major in the (n, m) table; skip is column 0.
+        cell: dict[tuple[str, str], int] = {}
         for i, step in enumerate(pending):
-            if step.id in slots:
+            if (step.id, SKIP) in cell:
                 raise InvalidValueError(f"pending[{i}].id", f"duplicate step id {step.id!r}")
+            cell[step.id, SKIP] = i * m
             options = [o for o in step.options if o.name != SKIP]
+            for k, option in enumerate(options, start=1):
+                cell[step.id, option.name] = i * m + k
             columns.append(options)
-            slots[step.id] = (i, {o.name: k for k, o in enumerate(options, start=1)})
-        n, m = len(pending), 1 + max((len(c) for c in columns), default=0)
-        others = [r for r in limited if r != "tokens"]
-        rows: list[int] = []
-        cols: list[int] = []
-        p_success: list[float] = []
-        planned: dict[Resource, list[float]] = {r: [] for r in limited}
-        p99: dict[Resource, list[float]] = {r: [] for r in limited}
-        for index, forecast in enumerate(forecasts):
-            slot = slots.get(forecast.step_id)
-            if slot is None:
-                msg = f"unknown step {forecast.step_id!r}"
-                raise InvalidValueError(f"forecasts[{index}].step_id", msg)
-            if forecast.option == SKIP:
-                continue
-            i, names = slot
-            k = names.get(forecast.option)
-            if k is None:
-                msg = f"step {forecast.step_id!r} has no option {forecast.option!r}"
-                raise InvalidValueError(f"forecasts[{index}].option", msg)
-            rows.append(i)
-            cols.append(k)
-            p_success.append(forecast.p_success)
-            if "tokens" in planned:
-                planned["tokens"].append(getattr(forecast.tokens, quantile))
-                p99["tokens"].append(forecast.tokens.p99)
-            for r in others:
-                dist = _cost(forecast, pending[i], columns[i][k - 1], r)
-                planned[r].append(getattr(dist, quantile))
-                p99[r].append(dist.p99)
+        found = np.array([cell.get((f.step_id, f.option), -1) for f in forecasts], dtype=np.intp)
+        if found.size and found.min() < 0:
+            _unknown(forecasts, int(found.argmin()), pending)
+        # skip needs no forecast; one given for it is ignored (column 0 is always free).
+        rows, cols = np.divmod(found, m)
+        ran = cols > 0
+        if not ran.all():
+            rows, cols = rows[ran], cols[ran]
+            forecasts = [f for f, r in zip(forecasts, ran.tolist(), strict=True) if r]
         feasible = np.zeros((n, m), dtype=bool)
         feasible[rows, cols] = True
-        for i, (step, options) in enumerate(zip(pending, columns, strict=True)):
-            for k, option in enumerate(options, start=1):
-                if not feasible[i, k]:
-                    msg = f"no forecast for step {step.id!r} option {option.name!r}"
-                    raise InvalidValueError("forecasts", msg)
+        if int(feasible.sum()) < len(cell) - n:
+            _missing(pending, columns, feasible)
         feasible[:, 0] = True
+        take = attrgetter(quantile)
 
         def table(entries: list[float]) -> FloatArray:
             out = np.zeros((n, m))
             out[rows, cols] = entries  # a repeated forecast: the last one wins
             return out
 
-        return cls(
-            pending,
-            columns,
-            table(p_success),
-            feasible,
-            {r: table(v) for r, v in planned.items()},
-            {r: table(v) for r, v in p99.items()},
-        )
+        costs: dict[Resource, FloatArray] = {}
+        p99: dict[Resource, FloatArray] = {}
+        for r in limited:
+            if r == "tokens":
+                dists = [f.tokens for f in forecasts]
+            else:
+                dists = [
+                    _cost(f, pending[i], columns[i][k - 1], r)
+                    for f, i, k in zip(forecasts, rows.tolist(), cols.tolist(), strict=True)
+                ]
+            costs[r] = table([take(d) for d in dists])
+            p99[r] = table([d.p99 for d in dists])
+        return cls(pending, columns, table([f.p_success for f in forecasts]), feasible, costs, p99)
 
     def plan(
         self,
@@ -327,24 +323,30 @@ class _Table:
         choice = solution.choice
         planned = {r: c[rows, choice] for r, c in self.costs.items()}
         # The hard cap of step i: its p99, at least what the plan budgets for it, at most what
-        # the budget has left once the plan's later steps are paid for.
-        caps: dict[Resource, list[float]] = {}
+        # the budget has left once the plan's later steps are paid for. Counts round down.
+        caps: dict[str, list[float] | list[int]] = {}
         for r, costs in planned.items():
             later = np.concatenate([np.cumsum(costs[::-1])[::-1][1:], [0.0]])
             free = float(remaining.get(r) or 0.0) - later
-            caps[r] = np.minimum(np.maximum(self.p99[r][rows, choice], costs), free).tolist()
+            cap = np.minimum(np.maximum(self.p99[r][rows, choice], costs), free)
+            caps[r] = cap.tolist() if r == "usd" else np.floor(cap + 1e-9).astype(int).tolist()
         planned_lists = {r: c.tolist() for r, c in planned.items()}
         values = self.values[rows, choice].tolist()
         p_success = self.p_success[rows, choice].tolist()
         reasons = self._reasons(choice, remaining, primary, quantile)
         decisions = []
         for i, (step, j) in enumerate(zip(self.pending, choice.tolist(), strict=True)):
-            option = self.columns[i][j - 1] if j else None
+            if j:
+                option = self.columns[i][j - 1]
+                name = option.name
+                step_cap = {"tool_calls": option.tool_calls} | {r: c[i] for r, c in caps.items()}
+            else:
+                name, step_cap = SKIP, _SKIP_CAP
             decisions.append(
                 Decision(
                     step_id=step.id,
-                    option=option.name if option else SKIP,
-                    cap=_cap({r: c[i] for r, c in caps.items()}, option),
+                    option=name,
+                    cap=step_cap,  # validated into a Cap
                     expected_value=values[i],
                     expected_cost={r: c[i] for r, c in planned_lists.items()},
                     p_success=p_success[i],
@@ -367,20 +369,21 @@ class _Table:
     ) -> list[str]:
         costs = self.costs[primary]
         left = float(remaining.get(primary) or 0.0)
-        left_text = _fmt(left, primary)
+        fmt = _formatter(primary)
+        left_text = fmt(left)
         runnable = self.feasible.copy()
         runnable[:, 0] = False
         can_run = cast("list[bool]", runnable.any(axis=1).tolist())
         can_fit = cast("list[bool]", (runnable & (costs <= left)).any(axis=1).tolist())
         # For each step the option of highest value, to say what the choice gave up.
-        richest = np.where(runnable, self.values, -np.inf).argmax(axis=1).tolist()
-        values, p_success, cost_rows = (
-            self.values.tolist(),
-            self.p_success.tolist(),
-            costs.tolist(),
-        )
+        rows = np.arange(len(choice))
+        richest = np.where(runnable, self.values, -np.inf).argmax(axis=1)
+        given_up = (self.values[rows, richest] - self.values[rows, choice]).tolist()
+        extra = (costs[rows, richest] - costs[rows, choice]).tolist()
+        p_success = self.p_success[rows, choice].tolist()
+        planned = costs[rows, choice].tolist()
         reasons = []
-        for i, j in enumerate(choice.tolist()):
+        for i, (j, k) in enumerate(zip(choice.tolist(), richest.tolist(), strict=True)):
             if j == 0:
                 if not can_run[i]:
                     reasons.append("skip: the step has no option to run")
@@ -390,36 +393,44 @@ class _Table:
                     reasons.append("skip: the budget is worth more on other steps")
                 continue
             text = (
-                f"{self.columns[i][j - 1].name}: p={p_success[i][j]:.2f} for "
-                f"{_fmt(cost_rows[i][j], primary)} at {quantile}, {left_text} left"
+                f"{self.columns[i][j - 1].name}: p={p_success[i]:.2f} for "
+                f"{fmt(planned[i])} at {quantile}, {left_text} left"
             )
-            k = richest[i]
-            if values[i][k] > values[i][j] + 1e-12:
+            if given_up[i] > 1e-12:
                 text += (
-                    f"; {self.columns[i][k - 1].name} would add "
-                    f"{values[i][k] - values[i][j]:.2f} value for "
-                    f"{_fmt(cost_rows[i][k] - cost_rows[i][j], primary)} more"
+                    f"; {self.columns[i][k - 1].name} would add {given_up[i]:.2f} value for "
+                    f"{fmt(extra[i])} more"
                 )
             reasons.append(text)
         return reasons
 
 
-def _cap(caps: dict[Resource, float], option: Option | None) -> Cap:
-    if option is None:
-        return Cap(tokens=0, usd=0.0, tool_calls=0)
-    tokens = caps.get("tokens")
-    tool_calls = caps.get("tool_calls", option.tool_calls)
-    return Cap(
-        tokens=None if tokens is None else math.floor(tokens + 1e-9),
-        usd=caps.get("usd"),
-        tool_calls=None if tool_calls is None else math.floor(tool_calls + 1e-9),
-    )
+def _unknown(forecasts: Sequence[Forecast], index: int, pending: Sequence[Step]) -> NoReturn:
+    """Raise for forecast ``index``: its step or option is unknown."""
+    forecast = forecasts[index]
+    if all(step.id != forecast.step_id for step in pending):
+        msg = f"unknown step {forecast.step_id!r}"
+        raise InvalidValueError(f"forecasts[{index}].step_id", msg)
+    msg = f"step {forecast.step_id!r} has no option {forecast.option!r}"
+    raise InvalidValueError(f"forecasts[{index}].option", msg)
 
 
-def _fmt(amount: float, resource: Resource) -> str:
+def _missing(pending: Sequence[Step], columns: list[list[Option]], given: BoolArray) -> NoReturn:
+    """Raise for the first (step, option) without a forecast."""
+    for i, (step, options) in enumerate(zip(pending, columns, strict=True)):
+        for k, option in enumerate(options, start=1):
+            if not given[i, k]:
+                msg = f"no forecast for step {step.id!r} option {option.name!r}"
+                raise InvalidValueError("forecasts", msg)
+    raise AssertionError("unreachable: every option has a forecast")
+
+
+def _formatter(resource: Resource) -> Callable[[float], str]:
+    """How amounts of ``resource`` read in a reason: ``$0.0123``, ``1,536 tokens``."""
     if resource == "usd":
-        return f"${amount:.4g}"
-    return f"{amount:,.0f} {resource.replace('_', ' ')}"
+        return "${:.4g}".format
+    unit = resource.replace("_", " ")
+    return lambda amount: f"{amount:,.0f} {unit}"
 
 
 def _cost(forecast: Forecast, step: Step, option: Option, resource: Resource) -> CostForecast:

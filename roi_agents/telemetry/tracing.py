@@ -17,11 +17,13 @@ from __future__ import annotations
 import math
 import threading
 import weakref
+from collections import Counter
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, ClassVar
 
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Span, Status, StatusCode
 
 from roi_agents import __version__
@@ -44,10 +46,15 @@ from roi_agents.types import (
 __all__ = ["DecisionTrace", "RunTrace"]
 
 _SCOPE = "roi_agents"
+_CAP_NAMES = [(resource, names.per_resource(names.CAP, resource)) for resource in RESOURCES]
 
 
 class _Instruments:
-    """The metric instruments of one meter provider, created once."""
+    """The metric instruments of one meter provider, created once.
+
+    Decisions are counted in process and reported by an observable counter when the reader
+    collects: a decision costs a dictionary update, not a synchronous measurement.
+    """
 
     _cache: ClassVar[weakref.WeakKeyDictionary[metrics.MeterProvider, _Instruments]] = (
         weakref.WeakKeyDictionary()
@@ -59,8 +66,13 @@ class _Instruments:
         self.tokens = meter.create_histogram(
             names.METRIC_TOKEN_USAGE, unit="{token}", description="Tokens used per call"
         )
-        self.decisions = meter.create_counter(
-            names.METRIC_DECISIONS, unit="{decision}", description="Decisions by option"
+        self._decisions: Counter[tuple[str, str]] = Counter()
+        self._decisions_lock = threading.Lock()
+        meter.create_observable_counter(
+            names.METRIC_DECISIONS,
+            callbacks=[self._observe_decisions],
+            unit="{decision}",
+            description="Decisions by option",
         )
         self.utilization = meter.create_histogram(
             names.METRIC_UTILIZATION, unit="1", description="Spent over budget per run"
@@ -68,6 +80,18 @@ class _Instruments:
         self.forecast_ratio = meter.create_histogram(
             names.METRIC_FORECAST_RATIO, unit="1", description="actual / planned cost"
         )
+
+    def count_decision(self, option: str, model: str) -> None:
+        with self._decisions_lock:
+            self._decisions[option, model] += 1
+
+    def _observe_decisions(self, options: metrics.CallbackOptions) -> list[metrics.Observation]:
+        with self._decisions_lock:
+            totals = list(self._decisions.items())
+        return [
+            metrics.Observation(n, {names.OPTION: option, names.GEN_AI_REQUEST_MODEL: model})
+            for (option, model), n in totals
+        ]
 
     @classmethod
     def of(cls, provider: metrics.MeterProvider) -> _Instruments:
@@ -129,20 +153,31 @@ class RunTrace:
         )
         self._instruments = _Instruments.of(meter_provider or metrics.get_meter_provider())
         self._span: Span | None = None
+        self._context: Context | None = None
         self._activation: Any = None
+        # (resource, limit, its budget-before and budget-after attribute names), worked out once.
+        self._limits = [
+            (
+                resource,
+                limit,
+                names.per_resource(names.BUDGET_BEFORE, resource),
+                names.per_resource(names.BUDGET_AFTER, resource),
+            )
+            for resource in budget.limited()
+            if (limit := budget.get(resource)) is not None
+        ]
 
     @property
     def remaining(self) -> Budget:
         """What the run has left (never negative)."""
         return self.budget.left_after(self.spent)
 
-    def _left_attributes(self, prefix: str) -> dict[str, float]:
-        out = {}
-        for resource in self.budget.limited():
-            limit = self.budget.get(resource)
-            assert limit is not None
-            out[names.per_resource(prefix, resource)] = max(limit - self.spent.get(resource), 0)
-        return out
+    def _left_attributes(self, after: bool) -> dict[str, float]:
+        spent = self.spent
+        return {
+            name_after if after else name_before: max(limit - spent.get(resource), 0)
+            for resource, limit, name_before, name_after in self._limits
+        }
 
     def __enter__(self) -> RunTrace:
         attributes: dict[str, Any] = {
@@ -155,6 +190,7 @@ class RunTrace:
         if self.scope is not None:
             attributes[names.SCOPE] = self.scope
         self._span = self._tracer.start_span(names.SPAN_PLAN, attributes=attributes)
+        self._context = trace.set_span_in_context(self._span)
         self._activation = trace.use_span(self._span, end_on_exit=False)
         self._activation.__enter__()
         return self
@@ -213,7 +249,7 @@ class RunTrace:
             names.OPTIONS_CONSIDERED: [*(o.name for o in step.options if o.name != SKIP), SKIP],
             names.P_SUCCESS: chosen.p_success,
             names.REASON: chosen.reason,
-            **self._left_attributes(names.BUDGET_BEFORE),
+            **self._left_attributes(after=False),
         }
         if step.group is not None:
             attributes[names.STEP_GROUP] = step.group
@@ -230,21 +266,20 @@ class RunTrace:
                 if distribution is not None:
                     attributes[names.COST_MEAN] = distribution.mean
                 break
-        for resource in RESOURCES:
-            cap = chosen.cap.get(resource)
-            if cap is not None:
-                attributes[names.per_resource(names.CAP, resource)] = cap
+        cap = chosen.cap
+        for resource, name in _CAP_NAMES:
+            limit = getattr(cap, resource)
+            if limit is not None:
+                attributes[name] = limit
         span = self._tracer.start_span(
             names.SPAN_DECISION,
-            context=trace.set_span_in_context(self._span) if self._span is not None else None,
+            context=self._context,
             attributes=attributes,
         )
         self.decisions += 1
         if chosen.skipped:
             self.skips += 1
-        self._instruments.decisions.add(
-            1, {names.OPTION: chosen.option, names.GEN_AI_REQUEST_MODEL: option.model or ""}
-        )
+        self._instruments.count_decision(chosen.option, option.model or "")
         return DecisionTrace(self, span, chosen, option.model, planned)
 
     def fallback(self, reason: str, **attributes: str | float) -> None:
@@ -295,7 +330,7 @@ class DecisionTrace:
             names.GEN_AI_USAGE_OUTPUT_TOKENS: spend.output_tokens,
             names.ACTUAL_USD: spend.usd,
             names.ACTUAL_TOOL_CALLS: spend.tool_calls,
-            **run._left_attributes(names.BUDGET_AFTER),
+            **run._left_attributes(after=True),
         }
         if success is not None:
             attributes[names.SUCCESS] = success
@@ -306,13 +341,10 @@ class DecisionTrace:
             attributes[names.FORECAST_ERROR] = math.log(ratio)
             run._instruments.forecast_ratio.record(ratio, labels)
         span.set_attributes(attributes)
-        if spend.tokens:
-            run._instruments.tokens.record(
-                spend.input_tokens, {**labels, names.GEN_AI_TOKEN_TYPE: "input"}
-            )
-            run._instruments.tokens.record(
-                spend.output_tokens, {**labels, names.GEN_AI_TOKEN_TYPE: "output"}
-            )
+        if spend.input_tokens or spend.output_tokens:
+            tokens = run._instruments.tokens
+            tokens.record(spend.input_tokens, {**labels, names.GEN_AI_TOKEN_TYPE: "input"})
+            tokens.record(spend.output_tokens, {**labels, names.GEN_AI_TOKEN_TYPE: "output"})
         self._end()
 
     def _end(self) -> None:

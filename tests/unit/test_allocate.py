@@ -43,7 +43,10 @@ def test_solvers_against_the_exact_milp(instance, method):
     values, costs, feasible, capacity, bins = instance
     n = values.shape[0]
     rows = np.arange(n)
-    solution = solve(values, costs, feasible, capacity, bins=bins, method=method)
+    tolerance = 1 / bins  # as the controller asks: the resolution
+    solution = solve(
+        values, costs, feasible, capacity, bins=bins, method=method, tolerance=tolerance
+    )
     # Never infeasible: one real option per step, within the budget at the true costs.
     assert feasible[rows, solution.choice].all()
     assert costs[rows, solution.choice].sum() <= capacity + 1e-9
@@ -52,11 +55,29 @@ def test_solvers_against_the_exact_milp(instance, method):
     assert solution.value <= optimum + 1e-9
     # The LP bound holds.
     assert solution.bound >= optimum - 1e-9
-    if method in ("dp", "best"):
+    certified = solution.bound - solution.value <= tolerance * solution.bound + 1e-12
+    if method == "dp" or (method == "best" and not certified):
         # The documented discretisation bound: OPT(B - n * delta) <= DP value.
         delta = capacity / bins
         _, shrunk = solve_milp(values, costs, feasible, [max(capacity - n * delta, 0.0)])
         assert solution.value >= shrunk - 1e-9
+
+
+def test_dp_falls_back_when_the_reduced_problem_has_no_rounded_solution():
+    # Reduction leaves steps that may not skip; at 4 budget units their rounded-up costs no
+    # longer fit together, so the DP solves the whole instance instead.
+    values = np.array(
+        [[0, 0.25, 0.04], [0, 0, 0.61], [0, 0.94, 0.97], [0, 0.21, 0.46]], dtype=float
+    )
+    costs = np.array([[0, 6.5, 10], [0, 2, 1.3], [0, 1.2, 6.5], [0, 8.9, 8.2]], dtype=float)
+    feasible = np.ones_like(values, dtype=bool)
+    solution = solve(values, costs, feasible, 17.2, bins=4, method="dp", tolerance=0.0)
+    rows = np.arange(4)
+    assert costs[rows, solution.choice].sum() <= 17.2
+    _, shrunk = solve_milp(values, costs, feasible, [17.2 - 4 * 17.2 / 4])
+    _, optimum = solve_milp(values, costs, feasible, [17.2])
+    assert shrunk - 1e-9 <= solution.value <= optimum + 1e-9
+    assert solution.value == pytest.approx(optimum)  # polish reaches it here
 
 
 def test_lp_bound_is_tight_without_a_fractional_item():
