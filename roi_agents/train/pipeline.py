@@ -24,7 +24,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from roi_agents.data.split import split_by
+from roi_agents.data.split import split_by, unit
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.calibration import (
     MIN_ROWS,
@@ -131,6 +131,23 @@ def _sample(rows: list[Example], limit: int, seed: int) -> list[Example]:
     if len(rows) <= limit:
         return rows
     return random.Random(seed).sample(rows, limit)
+
+
+def _take_queries(
+    rows: list[Example], limit: int, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """Whole queries, in a seeded order, while they fit in ``limit`` rows; and the rest."""
+    if len(rows) <= limit:
+        return rows, []
+    by_query: dict[str, list[Example]] = {}
+    for e in rows:
+        by_query.setdefault(e.query_id, []).append(e)
+    taken: list[Example] = []
+    rest: list[Example] = []
+    for query in sorted(by_query, key=lambda q: unit(q, seed, "sample")):
+        members = by_query[query]
+        (taken if len(taken) + len(members) <= limit else rest).extend(members)
+    return taken, rest
 
 
 def _maps(rows: Sequence[Example], outputs: Sequence[Sequence[float]]) -> Maps:
@@ -283,11 +300,13 @@ def split(config: TrainConfig) -> Parts:
     test = _sample(held, config.eval_rows, config.seed)
     if not test:
         raise InvalidValueError("data", "no test rows: more queries or another --train-fraction")
+    fit, left_over = _take_queries(fit_all, config.max_rows, config.seed)
+    left_over, _ = _take_queries(left_over, config.eval_rows, config.seed)
     return Parts(
         fit_all=fit_all,
-        fit=_sample(fit_all, config.max_rows, config.seed),
+        fit=fit,
         validation=_sample(val, max(config.max_rows // 8, 200), config.seed),
-        calibration=calibration_rows,
+        calibration=calibration_rows + left_over,
         test=test,
         test_available=len(held),
     )

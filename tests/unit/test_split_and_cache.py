@@ -77,3 +77,23 @@ def test_fallback_forecasts_are_not_remembered_and_the_size_is_bounded():
     assert counting.asked == 14
     cache.predict(_steps(1))  # s0 was evicted
     assert counting.asked == 16
+
+
+def test_training_fits_whole_queries_and_calibrates_on_the_ones_left_over(shared_data, tmp_path):
+    from roi_agents.train.pipeline import TrainConfig, split
+
+    config = TrainConfig(
+        data=[shared_data / "gsm8k.jsonl"], out=tmp_path / "out", max_rows=400, eval_rows=300
+    )
+    parts = split(config)
+    fit = {e.query_id for e in parts.fit}
+    assert 398 <= len(parts.fit) <= 400  # two options per query
+    assert all(sum(e.query_id == q for e in parts.fit) == 2 for q in list(fit)[:20])
+    calibration = {e.query_id for e in parts.calibration}
+    assert not fit & calibration
+    assert not (fit | calibration) & {e.query_id for e in parts.test}
+    # The 10% calibration split plus up to eval_rows rows of left-over queries.
+    known, _ = split_by(load_examples(config.data), lambda e: e.query_id, [0.5], config.seed)
+    _, _, ten_percent = split_by(known, lambda e: e.query_id, [0.8, 0.9], config.seed, "fit")
+    assert len(parts.calibration) == len(ten_percent) + 300
+    assert split(config).calibration == parts.calibration  # seeded
