@@ -8,7 +8,11 @@ Two maps, for all options together, per option and per (step group, option)
 * ``p_success``: Platt scaling, ``sigmoid(a * logit(raw) + b)`` fitted by maximum likelihood,
   stored as knots for linear interpolation (isotonic regression was tried: on ~500 held-out
   rows per option its steps added noise, with a higher Brier score and calibration error on
-  the test rows than Platt's two parameters);
+  the test rows than Platt's two parameters); and, per (step group, option), a `Joint` map
+  that reads the raw success logits of all the group's options for the same step
+  (`Calibration.success`). The controller acts on differences between options (is the dear
+  one worth it here?); calibrating each option on its own logit can leave those differences
+  pointing the wrong way, the joint map fits them;
 * cost: split-conformal quantiles of the standardised residual ``(log cost - mean) / spread``
   per resource. The forecast's quantile at level ``a`` is ``exp(mean + spread * z[a])``, where
   ``z[a]`` is the ``ceil((n + 1) a)``-th smallest of the ``n`` held-out residuals (the
@@ -19,7 +23,7 @@ Two maps, for all options together, per option and per (step group, option)
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Self
 
@@ -33,9 +37,11 @@ __all__ = [
     "LEVELS",
     "MIN_ROWS",
     "Calibration",
+    "Joint",
     "Maps",
     "ResidualQuantiles",
     "conformal_quantiles",
+    "fit_joint",
     "platt",
 ]
 
@@ -102,6 +108,29 @@ class Maps(BaseModel):
         return float(np.interp(raw, self.success_x, self.success_y))
 
 
+class Joint(BaseModel):
+    """``p_success`` of one option from the raw success logits of every option of the step.
+
+    ``sigmoid(bias + sum of weights[key] * logit[key])``, over the option keys of a step group.
+
+    Attributes:
+        weights: per option key, the weight of its raw success logit.
+        bias: the intercept.
+    """
+
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
+
+    weights: Annotated[dict[str, float], Field(min_length=1)]
+    bias: float
+
+    def p_success(self, logits: Mapping[str, float]) -> float | None:
+        """The calibrated probability, ``None`` unless ``logits`` has every key it reads."""
+        if not self.weights.keys() <= logits.keys():
+            return None
+        z = self.bias + sum(w * logits[key] for key, w in self.weights.items())
+        return float(_expit(np.asarray(z)))
+
+
 class Calibration(Maps):
     """Maps for every option together, per option, and per (step group, option).
 
@@ -114,10 +143,12 @@ class Calibration(Maps):
     Attributes:
         by_option: per option key, its own maps.
         by_group: per step group, per option key, its own maps.
+        joint: per step group, per option key, its `Joint` success map.
     """
 
     by_option: dict[str, Maps] = {}
     by_group: dict[str, dict[str, Maps]] = {}
+    joint: dict[str, dict[str, Joint]] = {}
 
     def maps(self, key: str, group: str | None = None) -> Maps:
         """The most specific maps there are for option ``key`` in ``group``."""
@@ -126,6 +157,22 @@ class Calibration(Maps):
             if found is not None:
                 return found
         return self.by_option.get(key, self)
+
+    def success(self, key: str, group: str | None, logits: Mapping[str, float]) -> float:
+        """The calibrated ``p_success`` of option ``key`` for a step in ``group``.
+
+        Args:
+            key: the option's key.
+            group: the step's group.
+            logits: the raw success logits of the step's options, by key (``key``'s included).
+                The group's `Joint` map applies when it has one for ``key`` and every logit
+                it reads is there; the Platt map of `maps` otherwise.
+        """
+        joint = self.joint.get(group, {}).get(key) if group is not None else None
+        found = joint.p_success(logits) if joint is not None else None
+        if found is not None:
+            return found
+        return self.maps(key, group).p_success(float(_expit(np.asarray(logits[key]))))
 
     def save(self, folder: str | Path) -> Path:
         """Write ``calibration.json`` into ``folder``; return its path."""
@@ -153,6 +200,30 @@ def _expit(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, without overflow
 
 
+def _logistic(
+    features: np.ndarray, y: np.ndarray, ridge: np.ndarray, start: np.ndarray
+) -> np.ndarray:
+    """Weights of a logistic regression with an L2 penalty ``ridge`` per weight (Newton)."""
+
+    def loss(w: np.ndarray) -> float:
+        z = features @ w
+        return float(np.sum(np.logaddexp(0.0, z) - y * z) + w @ (ridge * w) / 2)
+
+    w = start.astype(float)
+    for _ in range(100):  # Newton's method, step halved until the loss goes down
+        p = _expit(features @ w)
+        gradient = features.T @ (p - y) + ridge * w
+        hessian = (features * (p * (1 - p))[:, None]).T @ features + np.diag(ridge)
+        step = np.linalg.solve(hessian, gradient)
+        before, scale = loss(w), 1.0
+        while scale > 1e-6 and loss(w - scale * step) > before:
+            scale /= 2
+        w = w - scale * step
+        if np.abs(scale * step).max() < 1e-9:
+            break
+    return w
+
+
 def platt(raw: Sequence[float], outcome: Sequence[float]) -> tuple[list[float], list[float]]:
     """Fit ``p = sigmoid(a * logit(raw) + b)`` by maximum likelihood (Platt scaling).
 
@@ -166,30 +237,41 @@ def platt(raw: Sequence[float], outcome: Sequence[float]) -> tuple[list[float], 
     q = np.clip(np.asarray(raw, dtype=float), 1e-6, 1 - 1e-6)
     features = np.stack([np.log(q / (1 - q)), np.ones_like(q)], axis=1)
     y = np.asarray(outcome, dtype=float)
-    ridge = 1e-3  # keeps separable data finite
-
-    def loss(w: np.ndarray) -> float:
-        z = features @ w
-        return float(np.sum(np.logaddexp(0.0, z) - y * z) + ridge / 2 * w @ w)
-
-    w = np.array([1.0, 0.0])
-    for _ in range(100):  # Newton's method, step halved until the loss goes down
-        p = _expit(features @ w)
-        gradient = features.T @ (p - y) + ridge * w
-        hessian = (features * (p * (1 - p))[:, None]).T @ features + ridge * np.eye(2)
-        step = np.linalg.solve(hessian, gradient)
-        before, scale = loss(w), 1.0
-        while scale > 1e-6 and loss(w - scale * step) > before:
-            scale /= 2
-        w = w - scale * step
-        if np.abs(scale * step).max() < 1e-9:
-            break
+    # A small penalty keeps separable data finite.
+    w = _logistic(features, y, np.full(2, 1e-3), np.array([1.0, 0.0]))
     grid = np.linspace(0.0, 1.0, 201)
     g = np.clip(grid, 1e-6, 1 - 1e-6)
     mapped = _expit(w[0] * np.log(g / (1 - g)) + w[1])
     if w[0] < 0:  # a model ranking backwards: calibrate to the base rate, never invert
         mapped = np.full_like(grid, float(y.mean()))
     return grid.tolist(), np.maximum.accumulate(mapped).tolist()
+
+
+def fit_joint(logits: Mapping[str, Sequence[float]], outcome: Sequence[float]) -> Joint:
+    """Fit a `Joint` map: one option's outcomes on the raw logits of every option, per step.
+
+    Args:
+        logits: per option key, the raw success logit of each calibration step.
+        outcome: the option's score on each of those steps.
+
+    The weights have a unit L2 penalty (the intercept none): with a few hundred steps a weight
+    stays near zero unless the data back it, so an uninformative option's logit changes little.
+
+    Raises:
+        InvalidValueError: with no step, or logits and outcomes of different lengths.
+    """
+    keys = sorted(logits)
+    y = np.asarray(outcome, dtype=float)
+    if not keys or len(y) == 0 or any(len(logits[k]) != len(y) for k in keys):
+        raise InvalidValueError("logits", "needs one logit per option for every outcome")
+    features = np.column_stack(
+        [*(np.asarray(logits[k], dtype=float) for k in keys), np.ones_like(y)]
+    )
+    ridge = np.r_[np.ones(len(keys)), 1e-6]
+    w = _logistic(features, y, ridge, np.zeros(len(keys) + 1))
+    return Joint(
+        weights={k: float(v) for k, v in zip(keys, w[:-1], strict=True)}, bias=float(w[-1])
+    )
 
 
 def conformal_quantiles(residuals: Sequence[float]) -> ResidualQuantiles:

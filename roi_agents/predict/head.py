@@ -20,7 +20,7 @@ else raises, so that a caller can fall back instead of passing a bad forecast on
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.calibration import Calibration, ResidualQuantiles
@@ -30,6 +30,7 @@ __all__ = [
     "HEAD_LABELS",
     "LOG_SIGMA_RANGE",
     "forecast_from_outputs",
+    "forecasts",
     "input_text",
     "model_input",
     "option_key",
@@ -113,19 +114,7 @@ def _cost(
     )
 
 
-def forecast_from_outputs(
-    step: Step,
-    option: Option,
-    outputs: Sequence[float],
-    *,
-    source: str,
-    calibration: Calibration | None = None,
-) -> Forecast:
-    """Turn one row of raw head outputs into a validated `Forecast`, calibrated when given.
-
-    Raises:
-        InvalidValueError: on fewer than 3 outputs, a non-finite one, or a cost that overflows.
-    """
+def _checked(outputs: Sequence[float]) -> list[float]:
     values = [float(x) for x in outputs]
     if len(values) < 3:
         msg = f"expected at least 3 head outputs, got {len(values)}"
@@ -134,13 +123,40 @@ def forecast_from_outputs(
         raise InvalidValueError("outputs", f"non-finite head outputs {values}")
     if abs(values[1]) > 50 or (len(values) >= 5 and abs(values[3]) > 50):
         raise InvalidValueError("outputs", f"log-cost out of any plausible range: {values}")
-    logit = values[0]
-    p_success = success_probability(logit)
+    return values
+
+
+def forecast_from_outputs(
+    step: Step,
+    option: Option,
+    outputs: Sequence[float],
+    *,
+    source: str,
+    calibration: Calibration | None = None,
+    logits: Mapping[str, float] | None = None,
+) -> Forecast:
+    """Turn one row of raw head outputs into a validated `Forecast`, calibrated when given.
+
+    Args:
+        step: the step.
+        option: the option the row is for.
+        outputs: its raw head outputs.
+        source: the forecast's source (``"local"``, ``"vllm"``).
+        calibration: the checkpoint's maps.
+        logits: the raw success logits of the step's other options, by `option_key`, for the
+            calibration's joint maps (`forecasts` passes them).
+
+    Raises:
+        InvalidValueError: on fewer than 3 outputs, a non-finite one, or a cost that overflows.
+    """
+    values = _checked(outputs)
+    p_success = success_probability(values[0])
     ceiling = float(option.max_tokens) if option.max_tokens is not None else math.inf
     tokens_z = usd_z = None
     if calibration is not None:
-        maps = calibration.maps(option_key(option), step.group)
-        p_success = maps.p_success(p_success)
+        key = option_key(option)
+        maps = calibration.maps(key, step.group)
+        p_success = calibration.success(key, step.group, {**(logits or {}), key: values[0]})
         tokens_z, usd_z = maps.tokens, maps.usd
     shift = float(step.input_tokens or 0)
     tokens = _cost(values[1], values[2], 1.0, shift, ceiling, tokens_z)
@@ -155,3 +171,32 @@ def forecast_from_outputs(
         usd=usd,
         source=source,
     )
+
+
+def forecasts(
+    steps: Sequence[Step],
+    rows: Sequence[Sequence[float]],
+    *,
+    source: str,
+    calibration: Calibration | None = None,
+) -> list[Forecast]:
+    """The forecasts for `pairs(steps)` from their rows of raw head outputs, in that order.
+
+    Each step's forecasts see the raw success logits of all its options (joint calibration).
+
+    Raises:
+        InvalidValueError: when a row is malformed or rows and pairs do not line up.
+    """
+    todo = pairs(steps)
+    if len(rows) != len(todo):
+        raise InvalidValueError("outputs", f"{len(rows)} rows for {len(todo)} (step, option)")
+    checked = [_checked(row) for row in rows]
+    logits: dict[int, dict[str, float]] = {}
+    for (step, option), values in zip(todo, checked, strict=True):
+        logits.setdefault(id(step), {})[option_key(option)] = values[0]
+    return [
+        forecast_from_outputs(
+            step, option, values, source=source, calibration=calibration, logits=logits[id(step)]
+        )
+        for (step, option), values in zip(todo, checked, strict=True)
+    ]

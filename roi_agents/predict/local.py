@@ -10,7 +10,7 @@ from typing import Any
 
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.calibration import Calibration
-from roi_agents.predict.head import forecast_from_outputs, input_text, pairs
+from roi_agents.predict.head import forecasts, input_text, pairs
 from roi_agents.types import Forecast, Step
 
 __all__ = ["LocalPredictor"]
@@ -86,12 +86,8 @@ class LocalPredictor:
 
     def predict(self, steps: Sequence[Step]) -> list[Forecast]:
         """One forecast per (step, option), from one batched pass."""
-        todo = pairs(steps)
-        rows = self.outputs([input_text(s, o) for s, o in todo])
-        return [
-            forecast_from_outputs(s, o, row, source="local", calibration=self.calibration)
-            for (s, o), row in zip(todo, rows, strict=True)
-        ]
+        rows = self.outputs([input_text(s, o) for s, o in pairs(steps)])
+        return forecasts(steps, rows, source="local", calibration=self.calibration)
 
     async def apredict(self, steps: Sequence[Step]) -> list[Forecast]:
         """`predict` on a worker thread (the forward pass is CPU/GPU work)."""

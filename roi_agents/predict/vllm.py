@@ -28,7 +28,7 @@ from tenacity import (
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.base import Predictor
 from roi_agents.predict.calibration import CALIBRATION_FILE, Calibration
-from roi_agents.predict.head import forecast_from_outputs, input_text, pairs
+from roi_agents.predict.head import forecasts, input_text, pairs
 from roi_agents.predict.prior import PriorPredictor
 from roi_agents.telemetry import names
 from roi_agents.types import Forecast, Step
@@ -125,11 +125,7 @@ class VLLMPredictor:
         return rows
 
     def _forecasts(self, steps: Sequence[Step], rows: list[Any]) -> list[Forecast]:
-        # `_rows` checked each request's count, so rows and pairs line up.
-        return [
-            forecast_from_outputs(s, o, row, source="vllm", calibration=self.calibration)
-            for (s, o), row in zip(pairs(steps), rows, strict=True)
-        ]
+        return forecasts(steps, rows, source="vllm", calibration=self.calibration)
 
     def _fall_back(self, steps: Sequence[Step], error: BaseException) -> list[Forecast]:
         reason = f"{type(error).__name__}: {error}"[:300]

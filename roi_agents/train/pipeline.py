@@ -3,7 +3,10 @@
 Splits are by query id (or by dataset, ``split="dataset"``) and seeded the way the benchmark
 splits (`roi_agents.data.split`): the test part is exactly the queries ``roi-agents bench`` tests
 on with the same seed and training fraction. The training part is split again into fit (80%),
-validation (10%, early stopping) and calibration (10%, Platt and conformal maps).
+validation (10%, early stopping) and calibration (10%, Platt, joint and conformal maps).
+Fitting takes whole queries up to ``max_rows``; the queries left over, up to ``eval_rows`` rows,
+join the calibration part. The report evaluates whole test queries, up to ``eval_rows`` rows, so
+that the joint maps see every option of a query.
 
 The output folder is a standard Hugging Face checkpoint that ``vllm serve DIR --runner
 pooling`` loads as is, plus ``calibration.json`` (applied client-side by the predictors),
@@ -29,8 +32,10 @@ from roi_agents.errors import InvalidValueError
 from roi_agents.predict.calibration import (
     MIN_ROWS,
     Calibration,
+    Joint,
     Maps,
     conformal_quantiles,
+    fit_joint,
     platt,
 )
 from roi_agents.predict.head import spread, success_probability
@@ -202,24 +207,49 @@ def calibrate(rows: Sequence[Example], outputs: Sequence[Sequence[float]]) -> Ca
         }
 
     by_group = {group: fitted(members) for group, members in sorted(groups.items())}
+    joint = {group: _joint(rows, outputs, members) for group, members in sorted(groups.items())}
     return Calibration(
         **shared.model_dump(),
         by_option=fitted(options),
         by_group={group: maps for group, maps in by_group.items() if maps},
+        joint={group: maps for group, maps in joint.items() if maps},
     )
+
+
+def _query_logits(
+    rows: Sequence[Example], outputs: Sequence[Sequence[float]]
+) -> dict[str, dict[str, float]]:
+    """Per query, the raw success logit of each of its options."""
+    logits: dict[str, dict[str, float]] = {}
+    for e, o in zip(rows, outputs, strict=True):
+        logits.setdefault(e.query_id, {})[e.option] = o[0]
+    return logits
+
+
+def _joint(
+    rows: Sequence[Example], outputs: Sequence[Sequence[float]], members: dict[str, list[int]]
+) -> dict[str, Joint]:
+    """A group's joint success maps, from its queries that have every option with maps."""
+    keys = sorted(option for option, index in members.items() if len(index) >= MIN_ROWS)
+    by_query: dict[str, dict[str, int]] = {}
+    for option in keys:
+        for i in members[option]:
+            by_query.setdefault(rows[i].query_id, {})[option] = i
+    whole = [found for found in by_query.values() if len(found) == len(keys)]
+    if len(keys) < 2 or len(whole) < MIN_ROWS:
+        return {}
+    logits = {key: [outputs[found[key]][0] for found in whole] for key in keys}
+    return {key: fit_joint(logits, [rows[found[key]].success for found in whole]) for key in keys}
 
 
 def _quality(
     rows: Sequence[Example],
     outputs: Sequence[Sequence[float]],
+    p: Sequence[float],
     calibration: Calibration,
     base_rates: dict[str, float],
 ) -> Quality:
     fallback = float(np.mean(list(base_rates.values())))
-    p_raw = [success_probability(o[0]) for o in outputs]
-    p = [
-        calibration.maps(e.option, e.dataset).p_success(q) for e, q in zip(rows, p_raw, strict=True)
-    ]
     tokens_error, tokens_inside, usd_inside = [], [], []
     for e, o in zip(rows, outputs, strict=True):
         maps = calibration.maps(e.option, e.dataset)
@@ -234,7 +264,7 @@ def _quality(
     return quality(
         [e.success for e in rows],
         p,
-        p_raw,
+        [success_probability(o[0]) for o in outputs],
         [base_rates.get(e.option, fallback) for e in rows],
         log_tokens_error=tokens_error,
         tokens_inside=tokens_inside,
@@ -251,12 +281,14 @@ def evaluate(
     """Quality on ``rows`` overall, per dataset and per option.
 
     Args:
-        rows: the held-out rows.
+        rows: the held-out rows (a query's options together, for the joint maps).
         outputs: the checkpoint's raw outputs for them.
         calibration: the maps fitted on the calibration rows.
         base_rates: per option, the success rate of the training rows (the Brier baseline).
     """
-    overall = _quality(rows, outputs, calibration, base_rates)
+    logits = _query_logits(rows, outputs)
+    p = [calibration.success(e.option, e.dataset, logits[e.query_id]) for e in rows]
+    overall = _quality(rows, outputs, p, calibration, base_rates)
     groups: dict[str, dict[str, list[int]]] = {"dataset": {}, "option": {}}
     for i, e in enumerate(rows):
         groups["dataset"].setdefault(e.dataset or "-", []).append(i)
@@ -264,7 +296,11 @@ def evaluate(
     split = {
         kind: {
             name: _quality(
-                [rows[i] for i in index], [outputs[i] for i in index], calibration, base_rates
+                [rows[i] for i in index],
+                [outputs[i] for i in index],
+                [p[i] for i in index],
+                calibration,
+                base_rates,
             )
             for name, index in sorted(members.items())
         }
@@ -297,7 +333,7 @@ def split(config: TrainConfig) -> Parts:
     if config.test:
         held = load_examples(config.test)
     fit_all, val, calibration_rows = split_by(known, key, [0.8, 0.9], config.seed, salt="fit")
-    test = _sample(held, config.eval_rows, config.seed)
+    test, _ = _take_queries(held, config.eval_rows, config.seed)
     if not test:
         raise InvalidValueError("data", "no test rows: more queries or another --train-fraction")
     fit, left_over = _take_queries(fit_all, config.max_rows, config.seed)

@@ -1,4 +1,4 @@
-"""Platt and split-conformal calibration, and forecasts made through them."""
+"""Platt, joint and split-conformal calibration, and forecasts made through them."""
 
 import itertools
 import math
@@ -13,11 +13,13 @@ from roi_agents.errors import InvalidValueError
 from roi_agents.predict.calibration import (
     LEVELS,
     Calibration,
+    Joint,
     Maps,
     conformal_quantiles,
+    fit_joint,
     platt,
 )
-from roi_agents.predict.head import forecast_from_outputs, input_text, model_input
+from roi_agents.predict.head import forecast_from_outputs, forecasts, input_text, model_input
 
 
 def test_platt_recovers_an_overconfident_model():
@@ -145,3 +147,46 @@ def test_long_texts_are_cut_the_same_way_everywhere():
     step = Step(id="s", text=text, options=(Option(name="x", tags=("deep",)),))
     assert input_text(step, step.options[0]) == cut
     assert model_input((), "short") == "short"
+
+
+def test_joint_map_learns_one_option_from_the_others_logit():
+    # The dear option's own logit is noise; whether it succeeds follows the cheap one's.
+    rng = np.random.default_rng(2)
+    cheap, dear = rng.normal(0, 1, 8000), rng.normal(0, 1, 8000)
+    outcome = rng.uniform(0, 1, cheap.size) < 1 / (1 + np.exp(-(1.5 + cheap)))
+    joint = fit_joint({"cheap": cheap.tolist(), "dear": dear.tolist()}, outcome.tolist())
+    assert joint.weights["cheap"] == pytest.approx(1.0, abs=0.1)
+    assert joint.weights["dear"] == pytest.approx(0.0, abs=0.1)
+    assert joint.bias == pytest.approx(1.5, abs=0.1)
+    assert joint.p_success({"cheap": 0.5, "dear": 9.0}) == pytest.approx(
+        1 / (1 + math.exp(-(joint.bias + 0.5 * joint.weights["cheap"] + 9 * joint.weights["dear"])))
+    )
+    assert joint.p_success({"dear": 0.0}) is None  # a logit it reads is missing
+    with pytest.raises(InvalidValueError):
+        fit_joint({"cheap": [0.0, 1.0]}, [1.0])
+
+
+def test_joint_maps_apply_when_the_step_has_every_option_they_read(tmp_path):
+    joint = Joint(weights={"cheap": -2.0, "deep": 0.0}, bias=1.0)
+    calibration = _calibration().model_copy(update={"joint": {"math": {"deep": joint}}})
+    calibration.save(tmp_path)
+    assert Calibration.load(tmp_path) == calibration
+    step = Step(
+        id="s",
+        text="t",
+        group="math",
+        options=(Option(name="cheap"), Option(name="deep")),
+    )
+
+    def deep(cheap_logit: float) -> float:
+        rows = [[cheap_logit, 4.0, 0.0], [0.0, 4.0, 0.0]]
+        return forecasts([step], rows, source="local", calibration=calibration)[1].p_success
+
+    # The deep option's own logit is the same; the cheap one's moves its probability.
+    assert deep(1.0) == pytest.approx(1 / (1 + math.exp(1.0)))
+    assert deep(-1.0) == pytest.approx(1 / (1 + math.exp(-3.0)))
+    alone = Step(id="a", text="t", group="math", options=(Option(name="deep"),))
+    platt_only = forecasts([alone], [[0.0, 4.0, 0.0]], source="local", calibration=calibration)
+    assert platt_only[0].p_success == pytest.approx(0.2)  # the Platt map: raw 0.5 -> 0.2
+    with pytest.raises(InvalidValueError, match="rows"):
+        forecasts([step], [[0.0, 4.0, 0.0]], source="local", calibration=calibration)

@@ -92,8 +92,41 @@ def test_training_fits_whole_queries_and_calibrates_on_the_ones_left_over(shared
     calibration = {e.query_id for e in parts.calibration}
     assert not fit & calibration
     assert not (fit | calibration) & {e.query_id for e in parts.test}
+    test = [e.query_id for e in parts.test]
+    assert 298 <= len(test) <= 300
+    assert all(test.count(q) == 2 for q in test)  # whole queries, for the joint maps
     # The 10% calibration split plus up to eval_rows rows of left-over queries.
     known, _ = split_by(load_examples(config.data), lambda e: e.query_id, [0.5], config.seed)
     _, _, ten_percent = split_by(known, lambda e: e.query_id, [0.8, 0.9], config.seed, "fit")
     assert len(parts.calibration) == len(ten_percent) + 300
     assert split(config).calibration == parts.calibration  # seeded
+
+
+def test_calibration_fits_joint_maps_where_a_group_has_enough_whole_queries():
+    import numpy as np
+
+    from roi_agents.train.examples import Example
+    from roi_agents.train.pipeline import calibrate, evaluate
+
+    rng = np.random.default_rng(0)
+    rows, outputs = [], []
+    for group, queries in (("big", 300), ("small", 40)):
+        for q in range(queries):
+            hard = rng.normal()
+            for option in ("cheap", "dear"):
+                # The cheap option's logit knows the query; the dear one's is noise.
+                logit = -hard if option == "cheap" else rng.normal()
+                success = float(rng.uniform() < 1 / (1 + np.exp(hard - 1.0)))
+                rows.append(Example(f"{group}{q}", group, option, "t", success, 3.0, None))
+                outputs.append([logit, 3.0, 0.0])
+    calibration = calibrate(rows, outputs)
+    assert set(calibration.joint) == {"big"}  # "small" has 40 queries, fewer than MIN_ROWS
+    dear = calibration.joint["big"]["dear"]
+    assert dear.weights["cheap"] > 0.5 > abs(dear.weights["dear"])
+    base_rates = {"cheap": 0.5, "dear": 0.5}
+    _, joint, _ = evaluate(rows, outputs, calibration, base_rates)
+    platt_only = calibration.model_copy(update={"joint": {}})
+    _, per_option, _ = evaluate(rows, outputs, platt_only, base_rates)
+    # Platt can only give the dear option its base rate; the joint map reads the cheap logit.
+    assert joint["big"].brier < per_option["big"].brier - 0.01
+    assert joint["small"] == per_option["small"]
