@@ -13,6 +13,7 @@ from roi_agents_vllm import VLLMServer
 
 from roi_agents import Option, PriorPredictor, Step
 from roi_agents.predict import LocalPredictor, VLLMPredictor
+from roi_agents.predict.calibration import Calibration, Joint
 from roi_agents.telemetry import names
 
 pytestmark = pytest.mark.integration
@@ -84,6 +85,25 @@ def test_vllm_and_local_forecasts_agree(pooling_server, checkpoint):
     raw = VLLMPredictor(pooling_server.url, "predictor").predict(STEPS)
     assert [f.p_success for f in raw] != [f.p_success for f in remote]
     assert [f.tokens.p90 for f in raw] != [f.tokens.p90 for f in remote]
+
+
+def test_joint_maps_apply_the_same_on_both(pooling_server, checkpoint):
+    stored = Calibration.load(checkpoint)
+    assert stored is not None
+    joint = Joint(weights={"fast": -1.0, "deep": 0.5, "tool": 0.2}, bias=0.3)
+    calibration = stored.model_copy(update={"joint": {"g": {"deep": joint}}})
+    steps = [s.model_copy(update={"group": "g"}) for s in STEPS]
+    local_predictor = LocalPredictor(checkpoint, device="cpu")
+    local_predictor.calibration = calibration
+    remote = VLLMPredictor(pooling_server.url, "predictor", calibration=calibration)
+    local, forecasts = local_predictor.predict(steps), remote.predict(steps)
+    for a, b in zip(local, forecasts, strict=True):
+        _close(a, b)
+    raw = local_predictor.outputs([f"[{o.name}] {s.text}" for s in steps for o in OPTIONS])
+    for i, step in enumerate(steps):
+        logits = {o.name: raw[3 * i + k][0] for k, o in enumerate(OPTIONS)}
+        deep = next(f for f in forecasts if f.step_id == step.id and f.option == "deep")
+        assert deep.p_success == pytest.approx(joint.p_success(logits), abs=1e-3)
 
 
 async def test_async_predict_agrees(pooling_server, checkpoint):
