@@ -11,9 +11,13 @@ other limited resource is priced in by a Lagrange multiplier, found by bisection
 its budget, and the returned plan fits every limited resource.
 
 Each decision gets a hard cap: the option's p99 cost, never less than what the plan budgeted for
-it and never more than the budget minus what the plan budgets for the steps after it. So the
-realised spend of a run that respects its caps can never exceed its budget, whatever the
-forecasts said.
+it and never more than what is left. For the later decisions of a plan, "what is left" is the
+budget minus what the plan budgets for the steps after them; the step about to run may use all
+of it, because the steps after it are planned again from what is really left once it has run,
+where they can take a cheaper option or skip, while squeezing its cap to keep their plan would
+cut it off: a sure loss of its value. (In the replay benchmark this halved the steps cut off by
+their caps.) So the realised spend of a run that re-plans after each step and respects each
+next decision's cap can never exceed its budget, whatever the forecasts said.
 """
 
 from __future__ import annotations
@@ -323,10 +327,12 @@ class _Table:
         choice = solution.choice
         planned = {r: c[rows, choice] for r, c in self.costs.items()}
         # The hard cap of step i: its p99, at least what the plan budgets for it, at most what
-        # the budget has left once the plan's later steps are paid for. Counts round down.
+        # the budget has left once the plan's later steps are paid for; for the step about to
+        # run, at most all that is left (see the module's docstring). Counts round down.
         caps: dict[str, list[float] | list[int]] = {}
         for r, costs in planned.items():
             later = np.concatenate([np.cumsum(costs[::-1])[::-1][1:], [0.0]])
+            later[:1] = 0.0
             free = float(remaining.get(r) or 0.0) - later
             cap = np.minimum(np.maximum(self.p99[r][rows, choice], costs), free)
             caps[r] = cap.tolist() if r == "usd" else np.floor(cap + 1e-9).astype(int).tolist()

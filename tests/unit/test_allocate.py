@@ -107,11 +107,17 @@ def test_plan_uses_the_chosen_quantile_and_caps_within_budget():
     assert chosen.count("fast") == 4
     assert plan.expected_cost("tokens") == pytest.approx(1600)
     assert plan.expected_value == pytest.approx(0.9 + 4 * 0.6)
-    # Caps: each >= planned, the sum of any cap plus the later planned costs fits the budget.
+    # Caps: each >= planned; a later one plus the planned costs after it fits the budget; the
+    # step about to run gets its p99 whenever the budget has it, later plans or not.
     planned = [d.expected_cost["tokens"] for d in plan.decisions]
     for i, decision in enumerate(plan.decisions):
         assert decision.cap.tokens >= int(planned[i])
-        assert decision.cap.tokens + sum(planned[i + 1 :]) <= 2400
+        assert decision.cap.tokens + sum(planned[i + 1 :]) <= 2400 or i == 0
+    first = plan.decisions[0]
+    assert first.cap.tokens == TABLE[first.option][3]
+    tight = allocate(steps, fixed_forecasts(steps, TABLE), Budget(tokens=1600))
+    assert tight.decisions[0].option == "deep"  # planned at 1000 with 600 for the rest
+    assert tight.decisions[0].cap.tokens == 1600  # its p99 (2000), bounded by all that is left
     assert plan.decisions[0].reason.startswith(plan.decisions[0].option)
 
 
