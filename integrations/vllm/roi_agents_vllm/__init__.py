@@ -5,6 +5,12 @@ separate process; this package never imports vllm. `VLLMServer` starts it on a f
 port, waits for ``/health`` and stops it.
 """
 
-from roi_agents_vllm.server import VLLMServer, server_command, server_environment, vllm_python
+from roi_agents_vllm.server import (
+    VLLMServer,
+    model_length,
+    server_command,
+    server_environment,
+    vllm_python,
+)
 
-__all__ = ["VLLMServer", "server_command", "server_environment", "vllm_python"]
+__all__ = ["VLLMServer", "model_length", "server_command", "server_environment", "vllm_python"]

