@@ -144,19 +144,32 @@ def forecast_from_outputs(
         source: the forecast's source (``"local"``, ``"vllm"``).
         calibration: the checkpoint's maps.
         logits: the raw success logits of the step's other options, by `option_key`, for the
-            calibration's joint maps (`forecasts` passes them).
+            calibration's joint maps.
 
     Raises:
         InvalidValueError: on fewer than 3 outputs, a non-finite one, or a cost that overflows.
     """
     values = _checked(outputs)
+    step_logits = {**(logits or {}), option_key(option): values[0]}
+    return _forecast(step, option, values, source, calibration, step_logits)
+
+
+def _forecast(
+    step: Step,
+    option: Option,
+    values: list[float],
+    source: str,
+    calibration: Calibration | None,
+    logits: Mapping[str, float],
+) -> Forecast:
+    """`forecast_from_outputs` on checked values; ``logits`` holds the option's own."""
     p_success = success_probability(values[0])
     ceiling = float(option.max_tokens) if option.max_tokens is not None else math.inf
     tokens_z = usd_z = None
     if calibration is not None:
         key = option_key(option)
         maps = calibration.maps(key, step.group)
-        p_success = calibration.success(key, step.group, {**(logits or {}), key: values[0]})
+        p_success = calibration.success(key, step.group, logits)
         tokens_z, usd_z = maps.tokens, maps.usd
     shift = float(step.input_tokens or 0)
     tokens = _cost(values[1], values[2], 1.0, shift, ceiling, tokens_z)
@@ -195,8 +208,6 @@ def forecasts(
     for (step, option), values in zip(todo, checked, strict=True):
         logits.setdefault(id(step), {})[option_key(option)] = values[0]
     return [
-        forecast_from_outputs(
-            step, option, values, source=source, calibration=calibration, logits=logits[id(step)]
-        )
+        _forecast(step, option, values, source, calibration, logits[id(step)])
         for (step, option), values in zip(todo, checked, strict=True)
     ]
