@@ -230,15 +230,15 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         group_by=args.group_by == "dataset",
     )
     label = ", ".join(p.name for p in paths)
-    with _progress(console) as progress:
-        task = progress.add_task("replaying", total=config.episodes * len(config.budgets))
-        result = run_bench(
-            queries,
-            config,
-            data=label,
-            predictor=factory,
-            progress=lambda k: progress.advance(task, k),
-        )
+    total, done = config.episodes * len(config.budgets), 0
+    with _Stages(console) as stages:
+
+        def advance(k: int) -> None:
+            nonlocal done
+            done += k
+            stages.update("replaying", done, total)
+
+        result = run_bench(queries, config, data=label, predictor=factory, progress=advance)
     print_result(result, console)
     if args.json:
         console.print(f"wrote {write_json(result, args.json)}")
@@ -312,15 +312,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         first = error.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         raise InvalidValueError(field, first["msg"]) from None
-    tasks: dict[str, Any] = {}
-    with _progress(console) as progress:
-
-        def advance(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = progress.add_task(stage, total=total)
-            progress.update(tasks[stage], completed=done, total=total)
-
-        report = train(config, progress=advance)
+    with _Stages(console) as stages:
+        report = train(config, progress=stages.update)
     print_train_report(report, console)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -513,15 +506,55 @@ def _redact(url: str) -> str:
     return f"{scheme}//{credentials.split(':')[0]}:***@{tail}"
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
+class _Stages:
+    """Progress of long work: live bars on a terminal, lines in a log.
+
+    Off a terminal (a log file, CI) each stage prints a line at its first update and at every
+    tenth done, with the time spent and an estimate of the time left.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._bars = (
+            Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
+            if console.is_terminal
+            else None
+        )
+        self._tasks: dict[str, Any] = {}
+        self._tenths: dict[str, int] = {}
+        self._started: dict[str, float] = {}
+
+    def __enter__(self) -> _Stages:
+        if self._bars is not None:
+            self._bars.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bars is not None:
+            self._bars.stop()
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        """``done`` of ``total`` of ``stage`` are done."""
+        if self._bars is not None:
+            if stage not in self._tasks:
+                self._tasks[stage] = self._bars.add_task(stage, total=total)
+            self._bars.update(self._tasks[stage], completed=done, total=total)
+            return
+        started = self._started.setdefault(stage, time.monotonic())
+        tenth = 10 * done // max(total, 1)
+        if stage in self._tenths and tenth <= self._tenths[stage]:
+            return
+        self._tenths[stage] = tenth
+        spent = time.monotonic() - started
+        left = f", about {spent * (total - done) / done:.0f} s left" if 0 < done < total else ""
+        self._console.print(f"{stage}: {done}/{total} after {spent:.0f} s{left}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ def test_bench_writes_table_json_and_plot(shared_data, tmp_path, capsys):
     assert "budget 0.1" in printed
     assert "ours" in printed
     assert "oracle" in printed
+    # Not a terminal: progress comes as lines, the last one at the end of the stage.
+    assert "replaying: 6/6 after" in printed
     payload = json.loads(out_json.read_text())
     assert [b["fraction"] for b in payload["budgets"]] == [0.1, 0.25]
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
