@@ -340,7 +340,9 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
         f"prior predictor fitted on {len(setup.train)} other queries; the controller re-plans "
         "after every step."
     )
-    decisions, outcomes = play_episode(setup.episodes[0], budget, setup.controller, setup.resource)
+    decisions, outcomes = play_episode(
+        setup.episodes[0], budget, setup.controller, setup.resource, prices=setup.prices
+    )
     table = Table(title="decisions", title_justify="left")
     for column in (
         "#",

@@ -170,6 +170,32 @@ class Option(BaseModel):
         """List-price cost of a call with these token counts."""
         return (input_tokens * self.input_price + output_tokens * self.output_price) / 1e6
 
+    @property
+    def priced(self) -> bool:
+        """Whether the option has a list price."""
+        return self.input_price > 0 or self.output_price > 0
+
+    def usd_forecast(self, tokens: CostForecast, input_tokens: float | None) -> CostForecast:
+        """A forecast of all tokens (prompt and output) priced at the option's list prices.
+
+        With the prompt's size known, the tokens beyond it are priced as output; otherwise every
+        token is priced at the dearer rate, which never under-budgets.
+        """
+        if input_tokens is not None:
+            known = input_tokens
+
+            def usd(total: float) -> float:
+                return self.usd(min(known, total), max(total - known, 0.0))
+        else:
+            rate = max(self.input_price, self.output_price)
+
+            def usd(total: float) -> float:
+                return total * rate / 1e6
+
+        return CostForecast(
+            mean=usd(tokens.mean), p50=usd(tokens.p50), p90=usd(tokens.p90), p99=usd(tokens.p99)
+        )
+
 
 class Step(BaseModel):
     """A pending unit of work: a subtask of a plan or a tool call an LLM asked for.

@@ -448,23 +448,7 @@ def _cost(forecast: Forecast, step: Step, option: Option, resource: Resource) ->
         return given
     if resource == "tool_calls":
         return CostForecast.exact(option.tool_calls)
-    # USD from tokens at list prices. With the prompt size known, input tokens are priced as
-    # input; otherwise every token is priced at the dearer rate, which never under-budgets.
-    tokens = forecast.tokens
-    if step.input_tokens is not None:
-        known = step.input_tokens
-
-        def usd(total: float) -> float:
-            return option.usd(min(known, total), max(total - known, 0.0))
-    else:
-        rate = max(option.input_price, option.output_price)
-
-        def usd(total: float) -> float:
-            return total * rate / 1e6
-
-    return CostForecast(
-        mean=usd(tokens.mean), p50=usd(tokens.p50), p90=usd(tokens.p90), p99=usd(tokens.p99)
-    )
+    return option.usd_forecast(forecast.tokens, step.input_tokens)
 
 
 class Controller:

@@ -16,6 +16,10 @@ Policies:
   success over the cheapest is at least a threshold, tuned on the training part to the budget.
 * ``ours``: the predictor and the `Controller`, re-planning after every step.
 * ``oracle``: the exact knapsack on the true outcomes (HiGHS): the ceiling.
+
+Options carry list prices where the training part's recorded USD costs are exactly prices times
+token counts (`list_prices`), as a deployment knows its price list; a predictor then prices its
+token forecast, the prompt's size being known.
 """
 
 from __future__ import annotations
@@ -41,10 +45,12 @@ __all__ = [
     "BenchResult",
     "Decide",
     "PolicyResult",
+    "Prices",
     "Setup",
     "StepOutcome",
     "choose_resource",
     "fit_prior",
+    "list_prices",
     "play_episode",
     "prepare",
     "run_bench",
@@ -171,16 +177,58 @@ def split_queries(
     return train, test
 
 
-def _step(query: ReplayQuery, group_by: bool) -> Step:
+# USD per million (input, output) tokens, by option.
+Prices = dict[str, tuple[float, float]]
+
+
+def list_prices(queries: Sequence[ReplayQuery]) -> Prices:
+    """The options whose recorded USD costs are list prices times recorded token counts.
+
+    Per option, prices are fitted by least squares on relative errors and kept only when they
+    reproduce every recorded cost within 1e-6 (relative); an option with a row lacking its
+    cost or token counts gets none.
+    """
+    rows: dict[str, list[tuple[float, float, float]] | None] = {}
+    for query in queries:
+        for name, r in query.outcomes.items():
+            known = rows.setdefault(name, [])
+            if known is None:
+                continue
+            if r.input_tokens is None or r.output_tokens is None or r.cost_usd is None:
+                rows[name] = None
+            else:
+                known.append((r.input_tokens / 1e6, r.output_tokens / 1e6, r.cost_usd))
+    prices: Prices = {}
+    for name, found in rows.items():
+        if not found:
+            continue
+        data = np.array(found)
+        tokens, cost = data[:, :2], data[:, 2]
+        scale = np.where(cost > 0, cost, 1e-9)[:, None]
+        fit = np.linalg.lstsq(tokens / scale, cost / scale[:, 0], rcond=None)[0]
+        error = np.abs(tokens @ fit - cost)
+        if (fit >= 0).all() and (error <= 1e-6 * cost + 1e-12).all():
+            prices[name] = (float(fit[0]), float(fit[1]))
+    return prices
+
+
+def _step(query: ReplayQuery, group_by: bool, prices: Prices) -> Step:
     first = next(iter(query.outcomes.values()))
     return Step(
         id=query.query_id,
         text=query.text,
         group=query.dataset if group_by else None,
         input_tokens=first.input_tokens,
-        options=tuple(Option(name=name) for name in query.outcomes),
+        options=tuple(_option(name, prices) for name in query.outcomes),
     )
 
+
+def _option(name: str, prices: Prices) -> Option:
+    input_price, output_price = prices.get(name, (0.0, 0.0))
+    return Option(name=name, input_price=input_price, output_price=output_price)
+
+
+_ROUNDING = 1e-9
 
 # A policy sees the episode's steps, the index of the current one and what is left, and answers
 # (option, cap on the resource).
@@ -217,7 +265,7 @@ def _play(
 ) -> _Run:
     run = _Run()
     for i, query in enumerate(episode):
-        left = budget - run.spend
+        left = max(budget - run.spend, 0.0)  # a spend that met the budget can round past it
         started = time.perf_counter()
         option, cap = decide(steps, i, left)
         run.latencies.append(time.perf_counter() - started)
@@ -228,8 +276,10 @@ def _play(
             run.steps.append(StepOutcome(SKIP, 0.0, 0.0, 0.0, cut_off=False))
             continue
         cost = record.cost(resource) or 0.0
-        cut_off = cost > cap
-        spend, value = (cap, 0.0) if cut_off else (cost, record.score)
+        # A cost equal to its cap but for floating-point rounding (prices times tokens summed
+        # in another order) fits it.
+        cut_off = cost > cap * (1 + _ROUNDING)
+        spend, value = (cap, 0.0) if cut_off else (min(cost, cap), record.score)
         run.spend += spend
         run.value += value
         run.truncated += cut_off
@@ -244,9 +294,10 @@ def play_episode(
     resource: Resource,
     *,
     group_by: bool = True,
+    prices: Prices | None = None,
 ) -> tuple[list[Decision], list[StepOutcome]]:
     """Run the controller over one episode; return its decision and the outcome per step."""
-    steps = [_step(q, group_by) for q in episode]
+    steps = [_step(q, group_by, prices or {}) for q in episode]
     decisions: list[Decision] = []
     ours = _ours(controller, resource, decisions)
     run = _play(episode, steps, budget, resource, ours)
@@ -278,7 +329,7 @@ def run_bench(
     resource, cheapest, dearest, means = setup.resource, setup.cheapest, setup.dearest, setup.means
     model, controller, train = setup.predictor, setup.controller, setup.train
     episodes, full, options = setup.episodes, setup.full, sorted(means)
-    steps = [[_step(q, config.group_by) for q in episode] for episode in episodes]
+    steps = [[_step(q, config.group_by, setup.prices) for q in episode] for episode in episodes]
     unlimited = {
         name: float(
             np.mean([sum(q.outcomes[o].score for q in ep if o in q.outcomes) for ep in episodes])
@@ -296,7 +347,8 @@ def run_bench(
         test_queries=len(setup.test),
         unlimited=unlimited,
     )
-    gains = _gains(model, [_step(q, config.group_by) for q in train], cheapest, dearest)
+    train_steps = [_step(q, config.group_by, setup.prices) for q in train]
+    gains = _gains(model, train_steps, cheapest, dearest)
     for fraction in config.budgets:
         per_step = fraction * means[dearest]
         mix = _mix_probability(per_step, means[cheapest], means[dearest])
@@ -328,6 +380,7 @@ class Setup:
     Attributes:
         full: per episode, the cost of always taking the most expensive option; an episode's
             budget at fraction ``f`` is ``f * full[i]``.
+        prices: the options' list prices (`list_prices` of the training part).
     """
 
     train: list[ReplayQuery]
@@ -340,6 +393,7 @@ class Setup:
     controller: Controller
     episodes: list[list[ReplayQuery]]
     full: list[float]
+    prices: Prices
 
 
 def prepare(
@@ -379,7 +433,19 @@ def prepare(
         for _ in range(config.episodes)
     ]
     full = [sum(_dearest_cost(q, dearest, resource) for q in ep) for ep in episodes]
-    return Setup(train, test, resource, means, cheapest, dearest, model, controller, episodes, full)
+    return Setup(
+        train,
+        test,
+        resource,
+        means,
+        cheapest,
+        dearest,
+        model,
+        controller,
+        episodes,
+        full,
+        list_prices(train),
+    )
 
 
 def fit_prior(group_by: bool) -> Callable[[list[ReplayQuery]], Predictor]:

@@ -12,7 +12,9 @@ A step text longer than 512 characters is cut to its first and last 256, joined 
 vLLM server all read the same input, well within the model's positions.
 
 The forecast adds the prompt's tokens when the step knows them, and never lets the output go past
-the option's ``max_tokens``. Without a `Calibration` the cost is log-normal and ``p_success`` the
+the option's ``max_tokens``. When the step knows its prompt's size and the option has list prices,
+the USD forecast is the token forecast at those prices (outputs 3 and 4 guess the prompt's size
+from a cut text). Without a `Calibration` the cost is log-normal and ``p_success`` the
 sigmoid of the logit; with one, both go through its maps. Every output must be finite: anything
 else raises, so that a caller can fall back instead of passing a bad forecast on.
 """
@@ -174,7 +176,9 @@ def _forecast(
     shift = float(step.input_tokens or 0)
     tokens = _cost(values[1], values[2], 1.0, shift, ceiling, tokens_z)
     usd = None
-    if len(values) >= 5:
+    if option.priced and step.input_tokens is not None:
+        usd = option.usd_forecast(tokens, step.input_tokens)
+    elif len(values) >= 5:
         usd = _cost(values[3], values[4], 1e-6, 0.0, math.inf, usd_z)
     return Forecast(
         step_id=step.id,

@@ -195,14 +195,8 @@ class PriorPredictor:
         else:
             tokens = quantiles(*total, _OFFSET["tokens"])
         usd: CostForecast | None = None
-        if known_input is not None and (option.input_price or option.output_price):
-            out = quantiles(*output, _OFFSET["output_tokens"], ceiling=ceiling)
-            usd = CostForecast(
-                mean=option.usd(known_input, out.mean),
-                p50=option.usd(known_input, out.p50),
-                p90=option.usd(known_input, out.p90),
-                p99=option.usd(known_input, out.p99),
-            )
+        if known_input is not None and option.priced:
+            usd = option.usd_forecast(tokens, known_input)
         else:
             fit = lognormal("usd")
             if fit is not None:

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from roi_agents.bench.simulate import BenchConfig, run_bench
+from roi_agents.bench.simulate import BenchConfig, list_prices, run_bench
 from roi_agents.data import load_replay
 from roi_agents.errors import InvalidValueError
 
@@ -116,3 +116,37 @@ def test_bad_config_is_named(gsm8k):
         run_bench(gsm8k, BenchConfig(budgets=(0.0,)))
     with pytest.raises(InvalidValueError, match="steps"):
         run_bench(gsm8k[:20], BenchConfig(steps=30))
+
+
+def test_list_prices_are_recovered_only_where_costs_are_exact(gsm8k, tmp_path):
+    prices = list_prices(gsm8k)
+    assert prices["gpt-4-1106-preview"] == pytest.approx((10.0, 30.0), rel=1e-9)
+    assert prices["mixtral-8x7b-instruct-v0.1"] == pytest.approx((0.6, 0.6), rel=1e-9)
+    rows = [
+        {"query_id": f"q{i}", "option": option, "input_tokens": 100 + i, "output_tokens": 10 * i}
+        | {"cost_usd": cost, "score": 1}
+        for i in range(20)
+        for option, cost in (
+            ("exact", (2 * (100 + i) + 8 * 10 * i) / 1e6),
+            ("discounted", (2 * (100 + i) + 8 * 10 * i) / 1e6 * (0.9 if i == 7 else 1.0)),
+        )
+    ]
+    rows.append({"query_id": "q20", "option": "exact", "cost_usd": 1e-4, "score": 1})
+    rows.append({"query_id": "q21", "option": "no-tokens", "cost_usd": 1e-4, "score": 0})
+    path = tmp_path / "priced.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    # One cost off its price (a discount) or one row without token counts: no list price.
+    assert list_prices(load_replay(path)) == {}
+    priced = list_prices(load_replay(path)[:20])
+    assert priced.keys() == {"exact"}
+    assert priced["exact"] == pytest.approx((2.0, 8.0), rel=1e-9)
+
+
+def test_a_budget_met_to_the_last_cent_is_not_overrun(shared_data):
+    # Many models, USD costs: spends that meet the budget exactly once rounded a hair past it
+    # and the next decision was handed a negative budget.
+    queries = load_replay(shared_data / "simpleqa.jsonl")
+    result = run_bench(queries, BenchConfig(budgets=(0.25,), episodes=20, steps=30, seed=0))
+    policies = result.budgets[0.25]
+    assert all(r.overruns == 0 for r in policies.values())
+    assert all(r.spend <= r.budget * (1 + 1e-9) for r in policies.values())

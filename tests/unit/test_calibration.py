@@ -190,3 +190,17 @@ def test_joint_maps_apply_when_the_step_has_every_option_they_read(tmp_path):
     assert platt_only[0].p_success == pytest.approx(0.2)  # the Platt map: raw 0.5 -> 0.2
     with pytest.raises(InvalidValueError, match="rows"):
         forecasts([step], [[0.0, 4.0, 0.0]], source="local", calibration=calibration)
+
+
+def test_a_priced_option_with_a_known_prompt_prices_the_token_forecast():
+    priced = Option(name="o", input_price=10, output_price=30)
+    step = Step(id="s", text="t", input_tokens=1000, options=(priced, Option(name="free")))
+    # Outputs 3 and 4 (a USD guess from the cut text) say 1 USD; the price list wins.
+    rows = [[0.0, 4.0, -5.0, 0.0, -5.0]] * 2
+    by_prices, from_head = forecasts([step], rows, source="local")
+    output = math.exp(4.0) - 1
+    assert by_prices.usd.p50 == pytest.approx((1000 * 10 + output * 30) / 1e6, rel=1e-3)
+    assert from_head.usd.p50 == pytest.approx(1.0, rel=1e-3)
+    # Without the prompt's size the head's guess stands.
+    unsized = Step(id="s", text="t", options=(priced,))
+    assert forecasts([unsized], rows[:1], source="local")[0].usd.p50 == pytest.approx(1, rel=1e-3)

@@ -91,3 +91,14 @@ def test_left_after_floors_an_overspend_instead_of_raising():
     budget = Budget(tokens=100, usd=1.0)
     assert budget.left_after(Spend(output_tokens=30, usd=0.25)) == Budget(tokens=70, usd=0.75)
     assert budget.left_after(Spend(output_tokens=130, usd=2.0)) == Budget(tokens=0, usd=0.0)
+
+
+def test_usd_forecast_prices_prompt_and_output_tokens():
+    option = Option(name="gpt", input_price=10, output_price=30)
+    tokens = CostForecast(mean=300, p50=250, p90=400, p99=1000)
+    usd = option.usd_forecast(tokens, 200)
+    assert (usd.p50, usd.p99) == pytest.approx((200e-5 + 50 * 30e-6, 200e-5 + 800 * 30e-6))
+    # Prompt size unknown: every token at the dearer rate, never below the true cost.
+    assert option.usd_forecast(tokens, None).p90 == pytest.approx(400 * 30e-6)
+    assert option.priced
+    assert not Option(name="free").priced
