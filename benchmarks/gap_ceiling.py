@@ -7,12 +7,14 @@ predictor-free policy and the clairvoyant oracle that it closes. This script ask
 share would be for predictors of a given success AUC, all else equal. For every test query and
 option it draws a signal ``s * (2y - 1) + N(0, 1)`` from the recorded outcome ``y`` (the score
 rounded to 0 or 1; noise independent across options), and forecasts the exactly calibrated
-``p(y = 1 | signal)`` with the option's base rate from the training part. Its AUC is
-``Phi(s * sqrt(2))``. Costs come from the grouped prior fitted on the training part, as in the
+``p(y = 1 | signal)`` with the option's base rate from the training part. Its AUC among the
+rows of one option is ``Phi(s * sqrt(2))`` (pooled over options it is higher, as options differ
+in their base rates). Costs come from the grouped prior fitted on the training part, as in the
 bench's default, or with ``--costs recorded`` are known exactly (what cost forecasts add).
 Everything else is the bench: same split, episodes, budgets and controller.
 
-The result reads against a checkpoint's per-dataset AUC in its ``report.json``.
+The result reads against a checkpoint's AUC within each option on the same test queries, which
+``benchmarks/routing_gain.py --data FILE --checkpoint DIR`` prints.
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def main() -> None:
     config = BenchConfig(budgets=tuple(float(b) for b in args.budgets.split(",")), seed=args.seed)
     title = f"{args.data.name}: gap closed by success forecasts of a given AUC, {args.costs} costs"
     table = Table(title=title)
-    table.add_column("success AUC", justify="right")
+    table.add_column("AUC within an option", justify="right")
     for budget in config.budgets:
         table.add_column(f"gap closed @ {budget:g}", justify="right")
     table.add_column(f"PGR @ {config.budgets[-1]:g}", justify="right")

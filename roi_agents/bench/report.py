@@ -25,6 +25,9 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
         f"[italic]{result.dearest}[/]; {result.train_queries} training / "
         f"{result.test_queries} test queries; ours plans at {result.config.quantile}"
     )
+    if result.prices:
+        listed = ", ".join(f"{n} {i:g} / {o:g}" for n, (i, o) in sorted(result.prices.items()))
+        console.print(f"list prices (USD per million input / output tokens): {listed}")
     for fraction, policies in result.budgets.items():
         table = Table(title=f"budget {fraction:g}", title_justify="left")
         for column in (

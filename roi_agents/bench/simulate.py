@@ -58,6 +58,10 @@ __all__ = [
 ]
 
 
+# USD per million (input, output) tokens, by option.
+Prices = dict[str, tuple[float, float]]
+
+
 @dataclass(frozen=True, slots=True)
 class BenchConfig:
     """Settings of one benchmark run."""
@@ -117,6 +121,7 @@ class BenchResult:
     train_queries: int
     test_queries: int
     unlimited: dict[str, float]
+    prices: Prices = field(default_factory=dict)
     budgets: dict[float, dict[str, PolicyResult]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
@@ -134,6 +139,7 @@ class BenchResult:
             "train_queries": self.train_queries,
             "test_queries": self.test_queries,
             "unlimited_value": self.unlimited,
+            "list_prices": {name: list(price) for name, price in self.prices.items()},
             "budgets": [
                 {
                     "fraction": fraction,
@@ -175,10 +181,6 @@ def split_queries(
     """
     train, test = split_by(queries, lambda q: q.query_id, [train_fraction], seed)
     return train, test
-
-
-# USD per million (input, output) tokens, by option.
-Prices = dict[str, tuple[float, float]]
 
 
 def list_prices(queries: Sequence[ReplayQuery]) -> Prices:
@@ -346,6 +348,7 @@ def run_bench(
         train_queries=len(train),
         test_queries=len(setup.test),
         unlimited=unlimited,
+        prices=setup.prices,
     )
     train_steps = [_step(q, config.group_by, setup.prices) for q in train]
     gains = _gains(model, train_steps, cheapest, dearest)

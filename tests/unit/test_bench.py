@@ -54,6 +54,7 @@ def test_json_shape(result):
     payload = json.loads(json.dumps(result.to_json()))
     assert {"data", "episodes", "steps", "seed", "budgets"} <= payload.keys()
     assert (payload["episodes"], payload["steps"], payload["seed"]) == (8, 12, 3)
+    assert payload["list_prices"]["gpt-4-1106-preview"] == pytest.approx([10.0, 30.0])
     assert [b["fraction"] for b in payload["budgets"]] == [0.1, 0.5]
     ours = payload["budgets"][0]["policies"]["ours"]
     for key in (
