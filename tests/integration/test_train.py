@@ -15,6 +15,7 @@ from roi_agents.predict import LocalPredictor
 from roi_agents.predict.calibration import Calibration
 from roi_agents.telemetry import JsonlSpanExporter, RunTrace
 from roi_agents.train import TrainConfig, load_examples, train
+from roi_agents.train.pipeline import split
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +45,11 @@ def test_the_checkpoint_is_complete_and_reports_on_the_bench_test_queries(
     calibration = Calibration.load(trained_checkpoint)
     assert calibration is not None
     assert calibration.rows == report["rows"]["calibration"]
+    # The maps see the calibration rows and the validation rows.
+    parts = split(
+        TrainConfig(data=[small_replay], out=trained_checkpoint, max_rows=200, eval_rows=80)
+    )
+    assert calibration.rows == len(parts.calibration) + len(parts.validation)
     assert calibration.usd is not None
 
 
