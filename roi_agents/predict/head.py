@@ -31,7 +31,6 @@ from roi_agents.types import SKIP, CostForecast, Forecast, Option, Step
 __all__ = [
     "HEAD_LABELS",
     "LOG_SIGMA_RANGE",
-    "forecast_from_outputs",
     "forecasts",
     "input_text",
     "model_input",
@@ -128,34 +127,6 @@ def _checked(outputs: Sequence[float]) -> list[float]:
     return values
 
 
-def forecast_from_outputs(
-    step: Step,
-    option: Option,
-    outputs: Sequence[float],
-    *,
-    source: str,
-    calibration: Calibration | None = None,
-    logits: Mapping[str, float] | None = None,
-) -> Forecast:
-    """Turn one row of raw head outputs into a validated `Forecast`, calibrated when given.
-
-    Args:
-        step: the step.
-        option: the option the row is for.
-        outputs: its raw head outputs.
-        source: the forecast's source (``"local"``, ``"vllm"``).
-        calibration: the checkpoint's maps.
-        logits: the raw success logits of the step's other options, by `option_key`, for the
-            calibration's joint maps.
-
-    Raises:
-        InvalidValueError: on fewer than 3 outputs, a non-finite one, or a cost that overflows.
-    """
-    values = _checked(outputs)
-    step_logits = {**(logits or {}), option_key(option): values[0]}
-    return _forecast(step, option, values, source, calibration, step_logits)
-
-
 def _forecast(
     step: Step,
     option: Option,
@@ -164,7 +135,11 @@ def _forecast(
     calibration: Calibration | None,
     logits: Mapping[str, float],
 ) -> Forecast:
-    """`forecast_from_outputs` on checked values; ``logits`` holds the option's own."""
+    """One validated `Forecast` from a checked row of raw head outputs, calibrated when given.
+
+    ``logits`` holds the raw success logits of the step's options by `option_key`, this
+    option's included (the calibration's joint maps read them).
+    """
     p_success = success_probability(values[0])
     ceiling = float(option.max_tokens) if option.max_tokens is not None else math.inf
     tokens_z = usd_z = None

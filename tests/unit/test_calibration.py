@@ -19,7 +19,7 @@ from roi_agents.predict.calibration import (
     fit_joint,
     platt,
 )
-from roi_agents.predict.head import forecast_from_outputs, forecasts, input_text, model_input
+from roi_agents.predict.head import forecasts, input_text, model_input
 
 
 def test_platt_recovers_an_overconfident_model():
@@ -115,20 +115,16 @@ def test_the_most_specific_maps_apply():
     assert calibration.maps("deep").tokens == deep.tokens
     assert calibration.maps("fast", "math").tokens == shared.tokens
     step = Step(id="s", text="t", group="math", options=(Option(name="x", tags=("deep",)),))
-    grouped = forecast_from_outputs(
-        step, step.options[0], [0.0, 4.0, 0.0], source="local", calibration=calibration
-    )
+    (grouped,) = forecasts([step], [[0.0, 4.0, 0.0]], source="local", calibration=calibration)
     assert grouped.tokens.p50 == pytest.approx(math.exp(6.0) - 1, rel=1e-3)
 
 
 def test_forecasts_through_the_calibration():
     step = Step(id="s", text="t", input_tokens=10, options=(Option(name="o", max_tokens=500),))
-    option = step.options[0]
+    row = [[0.0, 4.0, 0.0]]
     # logit 0 -> raw 0.5 -> 0.2; log-token mean 4 with spread e^0 = 1.
-    calibrated = forecast_from_outputs(
-        step, option, [0.0, 4.0, 0.0], source="local", calibration=_calibration(shift=1.0)
-    )
-    raw = forecast_from_outputs(step, option, [0.0, 4.0, 0.0], source="local")
+    (calibrated,) = forecasts([step], row, source="local", calibration=_calibration(shift=1.0))
+    (raw,) = forecasts([step], row, source="local")
     assert raw.p_success == pytest.approx(0.5)
     assert calibrated.p_success == pytest.approx(0.2)
     # Residuals shifted up by 1: the median is e^(4 + 1) - 1 output tokens, plus the prompt.
