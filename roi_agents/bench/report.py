@@ -53,7 +53,7 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
                 value,
                 _num(r.pct_oracle, "{:.1f}"),
                 _num(r.pgr, "{:.2f}"),
-                _num(r.gap_closed, "{:.2f}"),
+                _num(r.gap_closed, "{:.2f}") + _num(r.gap_closed_se, " ± {:.2f}", ""),
                 f"{r.spend:.4g}",
                 f"{r.budget:.4g}",
                 str(r.overruns),
@@ -65,13 +65,13 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
         console.print(table)
     console.print(
         "value: mean successes per episode; * best policy at this budget; gap closed: (value - "
-        "best fixed option or random mix) / (oracle - that); cut off and skipped: steps per "
-        "episode"
+        "best fixed option or random mix) / (oracle - that), ± its standard error over the "
+        "episodes (paired); cut off and skipped: steps per episode"
     )
 
 
-def _num(x: float, fmt: str) -> str:
-    return "-" if not math.isfinite(x) else fmt.format(x)
+def _num(x: float, fmt: str, missing: str = "-") -> str:
+    return missing if not math.isfinite(x) else fmt.format(x)
 
 
 def plot_result(result: BenchResult, path: str | Path) -> Path:

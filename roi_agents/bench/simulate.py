@@ -93,7 +93,12 @@ class BenchConfig:
 
 @dataclass(slots=True)
 class PolicyResult:
-    """One policy at one budget, as means per episode."""
+    """One policy at one budget, as means per episode.
+
+    ``value_se`` is the standard error of ``value`` over the episodes; ``gap_closed_se`` that of
+    ``gap_closed``, from the per-episode differences to the best baseline on the same episodes
+    (paired), the oracle's margin over that baseline taken as known.
+    """
 
     value: float
     spend: float
@@ -106,6 +111,8 @@ class PolicyResult:
     pct_oracle: float = math.nan
     pgr: float = math.nan
     gap_closed: float = math.nan
+    value_se: float = math.nan
+    gap_closed_se: float = math.nan
 
 
 @dataclass(slots=True)
@@ -607,11 +614,25 @@ def _summarise(
     low = unlimited[f"fixed:{cheapest}"]
     high = unlimited[f"fixed:{dearest}"]
     # The best policy a user has without a predictor: a fixed option or the random mix.
-    baseline = max(r.value for n, r in out.items() if n.startswith("fixed:") or n == "random-mix")
-    for result in out.values():
+    best = max(
+        (n for n in out if n.startswith("fixed:") or n == "random-mix"), key=lambda n: out[n].value
+    )
+    baseline = out[best].value
+    for name, result in out.items():
+        values = np.array([r.value for r in runs[name]])
+        result.value_se = _standard_error(values)
         result.pct_oracle = 100 * result.value / oracle if oracle > 0 else math.nan
         result.pgr = (result.value - low) / (high - low) if high != low else math.nan
-        result.gap_closed = (
-            (result.value - baseline) / (oracle - baseline) if oracle > baseline else math.nan
-        )
+        if oracle > baseline:
+            result.gap_closed = (result.value - baseline) / (oracle - baseline)
+            # Paired over the same episodes, the oracle's margin taken as known.
+            paired = values - np.array([r.value for r in runs[best]])
+            result.gap_closed_se = _standard_error(paired) / (oracle - baseline)
     return out
+
+
+def _standard_error(values: np.ndarray) -> float:
+    """The standard error of the mean of ``values`` (NaN for fewer than two)."""
+    if len(values) < 2:
+        return math.nan
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))

@@ -1,20 +1,24 @@
 """Calibration of the learned predictor, fitted on held-out data and applied client-side.
 
-Two maps, for all options together, per option and per (step group, option)
-(`Calibration.maps`), stored as
-``calibration.json`` beside the checkpoint (the server returns raw head outputs;
-`LocalPredictor` and `VLLMPredictor` apply the maps):
+Stored as ``calibration.json`` beside the checkpoint (the server returns raw head outputs;
+`LocalPredictor` and `VLLMPredictor` apply it):
 
-* ``p_success``: Platt scaling, ``sigmoid(a * logit(raw) + b)`` fitted by maximum likelihood,
-  stored as knots for linear interpolation (isotonic regression was tried: on ~500 held-out
-  rows per option its steps added noise, with a higher Brier score and calibration error on
-  the test rows than Platt's two parameters); and, per (step group, option), a `Joint` map
-  that reads the raw success logits of all the group's options for the same step
-  (`Calibration.success`). The controller acts on differences between options (is the dear
-  one worth it here?); calibrating each option on its own logit can leave those differences
-  pointing the wrong way, the joint map fits them;
-* cost: split-conformal quantiles of the standardised residual ``(log cost - mean) / spread``
-  per resource. The forecast's quantile at level ``a`` is ``exp(mean + spread * z[a])``, where
+* ``p_success``: a logistic regression of the outcome on the raw success logits of the step's
+  options and on the logit of the step group's base rate (`SuccessMap`). The base rate is the
+  success rate of the option within the step's group (a dataset, a subject) on the fine-tuning
+  rows, shrunk towards the option's rate like `PriorPredictor` shrinks a group; the model reads
+  one step at a time and cannot count how often an option succeeds on a whole subject (on all
+  of ``shared/data`` the group rates alone are 8% below the per-option rate's Brier score).
+  Reading every option's logit matters because the controller acts on differences between
+  options (is the dear one worth it here?): calibrating each option on its own logit can leave
+  those differences pointing the wrong way. Maps are fitted per option set (the options a step
+  offers), per option (its own logit only) and for all rows, and the most specific one that
+  applies is used. Two to a dozen weights with a unit ridge: a weight stays near zero unless
+  the held-out rows back it (isotonic regression was tried: on ~500 held-out rows per option
+  its steps added noise);
+* cost (`Maps`): split-conformal quantiles of the standardised residual
+  ``(log cost - mean) / spread`` per resource, for all rows, per option and per (group,
+  option). The forecast's quantile at level ``a`` is ``exp(mean + spread * z[a])``, where
   ``z[a]`` is the ``ceil((n + 1) a)``-th smallest of the ``n`` held-out residuals (the
   ``floor``-th below the median), so a new step's cost falls below it with probability at least
   ``a`` when steps are exchangeable. The forecast's mean averages the held-out residuals' grid.
@@ -23,7 +27,7 @@ Two maps, for all options together, per option and per (step group, option)
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Self
 
@@ -36,20 +40,25 @@ __all__ = [
     "CALIBRATION_FILE",
     "LEVELS",
     "MIN_ROWS",
+    "OWN",
     "Calibration",
-    "Joint",
     "Maps",
     "ResidualQuantiles",
+    "SuccessCalibration",
+    "SuccessMap",
     "conformal_quantiles",
-    "fit_joint",
-    "platt",
+    "fit_success",
+    "option_set",
 ]
 
 CALIBRATION_FILE = "calibration.json"
 MIN_ROWS = 50
+# The key a `SuccessMap` reads the forecast option's own logit under.
+OWN = ""
 # Midpoints 0.005 ... 0.995 (their mean is the forecast's mean) plus the levels forecasts use.
 _MIDPOINTS = tuple(round((i + 0.5) / 100, 4) for i in range(100))
 LEVELS: tuple[float, ...] = tuple(sorted({*_MIDPOINTS, 0.05, 0.5, 0.9, 0.95, 0.99}))
+_RATE_FLOOR = 1e-4
 
 
 class ResidualQuantiles(BaseModel):
@@ -75,11 +84,9 @@ class ResidualQuantiles(BaseModel):
 
 
 class Maps(BaseModel):
-    """The maps that turn raw head outputs into calibrated forecasts.
+    """The cost maps that turn raw head outputs into calibrated cost forecasts.
 
     Attributes:
-        success_x: increasing raw probabilities (knots of the map).
-        success_y: calibrated probabilities at the knots (non-decreasing).
         tokens: residual quantiles of ``log(output_tokens + 1)``.
         usd: residual quantiles of ``log(usd + 1e-6)``, when the checkpoint predicts USD.
         rows: held-out (step, option) rows the maps were fitted on.
@@ -87,92 +94,126 @@ class Maps(BaseModel):
 
     model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
-    success_x: Annotated[tuple[float, ...], Field(min_length=1)]
-    success_y: Annotated[tuple[float, ...], Field(min_length=1)]
     tokens: ResidualQuantiles
     usd: ResidualQuantiles | None = None
     rows: Annotated[int, Field(ge=1)]
 
-    @model_validator(mode="after")
-    def _knots(self) -> Self:
-        if len(self.success_x) != len(self.success_y):
-            raise ValueError("success_x, success_y: must have the same length")
-        if any(not 0.0 <= v <= 1.0 for v in (*self.success_x, *self.success_y)):
-            raise ValueError("success_x, success_y: must lie in [0, 1]")
-        if any(b < a for a, b in zip(self.success_y, self.success_y[1:], strict=False)):
-            raise ValueError("success_y: must not decrease")
-        return self
 
-    def p_success(self, raw: float) -> float:
-        """The calibrated probability for a raw one."""
-        return float(np.interp(raw, self.success_x, self.success_y))
+def option_set(keys: Iterable[str]) -> str:
+    """The name a step's set of option keys is stored under: the sorted keys, ``|``-joined."""
+    return "|".join(sorted(keys))
 
 
-class Joint(BaseModel):
-    """``p_success`` of one option from the raw success logits of every option of the step.
+def _logit(p: float) -> float:
+    p = min(max(p, _RATE_FLOOR), 1 - _RATE_FLOOR)
+    return math.log(p / (1 - p))
 
-    ``sigmoid(bias + sum of weights[key] * logit[key])``, over the option keys of a step group.
+
+class SuccessMap(BaseModel):
+    """``p_success = sigmoid(bias + sum of weights[k] * logit[k] + rate * logit(base rate))``.
 
     Attributes:
-        weights: per option key, the weight of its raw success logit.
+        weights: per option key, the weight of that option's raw success logit for the same
+            step; the key `OWN` stands for the forecast option's own logit.
+        rate: the weight of the logit of the option's base rate in the step's group.
         bias: the intercept.
     """
 
     model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
     weights: Annotated[dict[str, float], Field(min_length=1)]
+    rate: float = 0.0
     bias: float
 
-    def p_success(self, logits: Mapping[str, float]) -> float | None:
-        """The calibrated probability, ``None`` unless ``logits`` has every key it reads."""
-        if not self.weights.keys() <= logits.keys():
+    def p_success(self, key: str, logits: Mapping[str, float], base_rate: float) -> float | None:
+        """The calibrated probability of option ``key``; ``None`` without a logit it reads."""
+        own = {OWN: logits[key]} if key in logits else {}
+        found = {**logits, **own}
+        if not self.weights.keys() <= found.keys():
             return None
-        z = self.bias + sum(w * logits[key] for key, w in self.weights.items())
+        z = self.bias + self.rate * _logit(base_rate)
+        z += sum(w * found[k] for k, w in self.weights.items())
         return float(_expit(np.asarray(z)))
 
 
-class Calibration(Maps):
-    """Maps for every option together, per option, and per (step group, option).
-
-    Options differ in base rate and in how far the model under- or over-states them, and so do
-    groups of steps (a dataset, a kind of task: one-letter answers against worked solutions).
-    An option, or an option within a group, seen on at least `MIN_ROWS` calibration rows gets
-    maps of its own, keyed by the option's tag text as the model reads it (``"deep"``,
-    ``"gpt-4-1106-preview"``) and the step's ``group``.
+class SuccessCalibration(BaseModel):
+    """The success maps and the base rates they read; see the module's docstring.
 
     Attributes:
-        by_option: per option key, its own maps.
-        by_group: per step group, per option key, its own maps.
-        joint: per step group, per option key, its `Joint` success map.
+        shared: the map for any option (reads its own logit).
+        by_option: per option key, its own map (reads its own logit), where the option had at
+            least `MIN_ROWS` calibration rows.
+        by_set: per `option_set`, per option key, a map that reads every option's logit, where
+            at least `MIN_ROWS` calibration steps offered exactly that set.
+        option_rates: per option key, its success rate on the fine-tuning rows.
+        group_rates: per step group, per option key, its rate there, shrunk towards the
+            option's.
     """
 
-    by_option: dict[str, Maps] = {}
-    by_group: dict[str, dict[str, Maps]] = {}
-    joint: dict[str, dict[str, Joint]] = {}
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
-    def maps(self, key: str, group: str | None = None) -> Maps:
-        """The most specific maps there are for option ``key`` in ``group``."""
-        if group is not None:
-            found = self.by_group.get(group, {}).get(key)
-            if found is not None:
-                return found
-        return self.by_option.get(key, self)
+    shared: SuccessMap
+    by_option: dict[str, SuccessMap] = {}
+    by_set: dict[str, dict[str, SuccessMap]] = {}
+    option_rates: dict[str, float] = {}
+    group_rates: dict[str, dict[str, float]] = {}
 
-    def success(self, key: str, group: str | None, logits: Mapping[str, float]) -> float:
+    def base_rate(self, key: str, group: str | None) -> float:
+        """Option ``key``'s base rate in ``group``: the group's, the option's, or the mean."""
+        found = self.group_rates.get(group, {}).get(key) if group is not None else None
+        if found is None:
+            found = self.option_rates.get(key)
+        if found is None:
+            rates = list(self.option_rates.values())
+            found = float(np.mean(rates)) if rates else 0.5
+        return found
+
+    def p(self, key: str, group: str | None, logits: Mapping[str, float]) -> float:
         """The calibrated ``p_success`` of option ``key`` for a step in ``group``.
 
         Args:
             key: the option's key.
             group: the step's group.
             logits: the raw success logits of the step's options, by key (``key``'s included).
-                The group's `Joint` map applies when it has one for ``key`` and every logit
-                it reads is there; the Platt map of `maps` otherwise.
         """
-        joint = self.joint.get(group, {}).get(key) if group is not None else None
-        found = joint.p_success(logits) if joint is not None else None
-        if found is not None:
-            return found
-        return self.maps(key, group).p_success(float(_expit(np.asarray(logits[key]))))
+        rate = self.base_rate(key, group)
+        for candidate in (
+            self.by_set.get(option_set(logits), {}).get(key),
+            self.by_option.get(key),
+            self.shared,
+        ):
+            found = candidate.p_success(key, logits, rate) if candidate is not None else None
+            if found is not None:
+                return found
+        raise InvalidValueError("logits", f"no success logit for option {key!r}")
+
+
+class Calibration(Maps):
+    """The success maps, and cost maps for all options, per option and per (group, option).
+
+    Options differ in how far the model under- or over-states their cost, and so do groups of
+    steps (a dataset, a kind of task: one-letter answers against worked solutions). An option,
+    or an option within a group, seen on at least `MIN_ROWS` calibration rows gets cost maps of
+    its own, keyed by the option's tag text as the model reads it (``"deep"``,
+    ``"gpt-4-1106-preview"``) and the step's ``group``.
+
+    Attributes:
+        success: the success maps.
+        by_option: per option key, its own cost maps.
+        by_group: per step group, per option key, its own cost maps.
+    """
+
+    success: SuccessCalibration
+    by_option: dict[str, Maps] = {}
+    by_group: dict[str, dict[str, Maps]] = {}
+
+    def maps(self, key: str, group: str | None = None) -> Maps:
+        """The most specific cost maps there are for option ``key`` in ``group``."""
+        if group is not None:
+            found = self.by_group.get(group, {}).get(key)
+            if found is not None:
+                return found
+        return self.by_option.get(key, self)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``calibration.json`` into ``folder``; return its path."""
@@ -224,53 +265,41 @@ def _logistic(
     return w
 
 
-def platt(raw: Sequence[float], outcome: Sequence[float]) -> tuple[list[float], list[float]]:
-    """Fit ``p = sigmoid(a * logit(raw) + b)`` by maximum likelihood (Platt scaling).
-
-    Two parameters, so it needs far fewer rows than isotonic regression not to add noise.
-
-    Returns:
-        The map as knots ``(x, y)`` on a grid of 201 raw probabilities, for interpolation.
-    """
-    if len(raw) != len(outcome) or not raw:
-        raise InvalidValueError("raw", "needs as many outcomes as probabilities, at least one")
-    q = np.clip(np.asarray(raw, dtype=float), 1e-6, 1 - 1e-6)
-    features = np.stack([np.log(q / (1 - q)), np.ones_like(q)], axis=1)
-    y = np.asarray(outcome, dtype=float)
-    # A small penalty keeps separable data finite.
-    w = _logistic(features, y, np.full(2, 1e-3), np.array([1.0, 0.0]))
-    grid = np.linspace(0.0, 1.0, 201)
-    g = np.clip(grid, 1e-6, 1 - 1e-6)
-    mapped = _expit(w[0] * np.log(g / (1 - g)) + w[1])
-    if w[0] < 0:  # a model ranking backwards: calibrate to the base rate, never invert
-        mapped = np.full_like(grid, float(y.mean()))
-    return grid.tolist(), np.maximum.accumulate(mapped).tolist()
-
-
-def fit_joint(logits: Mapping[str, Sequence[float]], outcome: Sequence[float]) -> Joint:
-    """Fit a `Joint` map: one option's outcomes on the raw logits of every option, per step.
+def fit_success(
+    logits: Mapping[str, Sequence[float]], base_rates: Sequence[float], outcome: Sequence[float]
+) -> SuccessMap:
+    """Fit a `SuccessMap` on calibration steps.
 
     Args:
-        logits: per option key, the raw success logit of each calibration step.
-        outcome: the option's score on each of those steps.
+        logits: per option key (`OWN` for the forecast option's own), the raw success logit
+            of each step.
+        base_rates: the option's base rate in each step's group.
+        outcome: the option's score on each step.
 
     The weights have a unit L2 penalty (the intercept none): with a few hundred steps a weight
     stays near zero unless the data back it, so an uninformative option's logit changes little.
 
     Raises:
-        InvalidValueError: with no step, or logits and outcomes of different lengths.
+        InvalidValueError: with no step, or logits, rates and outcomes of different lengths.
     """
     keys = sorted(logits)
     y = np.asarray(outcome, dtype=float)
-    if not keys or len(y) == 0 or any(len(logits[k]) != len(y) for k in keys):
-        raise InvalidValueError("logits", "needs one logit per option for every outcome")
-    features = np.column_stack(
-        [*(np.asarray(logits[k], dtype=float) for k in keys), np.ones_like(y)]
-    )
-    ridge = np.r_[np.ones(len(keys)), 1e-6]
-    w = _logistic(features, y, ridge, np.zeros(len(keys) + 1))
-    return Joint(
-        weights={k: float(v) for k, v in zip(keys, w[:-1], strict=True)}, bias=float(w[-1])
+    if (
+        not keys
+        or len(y) == 0
+        or len(base_rates) != len(y)
+        or any(len(logits[k]) != len(y) for k in keys)
+    ):
+        raise InvalidValueError("logits", "needs one logit per option and a rate per outcome")
+    columns = [np.asarray(logits[k], dtype=float) for k in keys]
+    rates = np.asarray([_logit(r) for r in base_rates])
+    features = np.column_stack([*columns, rates, np.ones_like(y)])
+    ridge = np.r_[np.ones(len(keys) + 1), 1e-6]
+    w = _logistic(features, y, ridge, np.zeros(len(keys) + 2))
+    return SuccessMap(
+        weights={k: float(v) for k, v in zip(keys, w[:-2], strict=True)},
+        rate=float(w[-2]),
+        bias=float(w[-1]),
     )
 
 

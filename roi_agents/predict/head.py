@@ -138,7 +138,7 @@ def _forecast(
     """One validated `Forecast` from a checked row of raw head outputs, calibrated when given.
 
     ``logits`` holds the raw success logits of the step's options by `option_key`, this
-    option's included (the calibration's joint maps read them).
+    option's included (the calibration's option-set maps read them).
     """
     p_success = success_probability(values[0])
     ceiling = float(option.max_tokens) if option.max_tokens is not None else math.inf
@@ -146,7 +146,7 @@ def _forecast(
     if calibration is not None:
         key = option_key(option)
         maps = calibration.maps(key, step.group)
-        p_success = calibration.success(key, step.group, logits)
+        p_success = calibration.success.p(key, step.group, logits)
         tokens_z, usd_z = maps.tokens, maps.usd
     shift = float(step.input_tokens or 0)
     tokens = _cost(values[1], values[2], 1.0, shift, ceiling, tokens_z)
@@ -174,7 +174,7 @@ def forecasts(
 ) -> list[Forecast]:
     """The forecasts for `pairs(steps)` from their rows of raw head outputs, in that order.
 
-    Each step's forecasts see the raw success logits of all its options (joint calibration).
+    Each step's forecasts see the raw success logits of all its options (option-set maps).
 
     Raises:
         InvalidValueError: when a row is malformed or rows and pairs do not line up.

@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from roi_agents.errors import InvalidValueError
 from roi_agents.types import SKIP, CostForecast, Forecast, Option, Spend, Step
 
-__all__ = ["PriorPredictor"]
+__all__ = ["PRIOR_STRENGTH", "PriorPredictor"]
+
+# Pseudo-observations behind the estimate a group (or an option) is shrunk towards.
+PRIOR_STRENGTH = 10.0
 
 # Standard normal quantiles.
 _Z90 = 1.2815515655446004
@@ -75,7 +78,7 @@ class PriorPredictor:
         self,
         *,
         group_by: bool = True,
-        prior_strength: float = 10.0,
+        prior_strength: float = PRIOR_STRENGTH,
         default_p_success: float = 0.5,
         default_tokens: float = 512.0,
         default_log_sigma: float = 1.0,

@@ -3,14 +3,14 @@
 Splits are by query id (or by dataset, ``split="dataset"``) and seeded the way the benchmark
 splits (`roi_agents.data.split`): the test part is exactly the queries ``roi-agents bench`` tests
 on with the same seed and training fraction. The training part is split again into fit (80%),
-validation (10%, early stopping) and calibration (10%, Platt, joint and conformal maps).
+validation (10%, early stopping) and calibration (10%, success and conformal cost maps).
 Fitting takes whole queries up to ``max_rows``; the queries left over, up to ``eval_rows`` rows,
 join the calibration part. The maps are fitted on the calibration and validation rows together:
 validation only picks the best of a few snapshots of the fine-tuning, and the maps gain more
 from twice the rows than they lose to that choice (on all of ``shared/data``, held-out Brier
 9.1% below the base rate with calibration rows alone, 9.8% with both; 90% cost-interval
 coverage 0.931 and 0.922). The report evaluates whole test queries, up to ``eval_rows`` rows, so
-that the joint maps see every option of a query.
+that the option-set success maps see every option of a query.
 
 The output folder is a standard Hugging Face checkpoint that ``vllm serve DIR --runner
 pooling`` loads as is, plus ``calibration.json`` (applied client-side by the predictors),
@@ -35,14 +35,17 @@ from roi_agents.data.split import split_by, unit
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.calibration import (
     MIN_ROWS,
+    OWN,
     Calibration,
-    Joint,
     Maps,
+    SuccessCalibration,
+    SuccessMap,
     conformal_quantiles,
-    fit_joint,
-    platt,
+    fit_success,
+    option_set,
 )
 from roi_agents.predict.head import spread, success_probability
+from roi_agents.predict.prior import PRIOR_STRENGTH
 from roi_agents.train.examples import Example, load_examples
 from roi_agents.train.fit import FitSettings, fine_tune, load_base
 from roi_agents.train.metrics import Quality, plot_reliability, quality
@@ -161,7 +164,6 @@ def _take_queries(
 
 
 def _maps(rows: Sequence[Example], outputs: Sequence[Sequence[float]]) -> Maps:
-    x, y = platt([success_probability(o[0]) for o in outputs], [e.success for e in rows])
     tokens = [
         (e.log_tokens - o[1]) / spread(o[2])
         for e, o in zip(rows, outputs, strict=True)
@@ -175,19 +177,94 @@ def _maps(rows: Sequence[Example], outputs: Sequence[Sequence[float]]) -> Maps:
     if not tokens:
         raise InvalidValueError("data", "calibration needs rows with output_tokens")
     return Maps(
-        success_x=tuple(x),
-        success_y=tuple(y),
         tokens=conformal_quantiles(tokens),
         usd=conformal_quantiles(usd) if usd else None,
         rows=len(rows),
     )
 
 
-def calibrate(rows: Sequence[Example], outputs: Sequence[Sequence[float]]) -> Calibration:
-    """Fit the Platt and conformal maps on held-out rows and their raw outputs.
+def _base_rates(
+    rows: Sequence[Example], strength: float = PRIOR_STRENGTH
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Success rates per option, and per group and option.
 
-    Shared maps from every row; an option, and an option within a dataset (the step's group at
-    prediction time), with at least `MIN_ROWS` rows with recorded tokens also get their own.
+    A group's rate is shrunk towards its option's with the weight of ``strength`` rows, as
+    `PriorPredictor` shrinks.
+    """
+    by_option: dict[str, list[float]] = {}
+    by_group: dict[str, dict[str, list[float]]] = {}
+    for e in rows:
+        by_option.setdefault(e.option, []).append(e.success)
+        if e.dataset is not None:
+            by_group.setdefault(e.dataset, {}).setdefault(e.option, []).append(e.success)
+    options = {option: float(np.mean(v)) for option, v in sorted(by_option.items())}
+    groups = {
+        group: {
+            option: float((strength * options[option] + sum(v)) / (strength + len(v)))
+            for option, v in sorted(members.items())
+        }
+        for group, members in sorted(by_group.items())
+    }
+    return options, groups
+
+
+def _fit_success(
+    rows: Sequence[Example], outputs: Sequence[Sequence[float]], rates: SuccessCalibration
+) -> SuccessCalibration:
+    """The success maps, for all rows, per option and per option set (see `calibrate`)."""
+    logits = _query_logits(rows, outputs)
+
+    def fit(index: Sequence[int], keys: Sequence[str]) -> SuccessMap:
+        # `OWN` reads each row's own option; a set's maps read every option's logit by name.
+        columns = {
+            key: [logits[rows[i].query_id][rows[i].option if key == OWN else key] for i in index]
+            for key in keys
+        }
+        return fit_success(
+            columns,
+            [rates.base_rate(rows[i].option, rows[i].dataset) for i in index],
+            [rows[i].success for i in index],
+        )
+
+    by_option: dict[str, list[int]] = {}
+    by_set: dict[str, dict[str, list[int]]] = {}
+    for i, e in enumerate(rows):
+        by_option.setdefault(e.option, []).append(i)
+        by_set.setdefault(option_set(logits[e.query_id]), {}).setdefault(e.option, []).append(i)
+    return rates.model_copy(
+        update={
+            "shared": fit(range(len(rows)), [OWN]),
+            "by_option": {
+                option: fit(index, [OWN])
+                for option, index in sorted(by_option.items())
+                if len(index) >= MIN_ROWS
+            },
+            "by_set": {
+                name: {option: fit(index, sorted(members)) for option, index in members.items()}
+                for name, members in sorted(by_set.items())
+                if len(members) > 1 and min(map(len, members.values())) >= MIN_ROWS
+            },
+        }
+    )
+
+
+def calibrate(
+    rows: Sequence[Example],
+    outputs: Sequence[Sequence[float]],
+    fitted_on: Sequence[Example] = (),
+) -> Calibration:
+    """Fit the success and conformal cost maps on held-out rows and their raw outputs.
+
+    Args:
+        rows: the held-out rows (a query's options together, for the option-set maps).
+        outputs: the checkpoint's raw outputs for them.
+        fitted_on: the rows the checkpoint was fine-tuned on, for the base rates per option
+            and group that the success maps read (none: every rate is 0.5 and the maps fit
+            its weight to zero).
+
+    Success maps for all rows, per option, and per option set where every option of the set
+    has `MIN_ROWS` rows; cost maps for all rows, per option and per (dataset, option) with
+    `MIN_ROWS` rows with recorded tokens.
 
     Raises:
         InvalidValueError: with no row or no recorded token count.
@@ -212,12 +289,17 @@ def calibrate(rows: Sequence[Example], outputs: Sequence[Sequence[float]]) -> Ca
         }
 
     by_group = {group: fitted(members) for group, members in sorted(groups.items())}
-    joint = {group: _joint(rows, outputs, members) for group, members in sorted(groups.items())}
+    option_rates, group_rates = _base_rates(fitted_on)
+    rates = SuccessCalibration(
+        shared=SuccessMap(weights={OWN: 1.0}, bias=0.0),
+        option_rates=option_rates,
+        group_rates=group_rates,
+    )
     return Calibration(
         **shared.model_dump(),
+        success=_fit_success(rows, outputs, rates),
         by_option=fitted(options),
         by_group={group: maps for group, maps in by_group.items() if maps},
-        joint={group: maps for group, maps in joint.items() if maps},
     )
 
 
@@ -231,30 +313,12 @@ def _query_logits(
     return logits
 
 
-def _joint(
-    rows: Sequence[Example], outputs: Sequence[Sequence[float]], members: dict[str, list[int]]
-) -> dict[str, Joint]:
-    """A group's joint success maps, from its queries that have every option with maps."""
-    keys = sorted(option for option, index in members.items() if len(index) >= MIN_ROWS)
-    by_query: dict[str, dict[str, int]] = {}
-    for option in keys:
-        for i in members[option]:
-            by_query.setdefault(rows[i].query_id, {})[option] = i
-    whole = [found for found in by_query.values() if len(found) == len(keys)]
-    if len(keys) < 2 or len(whole) < MIN_ROWS:
-        return {}
-    logits = {key: [outputs[found[key]][0] for found in whole] for key in keys}
-    return {key: fit_joint(logits, [rows[found[key]].success for found in whole]) for key in keys}
-
-
 def _quality(
     rows: Sequence[Example],
     outputs: Sequence[Sequence[float]],
     p: Sequence[float],
     calibration: Calibration,
-    base_rates: dict[str, float],
 ) -> Quality:
-    fallback = float(np.mean(list(base_rates.values())))
     tokens_error, tokens_inside, usd_inside = [], [], []
     for e, o in zip(rows, outputs, strict=True):
         maps = calibration.maps(e.option, e.dataset)
@@ -270,7 +334,7 @@ def _quality(
         [e.success for e in rows],
         p,
         [success_probability(o[0]) for o in outputs],
-        [base_rates.get(e.option, fallback) for e in rows],
+        [calibration.success.base_rate(e.option, None) for e in rows],
         log_tokens_error=tokens_error,
         tokens_inside=tokens_inside,
         usd_inside=usd_inside,
@@ -281,19 +345,18 @@ def evaluate(
     rows: Sequence[Example],
     outputs: Sequence[Sequence[float]],
     calibration: Calibration,
-    base_rates: dict[str, float],
 ) -> tuple[Quality, dict[str, Quality], dict[str, Quality]]:
     """Quality on ``rows`` overall, per dataset and per option.
 
     Args:
-        rows: the held-out rows (a query's options together, for the joint maps).
+        rows: the held-out rows (a query's options together, for the option-set maps).
         outputs: the checkpoint's raw outputs for them.
-        calibration: the maps fitted on the calibration rows.
-        base_rates: per option, the success rate of the training rows (the Brier baseline).
+        calibration: the maps fitted on the calibration rows; its per-option success rates
+            of the fine-tuning rows are the Brier score's baseline.
     """
     logits = _query_logits(rows, outputs)
-    p = [calibration.success(e.option, e.dataset, logits[e.query_id]) for e in rows]
-    overall = _quality(rows, outputs, p, calibration, base_rates)
+    p = [calibration.success.p(e.option, e.dataset, logits[e.query_id]) for e in rows]
+    overall = _quality(rows, outputs, p, calibration)
     groups: dict[str, dict[str, list[int]]] = {"dataset": {}, "option": {}}
     for i, e in enumerate(rows):
         groups["dataset"].setdefault(e.dataset or "-", []).append(i)
@@ -305,7 +368,6 @@ def evaluate(
                 [outputs[i] for i in index],
                 [p[i] for i in index],
                 calibration,
-                base_rates,
             )
             for name, index in sorted(members.items())
         }
@@ -445,16 +507,12 @@ def finish(
         return local.outputs([e.text for e in rows], progress=advance)
 
     held_out = [*parts.calibration, *parts.validation]
-    calibration = calibrate(held_out, outputs("calibrating", held_out))
+    calibration = calibrate(held_out, outputs("calibrating", held_out), parts.fit_all)
     calibration.save(checkpoint)
     evaluated = time.perf_counter()
     test_outputs = outputs("evaluating", parts.test)
     throughput = len(parts.test) / max(time.perf_counter() - evaluated, 1e-9)
-    rates: dict[str, list[float]] = {}
-    for e in parts.fit_all:
-        rates.setdefault(e.option, []).append(e.success)
-    base_rates = {option: float(np.mean(v)) for option, v in rates.items()}
-    overall, by_dataset, by_option = evaluate(parts.test, test_outputs, calibration, base_rates)
+    overall, by_dataset, by_option = evaluate(parts.test, test_outputs, calibration)
     report = TrainReport(
         out=str(checkpoint),
         base=str(base or config.base or ""),

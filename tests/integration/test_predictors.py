@@ -13,7 +13,7 @@ from roi_agents_vllm import VLLMServer
 
 from roi_agents import Option, PriorPredictor, Step
 from roi_agents.predict import LocalPredictor, VLLMPredictor
-from roi_agents.predict.calibration import Calibration, Joint
+from roi_agents.predict.calibration import Calibration, SuccessMap, option_set
 from roi_agents.telemetry import names
 
 pytestmark = pytest.mark.integration
@@ -87,11 +87,17 @@ def test_vllm_and_local_forecasts_agree(pooling_server, checkpoint):
     assert [f.tokens.p90 for f in raw] != [f.tokens.p90 for f in remote]
 
 
-def test_joint_maps_apply_the_same_on_both(pooling_server, checkpoint):
+def test_set_maps_and_group_rates_apply_the_same_on_both(pooling_server, checkpoint):
     stored = Calibration.load(checkpoint)
     assert stored is not None
-    joint = Joint(weights={"fast": -1.0, "deep": 0.5, "tool": 0.2}, bias=0.3)
-    calibration = stored.model_copy(update={"joint": {"g": {"deep": joint}}})
+    joint = SuccessMap(weights={"fast": -1.0, "deep": 0.5, "tool": 0.2}, rate=0.7, bias=0.3)
+    success = stored.success.model_copy(
+        update={
+            "by_set": {option_set(o.name for o in OPTIONS): {"deep": joint}},
+            "group_rates": {"g": {"deep": 0.9}},
+        }
+    )
+    calibration = stored.model_copy(update={"success": success})
     steps = [s.model_copy(update={"group": "g"}) for s in STEPS]
     local_predictor = LocalPredictor(checkpoint, device="cpu")
     local_predictor.calibration = calibration
@@ -103,7 +109,9 @@ def test_joint_maps_apply_the_same_on_both(pooling_server, checkpoint):
     for i, step in enumerate(steps):
         logits = {o.name: raw[3 * i + k][0] for k, o in enumerate(OPTIONS)}
         deep = next(f for f in forecasts if f.step_id == step.id and f.option == "deep")
-        assert deep.p_success == pytest.approx(joint.p_success(logits), abs=1e-3)
+        expected = joint.p_success("deep", logits, 0.9)
+        assert expected is not None
+        assert deep.p_success == pytest.approx(expected, abs=1e-3)
 
 
 async def test_async_predict_agrees(pooling_server, checkpoint):

@@ -1,6 +1,7 @@
 """``roi-agents train``: the checkpoint, its calibration and report; other bases; trace files."""
 
 import json
+import math
 
 import pytest
 from live import build_checkpoint
@@ -51,6 +52,12 @@ def test_the_checkpoint_is_complete_and_reports_on_the_bench_test_queries(
     )
     assert calibration.rows == len(parts.calibration) + len(parts.validation)
     assert calibration.usd is not None
+    # Base rates from every fine-tuning row the split had (used or not), per option and group.
+    rates = calibration.success
+    for option, rate in rates.option_rates.items():
+        own = [e.success for e in parts.fit_all if e.option == option]
+        assert rate == pytest.approx(sum(own) / len(own))
+    assert set(rates.group_rates) == {e.dataset for e in parts.fit_all}
 
 
 def test_local_forecasts_are_calibrated_and_ordered(trained_checkpoint):
@@ -67,9 +74,13 @@ def test_local_forecasts_are_calibrated_and_ordered(trained_checkpoint):
     raw = LocalPredictor(trained_checkpoint, calibrated=False).predict(steps)
     calibration = Calibration.load(trained_checkpoint)
     assert calibration is not None
+    logits: dict[str, dict[str, float]] = {}
+    for r in raw:
+        logits.setdefault(r.step_id, {})[r.option] = math.log(r.p_success / (1 - r.p_success))
     for c, r in zip(calibrated, raw, strict=True):
-        maps = calibration.maps(c.option, None)
-        assert c.p_success == pytest.approx(maps.p_success(r.p_success))
+        expected = calibration.success.p(c.option, None, logits[c.step_id])
+        assert c.p_success == pytest.approx(expected)
+        assert c.p_success != pytest.approx(r.p_success)
         assert 40 <= c.tokens.p50 <= c.tokens.p90 <= c.tokens.p99
         assert c.usd is not None
         assert c.usd.p50 <= c.usd.p90 <= c.usd.p99

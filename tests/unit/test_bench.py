@@ -45,9 +45,15 @@ def test_no_policy_overruns_and_the_oracle_is_the_ceiling(result):
         )
         ours = policies["ours"]
         assert ours.gap_closed == pytest.approx((ours.value - baseline) / (oracle - baseline))
+        # Standard errors over the 8 episodes; the best baseline's paired differences are 0.
+        best = next(r for n, r in policies.items() if r.value == baseline and n != "ours")
+        assert best.gap_closed_se == 0.0
+        assert 0 <= ours.gap_closed_se < 1
+        assert 0 < ours.value_se < ours.value
         assert policies["fixed:mixtral-8x7b-instruct-v0.1"].pgr == pytest.approx(0, abs=1e-9) or (
             policies["fixed:mixtral-8x7b-instruct-v0.1"].truncated > 0
         )
+    assert any(p["ours"].gap_closed_se > 0 for p in result.budgets.values())
 
 
 def test_json_shape(result):
@@ -65,6 +71,8 @@ def test_json_shape(result):
         "pct_oracle",
         "pgr",
         "gap_closed",
+        "gap_closed_se",
+        "value_se",
         "latency_ms_p50",
     ):
         assert key in ours

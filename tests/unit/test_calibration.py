@@ -1,6 +1,5 @@
-"""Platt, joint and split-conformal calibration, and forecasts made through them."""
+"""Success maps, split-conformal cost maps, and forecasts made through them."""
 
-import itertools
 import math
 
 import numpy as np
@@ -12,45 +11,63 @@ from roi_agents import Option, Step
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.calibration import (
     LEVELS,
+    OWN,
     Calibration,
-    Joint,
     Maps,
+    ResidualQuantiles,
+    SuccessCalibration,
+    SuccessMap,
     conformal_quantiles,
-    fit_joint,
-    platt,
+    fit_success,
+    option_set,
 )
 from roi_agents.predict.head import forecasts, input_text, model_input
 
 
-def test_platt_recovers_an_overconfident_model():
+def _sigmoid(z: float) -> float:
+    return 1 / (1 + math.exp(-z))
+
+
+def test_a_success_map_recovers_an_overconfident_model():
     rng = np.random.default_rng(0)
     logit = rng.normal(0, 1, 20_000)
     outcome = (rng.uniform(0, 1, logit.size) < 1 / (1 + np.exp(-logit))).astype(float)
-    raw = 1 / (1 + np.exp(-3 * logit))  # three times too sure of itself
-    x, y = platt(raw.tolist(), outcome.tolist())
+    said = 3 * logit  # three times too sure of itself
+    fitted = fit_success({OWN: said.tolist()}, [0.5] * logit.size, outcome.tolist())
+    assert fitted.weights[OWN] == pytest.approx(1 / 3, abs=0.02)
     for true_logit in (-1.0, 0.0, 1.5):
-        said = 1 / (1 + math.exp(-3 * true_logit))
-        truth = 1 / (1 + math.exp(-true_logit))
-        assert float(np.interp(said, x, y)) == pytest.approx(truth, abs=0.02)
+        p = fitted.p_success("o", {"o": 3 * true_logit}, 0.5)
+        assert p == pytest.approx(_sigmoid(true_logit), abs=0.02)
+
+
+def test_a_success_map_reads_the_group_base_rate():
+    # The model's logit is noise; each group's own success rate is all there is to know.
+    rng = np.random.default_rng(3)
+    rates = rng.choice([0.2, 0.5, 0.8], 6000)
+    outcome = (rng.uniform(0, 1, rates.size) < rates).astype(float)
+    fitted = fit_success({OWN: rng.normal(0, 1, rates.size).tolist()}, rates.tolist(), outcome)
+    assert fitted.rate == pytest.approx(1.0, abs=0.1)
+    assert abs(fitted.weights[OWN]) < 0.05
+    for rate in (0.2, 0.8):
+        assert fitted.p_success("o", {"o": 0.0}, rate) == pytest.approx(rate, abs=0.03)
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    st.lists(st.tuples(st.floats(0, 1), st.sampled_from([0.0, 0.5, 1.0])), min_size=1, max_size=60)
-)
-def test_platt_map_is_non_decreasing_and_within_zero_one(rows):
-    x, y = platt([r[0] for r in rows], [r[1] for r in rows])
-    assert x[0] == 0.0
-    assert x[-1] == 1.0
-    assert all(b >= a for a, b in itertools.pairwise(y))
-    assert all(0.0 <= v <= 1.0 for v in y)
+@given(st.lists(st.sampled_from([0.0, 0.5, 1.0]), min_size=1, max_size=60), st.floats(-5, 5))
+def test_a_success_map_of_one_raw_value_says_the_mean_outcome(outcome, logit):
+    fitted = fit_success({OWN: [logit] * len(outcome)}, [0.3] * len(outcome), outcome)
+    p = fitted.p_success("o", {"o": logit}, 0.3)
+    assert 0.0 <= p <= 1.0
+    assert p == pytest.approx(float(np.mean(outcome)), abs=0.01)
 
 
-def test_platt_never_inverts_a_backwards_model():
-    x, y = platt([0.9, 0.8, 0.2, 0.1] * 50, [0.0, 0.0, 1.0, 1.0] * 50)
-    assert y == pytest.approx([0.5] * len(x))
+def test_fit_success_rejects_rows_that_do_not_line_up():
     with pytest.raises(InvalidValueError):
-        platt([], [])
+        fit_success({}, [], [])
+    with pytest.raises(InvalidValueError):
+        fit_success({OWN: [0.0, 1.0]}, [0.5, 0.5], [1.0])
+    with pytest.raises(InvalidValueError):
+        fit_success({OWN: [0.0]}, [], [1.0])
 
 
 def test_conformal_quantiles_cover_new_draws_at_their_level():
@@ -76,9 +93,10 @@ def test_conformal_rank_is_the_finite_sample_one():
 
 
 def _calibration(shift=0.0):
+    # The shared success map: raw logit 0 -> 0.2.
+    shared = SuccessMap(weights={OWN: 1.0}, bias=math.log(0.2 / 0.8))
     return Calibration(
-        success_x=(0.0, 0.5, 1.0),
-        success_y=(0.1, 0.2, 0.9),
+        success=SuccessCalibration(shared=shared),
         tokens=conformal_quantiles((np.linspace(-2, 2, 401) + shift).tolist()),
         rows=401,
     )
@@ -89,26 +107,35 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
     calibration.save(tmp_path)
     assert Calibration.load(tmp_path) == calibration
     assert Calibration.load(tmp_path / "nowhere") is None
-    (tmp_path / "calibration.json").write_text('{"success_x": [0.5], "success_y": [2.0]}')
+    (tmp_path / "calibration.json").write_text('{"rows": 3}')
     with pytest.raises(InvalidValueError, match="calibration"):
         Calibration.load(tmp_path)
     with pytest.raises(ValueError, match="must not decrease"):
-        Calibration(
-            success_x=(0.0, 1.0),
-            success_y=(0.6, 0.4),
-            tokens=calibration.tokens,
-            rows=3,
-        )
+        ResidualQuantiles(z=tuple(reversed(calibration.tokens.z)))
     assert len(calibration.tokens.z) == len(LEVELS)
+
+
+def test_base_rates_fall_back_from_group_to_option_to_their_mean():
+    success = SuccessCalibration(
+        shared=SuccessMap(weights={OWN: 1.0}, bias=0.0),
+        option_rates={"fast": 0.4, "deep": 0.8},
+        group_rates={"math": {"deep": 0.9}},
+    )
+    assert success.base_rate("deep", "math") == 0.9
+    assert success.base_rate("deep", "law") == 0.8
+    assert success.base_rate("fast", "math") == 0.4
+    assert success.base_rate("new", None) == pytest.approx(0.6)
+    assert SuccessCalibration(shared=success.shared).base_rate("new", "math") == 0.5
 
 
 def test_the_most_specific_maps_apply():
     shared, deep, deep_math = _calibration(), _calibration(1.0), _calibration(2.0)
-    only_maps = {"by_option", "by_group"}
-    calibration = Calibration(
-        **shared.model_dump(exclude=only_maps),
-        by_option={"deep": Maps(**deep.model_dump(exclude=only_maps))},
-        by_group={"math": {"deep": Maps(**deep_math.model_dump(exclude=only_maps))}},
+    only_maps = {"by_option", "by_group", "success"}
+    calibration = shared.model_copy(
+        update={
+            "by_option": {"deep": Maps(**deep.model_dump(exclude=only_maps))},
+            "by_group": {"math": {"deep": Maps(**deep_math.model_dump(exclude=only_maps))}},
+        }
     )
     assert calibration.maps("deep", "math").tokens == deep_math.tokens
     assert calibration.maps("deep", "law").tokens == deep.tokens
@@ -145,26 +172,30 @@ def test_long_texts_are_cut_the_same_way_everywhere():
     assert model_input((), "short") == "short"
 
 
-def test_joint_map_learns_one_option_from_the_others_logit():
+def test_a_set_map_learns_one_option_from_the_others_logit():
     # The dear option's own logit is noise; whether it succeeds follows the cheap one's.
     rng = np.random.default_rng(2)
     cheap, dear = rng.normal(0, 1, 8000), rng.normal(0, 1, 8000)
     outcome = rng.uniform(0, 1, cheap.size) < 1 / (1 + np.exp(-(1.5 + cheap)))
-    joint = fit_joint({"cheap": cheap.tolist(), "dear": dear.tolist()}, outcome.tolist())
-    assert joint.weights["cheap"] == pytest.approx(1.0, abs=0.1)
-    assert joint.weights["dear"] == pytest.approx(0.0, abs=0.1)
-    assert joint.bias == pytest.approx(1.5, abs=0.1)
-    assert joint.p_success({"cheap": 0.5, "dear": 9.0}) == pytest.approx(
-        1 / (1 + math.exp(-(joint.bias + 0.5 * joint.weights["cheap"] + 9 * joint.weights["dear"])))
+    logits = {"cheap": cheap.tolist(), "dear": dear.tolist()}
+    fitted = fit_success(logits, [0.5] * cheap.size, outcome.tolist())
+    assert fitted.weights["cheap"] == pytest.approx(1.0, abs=0.1)
+    assert fitted.weights["dear"] == pytest.approx(0.0, abs=0.1)
+    assert fitted.bias == pytest.approx(1.5, abs=0.1)
+    w = fitted.weights
+    assert fitted.p_success("dear", {"cheap": 0.5, "dear": 9.0}, 0.5) == pytest.approx(
+        _sigmoid(fitted.bias + 0.5 * w["cheap"] + 9 * w["dear"])
     )
-    assert joint.p_success({"dear": 0.0}) is None  # a logit it reads is missing
-    with pytest.raises(InvalidValueError):
-        fit_joint({"cheap": [0.0, 1.0]}, [1.0])
+    assert fitted.p_success("dear", {"dear": 0.0}, 0.5) is None  # a logit it reads is missing
 
 
-def test_joint_maps_apply_when_the_step_has_every_option_they_read(tmp_path):
-    joint = Joint(weights={"cheap": -2.0, "deep": 0.0}, bias=1.0)
-    calibration = _calibration().model_copy(update={"joint": {"math": {"deep": joint}}})
+def test_set_maps_apply_when_the_step_offers_exactly_their_options(tmp_path):
+    deep_map = SuccessMap(weights={"cheap": -2.0, "deep": 0.0}, bias=1.0)
+    calibration = _calibration()
+    success = calibration.success.model_copy(
+        update={"by_set": {option_set(["deep", "cheap"]): {"deep": deep_map}}}
+    )
+    calibration = calibration.model_copy(update={"success": success})
     calibration.save(tmp_path)
     assert Calibration.load(tmp_path) == calibration
     step = Step(
@@ -179,11 +210,11 @@ def test_joint_maps_apply_when_the_step_has_every_option_they_read(tmp_path):
         return forecasts([step], rows, source="local", calibration=calibration)[1].p_success
 
     # The deep option's own logit is the same; the cheap one's moves its probability.
-    assert deep(1.0) == pytest.approx(1 / (1 + math.exp(1.0)))
-    assert deep(-1.0) == pytest.approx(1 / (1 + math.exp(-3.0)))
+    assert deep(1.0) == pytest.approx(_sigmoid(-1.0))
+    assert deep(-1.0) == pytest.approx(_sigmoid(3.0))
     alone = Step(id="a", text="t", group="math", options=(Option(name="deep"),))
-    platt_only = forecasts([alone], [[0.0, 4.0, 0.0]], source="local", calibration=calibration)
-    assert platt_only[0].p_success == pytest.approx(0.2)  # the Platt map: raw 0.5 -> 0.2
+    shared = forecasts([alone], [[0.0, 4.0, 0.0]], source="local", calibration=calibration)
+    assert shared[0].p_success == pytest.approx(0.2)  # the shared map: raw logit 0 -> 0.2
     with pytest.raises(InvalidValueError, match="rows"):
         forecasts([step], [[0.0, 4.0, 0.0]], source="local", calibration=calibration)
 

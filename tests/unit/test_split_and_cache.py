@@ -94,7 +94,7 @@ def test_training_fits_whole_queries_and_calibrates_on_the_ones_left_over(shared
     assert not (fit | calibration) & {e.query_id for e in parts.test}
     test = [e.query_id for e in parts.test]
     assert 298 <= len(test) <= 300
-    assert all(test.count(q) == 2 for q in test)  # whole queries, for the joint maps
+    assert all(test.count(q) == 2 for q in test)  # whole queries, for the option-set maps
     # The 10% calibration split plus up to eval_rows rows of left-over queries.
     known, _ = split_by(load_examples(config.data), lambda e: e.query_id, [0.5], config.seed)
     _, _, ten_percent = split_by(known, lambda e: e.query_id, [0.8, 0.9], config.seed, "fit")
@@ -102,31 +102,41 @@ def test_training_fits_whole_queries_and_calibrates_on_the_ones_left_over(shared
     assert split(config).calibration == parts.calibration  # seeded
 
 
-def test_calibration_fits_joint_maps_where_a_group_has_enough_whole_queries():
+def test_calibration_reads_every_option_and_the_group_rate():
     import numpy as np
+    import pytest
 
+    from roi_agents.predict.calibration import option_set
     from roi_agents.train.examples import Example
     from roi_agents.train.pipeline import calibrate, evaluate
 
     rng = np.random.default_rng(0)
-    rows, outputs = [], []
-    for group, queries in (("big", 300), ("small", 40)):
+    rows, outputs, fitted_on = [], [], []
+    # Groups differ in how often the dear option succeeds; the model cannot tell them apart.
+    for group, queries, dear_rate in (("easy", 300, 0.9), ("hard", 300, 0.4), ("solo", 60, 0.5)):
+        options = ("cheap", "dear") if group != "solo" else ("dear",)
         for q in range(queries):
             hard = rng.normal()
-            for option in ("cheap", "dear"):
+            for option in options:
                 # The cheap option's logit knows the query; the dear one's is noise.
                 logit = -hard if option == "cheap" else rng.normal()
-                success = float(rng.uniform() < 1 / (1 + np.exp(hard - 1.0)))
+                rate = 1 / (1 + np.exp(hard - 1.0)) if option == "cheap" else dear_rate
+                success, seen = (float(rng.uniform() < rate) for _ in range(2))
                 rows.append(Example(f"{group}{q}", group, option, "t", success, 3.0, None))
                 outputs.append([logit, 3.0, 0.0])
-    calibration = calibrate(rows, outputs)
-    assert set(calibration.joint) == {"big"}  # "small" has 40 queries, fewer than MIN_ROWS
-    dear = calibration.joint["big"]["dear"]
-    assert dear.weights["cheap"] > 0.5 > abs(dear.weights["dear"])
-    base_rates = {"cheap": 0.5, "dear": 0.5}
-    _, joint, _ = evaluate(rows, outputs, calibration, base_rates)
-    platt_only = calibration.model_copy(update={"joint": {}})
-    _, per_option, _ = evaluate(rows, outputs, platt_only, base_rates)
-    # Platt can only give the dear option its base rate; the joint map reads the cheap logit.
-    assert joint["big"].brier < per_option["big"].brier - 0.01
-    assert joint["small"] == per_option["small"]
+                fitted_on.append(Example(f"f{group}{q}", group, option, "t", seen, 3.0, None))
+    calibration = calibrate(rows, outputs, fitted_on)
+    success = calibration.success
+    assert success.group_rates["easy"]["dear"] == pytest.approx(0.9, abs=0.05)
+    assert set(success.by_set) == {option_set(["cheap", "dear"])}  # "solo" offers one option
+    dear = success.by_set["cheap|dear"]["dear"]
+    assert dear.rate > 0.5 > abs(dear.weights["dear"])
+    cheap = success.by_set["cheap|dear"]["cheap"]
+    assert cheap.weights["cheap"] > 0.5
+    by_group = evaluate(rows, outputs, calibration)[1]
+    # Without the rates every map can only give the dear option about its overall rate.
+    blind = calibrate(rows, outputs)
+    assert blind.success.option_rates == {}
+    blind_by_group = evaluate(rows, outputs, blind)[1]
+    for group in ("easy", "hard"):
+        assert by_group[group].brier < blind_by_group[group].brier - 0.01
