@@ -33,7 +33,7 @@ import numpy as np
 
 from roi_agents.allocate import Controller, SolverName
 from roi_agents.allocate._milp import solve_milp
-from roi_agents.data.replay import ReplayQuery
+from roi_agents.data.replay import ReplayQuery, split_id
 from roi_agents.data.split import split_by
 from roi_agents.errors import DataError, InvalidValueError
 from roi_agents.predict.base import Predictor
@@ -186,7 +186,7 @@ def split_queries(
     ``roi-agents train`` splits the same way, so a checkpoint trained with the bench's seed and
     training fraction never saw the bench's test queries.
     """
-    train, test = split_by(queries, lambda q: q.query_id, [train_fraction], seed)
+    train, test = split_by(queries, lambda q: split_id(q.query_id), [train_fraction], seed)
     return train, test
 
 

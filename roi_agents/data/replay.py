@@ -16,7 +16,10 @@ field               meaning
 ``text``            the prompt as the model saw it
 =================== ==========================================================================
 
-Any number of options per query is accepted, and a query may lack some options.
+Any number of options per query is accepted, and a query may lack some options. Query ids need
+only be unique within a file: when files are loaded together, a query whose id an earlier file
+already used gets the file's name after it (`FROM_FILE`), so queries of different files never
+merge; seeded splits read the id before it (`split_id`), whichever files are loaded.
 """
 
 from __future__ import annotations
@@ -103,6 +106,31 @@ class ReplayQuery:
     outcomes: dict[str, ReplayRecord]
 
 
+FROM_FILE = " @ "
+
+
+def split_id(query_id: str) -> str:
+    """The id a seeded split reads: ``query_id`` without the file a clash appended."""
+    return query_id.partition(FROM_FILE)[0]
+
+
+class QueryIds:
+    """Gives each file's query ids, making them unique across the files loaded together."""
+
+    def __init__(self) -> None:
+        self._earlier: set[str] = set()
+        self._current: set[str] = set()
+        self._file: Path | None = None
+
+    def __call__(self, file: Path, query_id: str) -> str:
+        """The id of query ``query_id`` of ``file``, files taken in order."""
+        if file != self._file:
+            self._earlier |= self._current
+            self._current, self._file = set(), file
+        self._current.add(query_id)
+        return f"{query_id}{FROM_FILE}{file.name}" if query_id in self._earlier else query_id
+
+
 def jsonl_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """The non-blank lines of a JSONL file with their 1-based numbers.
 
@@ -148,12 +176,14 @@ def load_replay(paths: str | Path | Iterable[str | Path]) -> list[ReplayQuery]:
     """
     files = replay_files([paths] if isinstance(paths, str | Path) else paths)
     queries: dict[str, ReplayQuery] = {}
+    ids = QueryIds()
     for file in files:
         for record in read_records(file):
-            query = queries.get(record.query_id)
+            query_id = ids(file, record.query_id)
+            query = queries.get(query_id)
             if query is None:
-                query = ReplayQuery(record.query_id, record.dataset, record.text, {})
-                queries[record.query_id] = query
+                query = ReplayQuery(query_id, record.dataset, record.text, {})
+                queries[query_id] = query
             if record.option in query.outcomes:
                 msg = f"query {record.query_id!r} has option {record.option!r} twice"
                 raise DataError(str(file), None, msg)

@@ -34,10 +34,11 @@ def read_spans(path: str | Path) -> Iterator[dict[str, Any]]:
 def replay_records(path: str | Path) -> list[ReplayRecord]:
     """Every decision that ran and whose success is known, as a replay record.
 
-    The step id is the query, the option the option, the step's group the dataset, its recorded
-    text (``roi.step.text``) the text; token counts and USD are the recorded usage. This is how
-    a deployment learns from its own traffic: the records train a predictor exactly like a
-    replay file.
+    The step within its trace (``trace_id:step_id``: steps of different runs never merge) is the
+    query, the option the option, the step's group the dataset, its recorded text
+    (``roi.step.text``) the text; token counts and USD are the recorded usage. This is how a
+    deployment learns from its own traffic: the records train a predictor exactly like a replay
+    file.
     """
     out = []
     for span in read_spans(path):
@@ -48,7 +49,7 @@ def replay_records(path: str | Path) -> list[ReplayRecord]:
             continue
         out.append(
             ReplayRecord(
-                query_id=str(a[names.STEP_ID]),
+                query_id=":".join(str(k) for k in (span.get("trace_id"), a[names.STEP_ID]) if k),
                 dataset=a.get(names.STEP_GROUP),
                 option=str(a[names.OPTION]),
                 input_tokens=int(a[names.GEN_AI_USAGE_INPUT_TOKENS]),

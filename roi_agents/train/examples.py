@@ -8,7 +8,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from roi_agents.data.replay import ReplayRecord, jsonl_lines, read_records, replay_files
+from roi_agents.data.replay import (
+    QueryIds,
+    ReplayRecord,
+    jsonl_lines,
+    read_records,
+    replay_files,
+)
 from roi_agents.errors import DataError
 from roi_agents.predict.head import model_input
 from roi_agents.telemetry.records import replay_records
@@ -77,9 +83,11 @@ def load_examples(paths: Sequence[str | Path]) -> list[Example]:
     """
     files = replay_files(paths)
     examples: list[Example] = []
+    ids = QueryIds()
     for file in files:
         records = replay_records(file) if _is_trace(file) else list(read_records(file))
-        examples.extend(to_examples(records))
+        unique = [r.model_copy(update={"query_id": ids(file, r.query_id)}) for r in records]
+        examples.extend(to_examples(unique))
     if not examples:
         raise DataError(", ".join(map(str, files)) or "--data", None, "no examples")
     return examples

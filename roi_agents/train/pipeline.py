@@ -31,6 +31,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from roi_agents.data.replay import split_id
 from roi_agents.data.split import split_by, unit
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.calibration import (
@@ -137,7 +138,7 @@ def default_base() -> Path:
 def _key(split: str) -> Callable[[Example], str]:
     if split == "dataset":
         return lambda e: e.dataset or ""
-    return lambda e: e.query_id
+    return lambda e: split_id(e.query_id)
 
 
 def _sample(rows: list[Example], limit: int, seed: int) -> list[Example]:

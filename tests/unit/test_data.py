@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from roi_agents.bench.simulate import split_queries
 from roi_agents.data import (
     ReplayRecord,
     convert_pricing_reversal,
@@ -15,7 +16,10 @@ from roi_agents.data import (
     pull,
     read_records,
 )
+from roi_agents.data.replay import split_id
 from roi_agents.errors import DataError
+from roi_agents.train import load_examples
+from roi_agents.train.pipeline import TrainConfig, split
 
 REQUIRED = {"query_id", "option", "score"}
 
@@ -82,6 +86,30 @@ def test_loading_accepts_missing_fields_graded_scores_and_partial_options(tmp_pa
     assert [sorted(q.outcomes) for q in queries] == [["x", "y"], ["z"]]
     assert queries[0].outcomes["x"].cost("tokens") is None
     assert queries[0].outcomes["y"].cost("tokens") == 7
+
+
+def test_files_loaded_together_keep_their_queries_apart(tmp_path):
+    # Both files number their queries from 0: ids are unique within a file only.
+    for name, text in (("a.jsonl", "alpha"), ("b.jsonl", "beta")):
+        lines = [
+            {"query_id": str(q), "option": option, "score": 1, "cost_usd": 1, "text": f"{text}{q}"}
+            for q in range(40)
+            for option in ("x", "y")
+        ]
+        (tmp_path / name).write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    queries = load_replay([tmp_path / "a.jsonl", tmp_path / "b.jsonl"])
+    assert len(queries) == 80
+    assert all(q.text.startswith("alpha" if "@" not in q.query_id else "beta") for q in queries)
+    assert queries[40].query_id == "0 @ b.jsonl"
+    assert split_id(queries[40].query_id) == "0"
+    examples = load_examples([tmp_path])  # a folder: both files
+    assert sorted({e.query_id for e in examples}) == sorted(q.query_id for q in queries)
+    # A query's side of a split is the same whether its file is loaded alone or not.
+    _, alone = split_queries(load_replay(tmp_path / "b.jsonl"), 0.5, seed=0)
+    _, together = split_queries(queries, 0.5, seed=0)
+    assert {q.text for q in alone} == {q.text for q in together if q.text.startswith("beta")}
+    held = split(TrainConfig(data=[tmp_path], out=tmp_path / "out", eval_rows=400)).test
+    assert {e.text.split("] ")[1] for e in held} == {q.text for q in together}  # "[x] alpha0"
 
 
 @pytest.mark.parametrize(

@@ -160,6 +160,9 @@ def test_jsonl_round_trip_report_and_training_records(tmp_path):
     assert {r.option for r in records} <= {"fast", "deep"}
     assert all(r.score == (1.0 if r.option == "deep" else 0.0) for r in records)
     assert all(r.dataset == "demo" for r in records)
+    # The runs share step ids; each run's steps are queries of their own (trace id first).
+    assert len({r.query_id.split(":")[1] for r in records}) < len(records)
+    assert len({r.query_id for r in records}) == len(records)
     # The records train a predictor exactly like a replay file.
     from roi_agents import PriorPredictor
 
