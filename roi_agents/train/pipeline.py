@@ -7,10 +7,10 @@ validation (10%, early stopping) and calibration (10%, success and conformal cos
 Fitting takes whole queries up to ``max_rows``; the queries left over, up to ``eval_rows`` rows,
 join the calibration part. The maps are fitted on the calibration and validation rows together:
 validation only picks the best of a few snapshots of the fine-tuning, and the maps gain more
-from twice the rows than they lose to that choice (on all of ``shared/data``, held-out Brier
-9.1% below the base rate with calibration rows alone, 9.8% with both; 90% cost-interval
-coverage 0.931 and 0.922). The report evaluates whole test queries, up to ``eval_rows`` rows, so
-that the option-set success maps see every option of a query.
+from twice the rows than they lose to that choice (on all of ``shared/data``, with the earlier
+per-option maps: held-out Brier 9.1% below the base rate with calibration rows alone, 9.8% with
+both; 90% cost-interval coverage 0.931 and 0.922). The report evaluates whole test queries, up
+to ``eval_rows`` rows, so that the option-set success maps see every option of a query.
 
 The output folder is a standard Hugging Face checkpoint that ``vllm serve DIR --runner
 pooling`` loads as is, plus ``calibration.json`` (applied client-side by the predictors),
