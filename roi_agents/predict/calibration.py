@@ -140,7 +140,8 @@ class SuccessCalibration(BaseModel):
     """The success maps and the base rates they read; see the module's docstring.
 
     Attributes:
-        shared: the map for any option (reads its own logit).
+        shared: the map for any option (reads its own logit); before fitting, the raw
+            probability.
         by_option: per option key, its own map (reads its own logit), where the option had at
             least `MIN_ROWS` calibration rows.
         by_set: per `option_set`, per option key, a map that reads every option's logit, where
@@ -152,7 +153,7 @@ class SuccessCalibration(BaseModel):
 
     model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
-    shared: SuccessMap
+    shared: SuccessMap = SuccessMap(weights={OWN: 1.0}, bias=0.0)
     by_option: dict[str, SuccessMap] = {}
     by_set: dict[str, dict[str, SuccessMap]] = {}
     option_rates: dict[str, float] = {}

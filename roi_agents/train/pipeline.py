@@ -291,11 +291,7 @@ def calibrate(
 
     by_group = {group: fitted(members) for group, members in sorted(groups.items())}
     option_rates, group_rates = _base_rates(fitted_on)
-    rates = SuccessCalibration(
-        shared=SuccessMap(weights={OWN: 1.0}, bias=0.0),
-        option_rates=option_rates,
-        group_rates=group_rates,
-    )
+    rates = SuccessCalibration(option_rates=option_rates, group_rates=group_rates)
     return Calibration(
         **shared.model_dump(),
         success=_fit_success(rows, outputs, rates),
