@@ -6,9 +6,9 @@ options (cheap, dear) ordered by their mean recorded cost, the queries are ranke
 predicted gain ``p(dear) - p(cheap)`` and by ``-p(cheap)`` (upgrade where the cheap option is
 expected to fail); the table gives the mean recorded gain ``score(dear) - score(cheap)`` of the
 top 5%, 10%, 25% and 50%, against every query (what a random choice of upgrades gets) and the
-clairvoyant ranking. The grouped prior predicts the same for every query of a dataset, so it
-ranks no better than chance: a learned predictor earns its keep above the "all" column. Last,
-the success AUC among each option's test rows.
+clairvoyant ranking. The grouped prior predicts the same for every query of a dataset (an MMLU
+subject), so it ranks datasets, not queries: a learned predictor earns its keep where it ranks
+better than the prior does. Last, the success AUC among each option's test rows.
 """
 
 from __future__ import annotations

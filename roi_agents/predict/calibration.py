@@ -3,17 +3,22 @@
 Stored as ``calibration.json`` beside the checkpoint (the server returns raw head outputs;
 `LocalPredictor` and `VLLMPredictor` apply it):
 
-* ``p_success``: a logistic regression of the outcome on the raw success logits of the step's
-  options and on the logit of the step group's base rate (`SuccessMap`). The base rate is the
-  success rate of the option within the step's group (a dataset, a subject) on the fine-tuning
-  rows, shrunk towards the option's rate like `PriorPredictor` shrinks a group; the model reads
-  one step at a time and cannot count how often an option succeeds on a whole subject (on all
-  of ``shared/data`` the group rates alone are 8% below the per-option rate's Brier score).
+* ``p_success``: the logit of the option's base rate in the step's group plus a weighted sum of
+  the raw success logits of the step's options, each centred on its mean in the group
+  (`SuccessMap`). The base rate is the option's success rate within the step's group (a
+  dataset, a subject) on the fine-tuning rows, shrunk towards the option's rate like
+  `PriorPredictor` shrinks a group; the model reads one step at a time and cannot count how
+  often an option succeeds on a whole subject. The centres are the mean raw logits on the
+  held-out rows, shrunk the same way. So the level of a forecast (how often an option
+  succeeds in a group, and how much a dearer option gains there) comes from the fine-tuning
+  rows, four times as many as the held-out ones, and the held-out rows only fit how far a
+  step's logits move it from that level (on all of ``shared/data`` the held-out rows' own
+  level put GPT-4's gain over Mixtral on MMLU at 0.06 where the fine-tuning rows say 0.13).
   Reading every option's logit matters because the controller acts on differences between
   options (is the dear one worth it here?): calibrating each option on its own logit can leave
   those differences pointing the wrong way. Maps are fitted per option set (the options a step
   offers), per option (its own logit only) and for all rows, and the most specific one that
-  applies is used. Two to a dozen weights with a unit ridge: a weight stays near zero unless
+  applies is used. One to a dozen weights with a unit ridge: a weight stays near zero unless
   the held-out rows back it (isotonic regression was tried: on ~500 held-out rows per option
   its steps added noise);
 * cost (`Maps`): split-conformal quantiles of the standardised residual
@@ -110,38 +115,44 @@ def _logit(p: float) -> float:
 
 
 class SuccessMap(BaseModel):
-    """``p_success = sigmoid(bias + sum of weights[k] * logit[k] + rate * logit(base rate))``.
+    """``p_success = sigmoid(logit(base rate) + sum of weights[k] * centred logit[k])``.
 
     Attributes:
         weights: per option key, the weight of that option's raw success logit for the same
-            step; the key `OWN` stands for the forecast option's own logit.
-        rate: the weight of the logit of the option's base rate in the step's group.
-        bias: the intercept.
+            step, less its centre (`SuccessCalibration.centre`); the key `OWN` stands for the
+            forecast option's own logit.
+
+    A map written by an earlier release (with ``bias`` and ``rate``) is refused, not misread:
+    re-calibrate the checkpoint.
     """
 
-    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False, extra="forbid")
 
     weights: Annotated[dict[str, float], Field(min_length=1)]
-    rate: float = 0.0
-    bias: float
 
-    def p_success(self, key: str, logits: Mapping[str, float], base_rate: float) -> float | None:
-        """The calibrated probability of option ``key``; ``None`` without a logit it reads."""
-        own = {OWN: logits[key]} if key in logits else {}
-        found = {**logits, **own}
+    def p_success(self, key: str, centred: Mapping[str, float], base_rate: float) -> float | None:
+        """The calibrated probability of option ``key``; ``None`` without a logit it reads.
+
+        Args:
+            key: the forecast option's key.
+            centred: the step's options' raw success logits less their centres, by key.
+            base_rate: the option's base rate in the step's group.
+        """
+        own = {OWN: centred[key]} if key in centred else {}
+        found = {**centred, **own}
         if not self.weights.keys() <= found.keys():
             return None
-        z = self.bias + self.rate * _logit(base_rate)
-        z += sum(w * found[k] for k, w in self.weights.items())
+        z = _logit(base_rate) + sum(w * found[k] for k, w in self.weights.items())
         return float(_expit(np.asarray(z)))
 
 
 class SuccessCalibration(BaseModel):
-    """The success maps and the base rates they read; see the module's docstring.
+    """The success maps, and the base rates and centres they read; see the module's docstring.
+
+    Unfitted (every rate 0.5, every centre 0), it gives the raw probability.
 
     Attributes:
-        shared: the map for any option (reads its own logit); before fitting, the raw
-            probability.
+        shared: the map for any option (reads its own logit).
         by_option: per option key, its own map (reads its own logit), where the option had at
             least `MIN_ROWS` calibration rows.
         by_set: per `option_set`, per option key, a map that reads every option's logit, where
@@ -149,25 +160,37 @@ class SuccessCalibration(BaseModel):
         option_rates: per option key, its success rate on the fine-tuning rows.
         group_rates: per step group, per option key, its rate there, shrunk towards the
             option's.
+        option_centres: per option key, its mean raw success logit on the held-out rows.
+        group_centres: per step group, per option key, its mean there, shrunk towards the
+            option's.
     """
 
     model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
-    shared: SuccessMap = SuccessMap(weights={OWN: 1.0}, bias=0.0)
+    shared: SuccessMap = SuccessMap(weights={OWN: 1.0})
     by_option: dict[str, SuccessMap] = {}
     by_set: dict[str, dict[str, SuccessMap]] = {}
     option_rates: dict[str, float] = {}
     group_rates: dict[str, dict[str, float]] = {}
+    option_centres: dict[str, float] = {}
+    group_centres: dict[str, dict[str, float]] = {}
 
     def base_rate(self, key: str, group: str | None) -> float:
         """Option ``key``'s base rate in ``group``: the group's, the option's, or the mean."""
-        found = self.group_rates.get(group, {}).get(key) if group is not None else None
-        if found is None:
-            found = self.option_rates.get(key)
+        found = _lookup(self.group_rates, self.option_rates, key, group)
         if found is None:
             rates = list(self.option_rates.values())
             found = float(np.mean(rates)) if rates else 0.5
         return found
+
+    def centre(self, key: str, group: str | None) -> float:
+        """Option ``key``'s centre in ``group``: the group's, the option's, or 0."""
+        found = _lookup(self.group_centres, self.option_centres, key, group)
+        return 0.0 if found is None else found
+
+    def centred(self, group: str | None, logits: Mapping[str, float]) -> dict[str, float]:
+        """The raw success logits of a step in ``group`` less their centres, by key."""
+        return {k: v - self.centre(k, group) for k, v in logits.items()}
 
     def p(self, key: str, group: str | None, logits: Mapping[str, float]) -> float:
         """The calibrated ``p_success`` of option ``key`` for a step in ``group``.
@@ -177,16 +200,26 @@ class SuccessCalibration(BaseModel):
             group: the step's group.
             logits: the raw success logits of the step's options, by key (``key``'s included).
         """
-        rate = self.base_rate(key, group)
+        rate, centred = self.base_rate(key, group), self.centred(group, logits)
         for candidate in (
             self.by_set.get(option_set(logits), {}).get(key),
             self.by_option.get(key),
             self.shared,
         ):
-            found = candidate.p_success(key, logits, rate) if candidate is not None else None
+            found = candidate.p_success(key, centred, rate) if candidate is not None else None
             if found is not None:
                 return found
         raise InvalidValueError("logits", f"no success logit for option {key!r}")
+
+
+def _lookup(
+    by_group: Mapping[str, Mapping[str, float]],
+    by_option: Mapping[str, float],
+    key: str,
+    group: str | None,
+) -> float | None:
+    found = by_group.get(group, {}).get(key) if group is not None else None
+    return by_option.get(key) if found is None else found
 
 
 class Calibration(Maps):
@@ -242,20 +275,18 @@ def _expit(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, without overflow
 
 
-def _logistic(
-    features: np.ndarray, y: np.ndarray, ridge: np.ndarray, start: np.ndarray
-) -> np.ndarray:
-    """Weights of a logistic regression with an L2 penalty ``ridge`` per weight (Newton)."""
+def _logistic(features: np.ndarray, y: np.ndarray, offset: np.ndarray, ridge: float) -> np.ndarray:
+    """Weights of a logistic regression with the fixed ``offset`` and an L2 penalty (Newton)."""
 
     def loss(w: np.ndarray) -> float:
-        z = features @ w
-        return float(np.sum(np.logaddexp(0.0, z) - y * z) + w @ (ridge * w) / 2)
+        z = offset + features @ w
+        return float(np.sum(np.logaddexp(0.0, z) - y * z) + ridge * (w @ w) / 2)
 
-    w = start.astype(float)
+    w = np.zeros(features.shape[1])
     for _ in range(100):  # Newton's method, step halved until the loss goes down
-        p = _expit(features @ w)
+        p = _expit(offset + features @ w)
         gradient = features.T @ (p - y) + ridge * w
-        hessian = (features * (p * (1 - p))[:, None]).T @ features + np.diag(ridge)
+        hessian = (features * (p * (1 - p))[:, None]).T @ features + ridge * np.eye(w.size)
         step = np.linalg.solve(hessian, gradient)
         before, scale = loss(w), 1.0
         while scale > 1e-6 and loss(w - scale * step) > before:
@@ -267,41 +298,36 @@ def _logistic(
 
 
 def fit_success(
-    logits: Mapping[str, Sequence[float]], base_rates: Sequence[float], outcome: Sequence[float]
+    centred: Mapping[str, Sequence[float]], base_rates: Sequence[float], outcome: Sequence[float]
 ) -> SuccessMap:
     """Fit a `SuccessMap` on calibration steps.
 
     Args:
-        logits: per option key (`OWN` for the forecast option's own), the raw success logit
-            of each step.
-        base_rates: the option's base rate in each step's group.
+        centred: per option key (`OWN` for the forecast option's own), the raw success logit
+            of each step less its centre.
+        base_rates: the option's base rate in each step's group: the level each forecast
+            starts from (an offset, no intercept).
         outcome: the option's score on each step.
 
-    The weights have a unit L2 penalty (the intercept none): with a few hundred steps a weight
-    stays near zero unless the data back it, so an uninformative option's logit changes little.
+    The weights have a unit L2 penalty: with a few hundred steps a weight stays near zero
+    unless the data back it, so an uninformative option's logit changes little.
 
     Raises:
         InvalidValueError: with no step, or logits, rates and outcomes of different lengths.
     """
-    keys = sorted(logits)
+    keys = sorted(centred)
     y = np.asarray(outcome, dtype=float)
     if (
         not keys
         or len(y) == 0
         or len(base_rates) != len(y)
-        or any(len(logits[k]) != len(y) for k in keys)
+        or any(len(centred[k]) != len(y) for k in keys)
     ):
         raise InvalidValueError("logits", "needs one logit per option and a rate per outcome")
-    columns = [np.asarray(logits[k], dtype=float) for k in keys]
-    rates = np.asarray([_logit(r) for r in base_rates])
-    features = np.column_stack([*columns, rates, np.ones_like(y)])
-    ridge = np.r_[np.ones(len(keys) + 1), 1e-6]
-    w = _logistic(features, y, ridge, np.zeros(len(keys) + 2))
-    return SuccessMap(
-        weights={k: float(v) for k, v in zip(keys, w[:-2], strict=True)},
-        rate=float(w[-2]),
-        bias=float(w[-1]),
-    )
+    features = np.column_stack([np.asarray(centred[k], dtype=float) for k in keys])
+    offset = np.asarray([_logit(r) for r in base_rates])
+    w = _logistic(features, y, offset, ridge=1.0)
+    return SuccessMap(weights={k: float(v) for k, v in zip(keys, w, strict=True)})
 
 
 def conformal_quantiles(residuals: Sequence[float]) -> ResidualQuantiles:

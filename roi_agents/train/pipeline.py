@@ -184,20 +184,20 @@ def _maps(rows: Sequence[Example], outputs: Sequence[Sequence[float]]) -> Maps:
     )
 
 
-def _base_rates(
-    rows: Sequence[Example], strength: float = PRIOR_STRENGTH
+def _means(
+    rows: Sequence[Example], values: Sequence[float], strength: float = PRIOR_STRENGTH
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Success rates per option, and per group and option.
+    """Mean of ``values`` per option, and per group and option.
 
-    A group's rate is shrunk towards its option's with the weight of ``strength`` rows, as
-    `PriorPredictor` shrinks.
+    A group's mean is shrunk towards its option's with the weight of ``strength`` rows, as
+    `PriorPredictor` shrinks a group's success rate.
     """
     by_option: dict[str, list[float]] = {}
     by_group: dict[str, dict[str, list[float]]] = {}
-    for e in rows:
-        by_option.setdefault(e.option, []).append(e.success)
+    for e, value in zip(rows, values, strict=True):
+        by_option.setdefault(e.option, []).append(value)
         if e.dataset is not None:
-            by_group.setdefault(e.dataset, {}).setdefault(e.option, []).append(e.success)
+            by_group.setdefault(e.dataset, {}).setdefault(e.option, []).append(value)
     options = {option: float(np.mean(v)) for option, v in sorted(by_option.items())}
     groups = {
         group: {
@@ -210,20 +210,28 @@ def _base_rates(
 
 
 def _fit_success(
-    rows: Sequence[Example], outputs: Sequence[Sequence[float]], rates: SuccessCalibration
+    rows: Sequence[Example], outputs: Sequence[Sequence[float]], fitted_on: Sequence[Example]
 ) -> SuccessCalibration:
     """The success maps, for all rows, per option and per option set (see `calibrate`)."""
     logits = _query_logits(rows, outputs)
+    rates = _means(fitted_on, [e.success for e in fitted_on])
+    centres = _means(rows, [o[0] for o in outputs])
+    levels = SuccessCalibration(
+        option_rates=rates[0],
+        group_rates=rates[1],
+        option_centres=centres[0],
+        group_centres=centres[1],
+    )
+    centred = [levels.centred(e.dataset, logits[e.query_id]) for e in rows]
 
     def fit(index: Sequence[int], keys: Sequence[str]) -> SuccessMap:
         # `OWN` reads each row's own option; a set's maps read every option's logit by name.
         columns = {
-            key: [logits[rows[i].query_id][rows[i].option if key == OWN else key] for i in index]
-            for key in keys
+            key: [centred[i][rows[i].option if key == OWN else key] for i in index] for key in keys
         }
         return fit_success(
             columns,
-            [rates.base_rate(rows[i].option, rows[i].dataset) for i in index],
+            [levels.base_rate(rows[i].option, rows[i].dataset) for i in index],
             [rows[i].success for i in index],
         )
 
@@ -232,7 +240,7 @@ def _fit_success(
     for i, e in enumerate(rows):
         by_option.setdefault(e.option, []).append(i)
         by_set.setdefault(option_set(logits[e.query_id]), {}).setdefault(e.option, []).append(i)
-    return rates.model_copy(
+    return levels.model_copy(
         update={
             "shared": fit(range(len(rows)), [OWN]),
             "by_option": {
@@ -260,8 +268,7 @@ def calibrate(
         rows: the held-out rows (a query's options together, for the option-set maps).
         outputs: the checkpoint's raw outputs for them.
         fitted_on: the rows the checkpoint was fine-tuned on, for the base rates per option
-            and group that the success maps read (none: every rate is 0.5 and the maps fit
-            its weight to zero).
+            and group that the success maps start from (none: the held-out rows' own).
 
     Success maps for all rows, per option, and per option set where every option of the set
     has `MIN_ROWS` rows; cost maps for all rows, per option and per (dataset, option) with
@@ -290,11 +297,9 @@ def calibrate(
         }
 
     by_group = {group: fitted(members) for group, members in sorted(groups.items())}
-    option_rates, group_rates = _base_rates(fitted_on)
-    rates = SuccessCalibration(option_rates=option_rates, group_rates=group_rates)
     return Calibration(
         **shared.model_dump(),
-        success=_fit_success(rows, outputs, rates),
+        success=_fit_success(rows, outputs, fitted_on or rows),
         by_option=fitted(options),
         by_group={group: maps for group, maps in by_group.items() if maps},
     )

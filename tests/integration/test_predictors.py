@@ -90,7 +90,7 @@ def test_vllm_and_local_forecasts_agree(pooling_server, checkpoint):
 def test_set_maps_and_group_rates_apply_the_same_on_both(pooling_server, checkpoint):
     stored = Calibration.load(checkpoint)
     assert stored is not None
-    joint = SuccessMap(weights={"fast": -1.0, "deep": 0.5, "tool": 0.2}, rate=0.7, bias=0.3)
+    joint = SuccessMap(weights={"fast": -1.0, "deep": 0.5, "tool": 0.2})
     success = stored.success.model_copy(
         update={
             "by_set": {option_set(o.name for o in OPTIONS): {"deep": joint}},
@@ -109,7 +109,7 @@ def test_set_maps_and_group_rates_apply_the_same_on_both(pooling_server, checkpo
     for i, step in enumerate(steps):
         logits = {o.name: raw[3 * i + k][0] for k, o in enumerate(OPTIONS)}
         deep = next(f for f in forecasts if f.step_id == step.id and f.option == "deep")
-        expected = joint.p_success("deep", logits, 0.9)
+        expected = joint.p_success("deep", success.centred("g", logits), 0.9)
         assert expected is not None
         assert deep.p_success == pytest.approx(expected, abs=1e-3)
 

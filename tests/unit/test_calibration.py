@@ -1,5 +1,6 @@
 """Success maps, split-conformal cost maps, and forecasts made through them."""
 
+import json
 import math
 
 import numpy as np
@@ -46,19 +47,25 @@ def test_a_success_map_reads_the_group_base_rate():
     rates = rng.choice([0.2, 0.5, 0.8], 6000)
     outcome = (rng.uniform(0, 1, rates.size) < rates).astype(float)
     fitted = fit_success({OWN: rng.normal(0, 1, rates.size).tolist()}, rates.tolist(), outcome)
-    assert fitted.rate == pytest.approx(1.0, abs=0.1)
     assert abs(fitted.weights[OWN]) < 0.05
     for rate in (0.2, 0.8):
         assert fitted.p_success("o", {"o": 0.0}, rate) == pytest.approx(rate, abs=0.03)
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.sampled_from([0.0, 0.5, 1.0]), min_size=1, max_size=60), st.floats(-5, 5))
-def test_a_success_map_of_one_raw_value_says_the_mean_outcome(outcome, logit):
-    fitted = fit_success({OWN: [logit] * len(outcome)}, [0.3] * len(outcome), outcome)
-    p = fitted.p_success("o", {"o": logit}, 0.3)
+@given(
+    st.lists(st.sampled_from([0.0, 0.5, 1.0]), min_size=1, max_size=60),
+    st.lists(st.floats(-5, 5), min_size=60, max_size=60),
+    st.floats(0.01, 0.99),
+)
+def test_a_step_at_its_centre_gets_the_base_rate(outcome, logits, rate):
+    # The held-out rows fit only how far a step's logits move it from the level.
+    fitted = fit_success({OWN: logits[: len(outcome)]}, [rate] * len(outcome), outcome)
+    assert math.isfinite(fitted.weights[OWN])
+    assert fitted.p_success("o", {"o": 0.0}, rate) == pytest.approx(rate)
+    p = fitted.p_success("o", {"o": 5.0}, rate)
+    assert p is not None
     assert 0.0 <= p <= 1.0
-    assert p == pytest.approx(float(np.mean(outcome)), abs=0.01)
 
 
 def test_fit_success_rejects_rows_that_do_not_line_up():
@@ -93,10 +100,10 @@ def test_conformal_rank_is_the_finite_sample_one():
 
 
 def _calibration(shift=0.0):
-    # The shared success map: raw logit 0 -> 0.2.
-    shared = SuccessMap(weights={OWN: 1.0}, bias=math.log(0.2 / 0.8))
+    # The shared success map: raw logit 0 -> the base rate 0.2.
+    rates = {"o": 0.2, "cheap": 0.2, "deep": 0.2}
     return Calibration(
-        success=SuccessCalibration(shared=shared),
+        success=SuccessCalibration(shared=SuccessMap(weights={OWN: 1.0}), option_rates=rates),
         tokens=conformal_quantiles((np.linspace(-2, 2, 401) + shift).tolist()),
         rows=401,
     )
@@ -110,22 +117,36 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
     (tmp_path / "calibration.json").write_text('{"rows": 3}')
     with pytest.raises(InvalidValueError, match="calibration"):
         Calibration.load(tmp_path)
+    older = calibration.model_dump()
+    older["success"]["shared"].update(bias=0.3, rate=1.0)  # an earlier release's map
+    (tmp_path / "calibration.json").write_text(json.dumps(older))
+    with pytest.raises(InvalidValueError, match="bias"):
+        Calibration.load(tmp_path)
     with pytest.raises(ValueError, match="must not decrease"):
         ResidualQuantiles(z=tuple(reversed(calibration.tokens.z)))
     assert len(calibration.tokens.z) == len(LEVELS)
 
 
-def test_base_rates_fall_back_from_group_to_option_to_their_mean():
+def test_base_rates_and_centres_fall_back_from_group_to_option():
     success = SuccessCalibration(
-        shared=SuccessMap(weights={OWN: 1.0}, bias=0.0),
         option_rates={"fast": 0.4, "deep": 0.8},
         group_rates={"math": {"deep": 0.9}},
+        option_centres={"fast": -1.0, "deep": 2.0},
+        group_centres={"math": {"deep": 3.0}},
     )
     assert success.base_rate("deep", "math") == 0.9
     assert success.base_rate("deep", "law") == 0.8
     assert success.base_rate("fast", "math") == 0.4
     assert success.base_rate("new", None) == pytest.approx(0.6)
-    assert SuccessCalibration(shared=success.shared).base_rate("new", "math") == 0.5
+    assert success.centred("math", {"deep": 1.0, "fast": 1.0, "new": 1.0}) == {
+        "deep": -2.0,
+        "fast": 2.0,
+        "new": 1.0,
+    }
+    assert success.centre("deep", None) == 2.0
+    unfitted = SuccessCalibration()  # the raw probability
+    assert unfitted.base_rate("new", "math") == 0.5
+    assert unfitted.p("new", "math", {"new": 1.5}) == pytest.approx(_sigmoid(1.5))
 
 
 def test_the_most_specific_maps_apply():
@@ -178,22 +199,25 @@ def test_a_set_map_learns_one_option_from_the_others_logit():
     cheap, dear = rng.normal(0, 1, 8000), rng.normal(0, 1, 8000)
     outcome = rng.uniform(0, 1, cheap.size) < 1 / (1 + np.exp(-(1.5 + cheap)))
     logits = {"cheap": cheap.tolist(), "dear": dear.tolist()}
-    fitted = fit_success(logits, [0.5] * cheap.size, outcome.tolist())
+    rate = _sigmoid(1.5)
+    fitted = fit_success(logits, [rate] * cheap.size, outcome.tolist())
     assert fitted.weights["cheap"] == pytest.approx(1.0, abs=0.1)
     assert fitted.weights["dear"] == pytest.approx(0.0, abs=0.1)
-    assert fitted.bias == pytest.approx(1.5, abs=0.1)
     w = fitted.weights
-    assert fitted.p_success("dear", {"cheap": 0.5, "dear": 9.0}, 0.5) == pytest.approx(
-        _sigmoid(fitted.bias + 0.5 * w["cheap"] + 9 * w["dear"])
+    assert fitted.p_success("dear", {"cheap": 0.5, "dear": 9.0}, rate) == pytest.approx(
+        _sigmoid(1.5 + 0.5 * w["cheap"] + 9 * w["dear"])
     )
-    assert fitted.p_success("dear", {"dear": 0.0}, 0.5) is None  # a logit it reads is missing
+    assert fitted.p_success("dear", {"dear": 0.0}, rate) is None  # a logit it reads is missing
 
 
 def test_set_maps_apply_when_the_step_offers_exactly_their_options(tmp_path):
-    deep_map = SuccessMap(weights={"cheap": -2.0, "deep": 0.0}, bias=1.0)
+    deep_map = SuccessMap(weights={"cheap": -2.0, "deep": 0.0})
     calibration = _calibration()
     success = calibration.success.model_copy(
-        update={"by_set": {option_set(["deep", "cheap"]): {"deep": deep_map}}}
+        update={
+            "by_set": {option_set(["deep", "cheap"]): {"deep": deep_map}},
+            "group_centres": {"math": {"cheap": 0.5}},
+        }
     )
     calibration = calibration.model_copy(update={"success": success})
     calibration.save(tmp_path)
@@ -209,9 +233,12 @@ def test_set_maps_apply_when_the_step_offers_exactly_their_options(tmp_path):
         rows = [[cheap_logit, 4.0, 0.0], [0.0, 4.0, 0.0]]
         return forecasts([step], rows, source="local", calibration=calibration)[1].p_success
 
-    # The deep option's own logit is the same; the cheap one's moves its probability.
-    assert deep(1.0) == pytest.approx(_sigmoid(-1.0))
-    assert deep(-1.0) == pytest.approx(_sigmoid(3.0))
+    # The deep option's own logit is the same; the cheap one's, less its centre in the
+    # group, moves its probability from the base rate 0.2.
+    level = math.log(0.2 / 0.8)
+    assert deep(0.5) == pytest.approx(0.2)
+    assert deep(1.0) == pytest.approx(_sigmoid(level - 1.0))
+    assert deep(-1.0) == pytest.approx(_sigmoid(level + 3.0))
     alone = Step(id="a", text="t", group="math", options=(Option(name="deep"),))
     shared = forecasts([alone], [[0.0, 4.0, 0.0]], source="local", calibration=calibration)
     assert shared[0].p_success == pytest.approx(0.2)  # the shared map: raw logit 0 -> 0.2

@@ -103,6 +103,8 @@ def test_training_fits_whole_queries_and_calibrates_on_the_ones_left_over(shared
 
 
 def test_calibration_reads_every_option_and_the_group_rate():
+    from dataclasses import replace
+
     import numpy as np
     import pytest
 
@@ -118,8 +120,10 @@ def test_calibration_reads_every_option_and_the_group_rate():
         for q in range(queries):
             hard = rng.normal()
             for option in options:
-                # The cheap option's logit knows the query; the dear one's is noise.
-                logit = -hard if option == "cheap" else rng.normal()
+                # The cheap option's logit knows the query, but the model takes every "hard"
+                # query for an easier one than it is; the dear option's logit is noise.
+                shift = 2.0 if group == "hard" else 0.0
+                logit = shift - hard if option == "cheap" else rng.normal()
                 rate = 1 / (1 + np.exp(hard - 1.0)) if option == "cheap" else dear_rate
                 success, seen = (float(rng.uniform() < rate) for _ in range(2))
                 rows.append(Example(f"{group}{q}", group, option, "t", success, 3.0, None))
@@ -130,13 +134,21 @@ def test_calibration_reads_every_option_and_the_group_rate():
     assert success.group_rates["easy"]["dear"] == pytest.approx(0.9, abs=0.05)
     assert set(success.by_set) == {option_set(["cheap", "dear"])}  # "solo" offers one option
     dear = success.by_set["cheap|dear"]["dear"]
-    assert dear.rate > 0.5 > abs(dear.weights["dear"])
+    assert abs(dear.weights["dear"]) < 0.2
     cheap = success.by_set["cheap|dear"]["cheap"]
     assert cheap.weights["cheap"] > 0.5
+    # Centred on the group's mean logit, the shift is gone: the level is the group's rate.
+    assert success.group_centres["hard"]["cheap"] > success.group_centres["easy"]["cheap"] + 1.5
+    cheap_hard = [i for i, e in enumerate(rows) if e.dataset == "hard" and e.option == "cheap"]
+    logits: dict[str, dict[str, float]] = {}
+    for e, o in zip(rows, outputs, strict=True):
+        logits.setdefault(e.query_id, {})[e.option] = o[0]
+    mean_p = np.mean([success.p("cheap", "hard", logits[rows[i].query_id]) for i in cheap_hard])
+    assert mean_p == pytest.approx(np.mean([rows[i].success for i in cheap_hard]), abs=0.05)
     by_group = evaluate(rows, outputs, calibration)[1]
-    # Without the rates every map can only give the dear option about its overall rate.
-    blind = calibrate(rows, outputs)
-    assert blind.success.option_rates == {}
+    # Without the groups' rates every map can only give the dear option about its overall rate.
+    blind = calibrate(rows, outputs, [replace(e, dataset=None) for e in fitted_on])
+    assert blind.success.group_rates == {}
     blind_by_group = evaluate(rows, outputs, blind)[1]
     for group in ("easy", "hard"):
         assert by_group[group].brier < blind_by_group[group].brier - 0.01
