@@ -8,7 +8,8 @@ expected to fail); the table gives the mean recorded gain ``score(dear) - score(
 top 5%, 10%, 25% and 50%, against every query (what a random choice of upgrades gets) and the
 clairvoyant ranking. The grouped prior predicts the same for every query of a dataset (an MMLU
 subject), so it ranks datasets, not queries: a learned predictor earns its keep where it ranks
-better than the prior does. Last, the success AUC among each option's test rows.
+better than the prior does. Last, the success AUC among each option's test rows, and within
+each group (dataset, subject).
 """
 
 from __future__ import annotations
@@ -81,11 +82,29 @@ def main() -> None:
                 f"{gain.mean():+.3f}",
             )
     Console(width=160).print(table)
-    # Success AUC among the test rows of each option (what benchmarks/gap_ceiling.py varies).
+    # Success AUC among the test rows of each option (what benchmarks/gap_ceiling.py varies),
+    # and within each of its groups: what a predictor knows beyond the group's rate (the
+    # grouped prior: nothing, 0.5).
     for name in by_cost:
-        rows = [(q.outcomes[name].score, p[q.query_id, name]) for q in test if name in q.outcomes]
-        found = auc([round(y) for y, _ in rows], [x for _, x in rows])
-        print(f"AUC within {name}: {'-' if found is None else f'{found:.3f}'} ({len(rows)} rows)")
+        rows = [
+            (q.dataset, q.outcomes[name].score, p[q.query_id, name])
+            for q in test
+            if name in q.outcomes
+        ]
+        found = auc([round(y) for _, y, _ in rows], [x for _, _, x in rows])
+        groups: dict[str | None, list[tuple[float, float]]] = {}
+        for group, y, x in rows:
+            groups.setdefault(group, []).append((y, x))
+        within = [
+            (value, len(members))
+            for members in groups.values()
+            if (value := auc([round(y) for y, _ in members], [x for _, x in members])) is not None
+        ]
+        mean_within = sum(v * n for v, n in within) / max(sum(n for _, n in within), 1)
+        print(
+            f"AUC within {name}: {'-' if found is None else f'{found:.3f}'} ({len(rows)} rows); "
+            f"within its {len(within)} groups, weighted by rows: {mean_within:.3f}"
+        )
 
 
 if __name__ == "__main__":
