@@ -9,11 +9,13 @@ Stored as ``calibration.json`` beside the checkpoint (the server returns raw hea
   dataset, a subject) on the fine-tuning rows, shrunk towards the option's rate like
   `PriorPredictor` shrinks a group; the model reads one step at a time and cannot count how
   often an option succeeds on a whole subject. The centres are the mean raw logits on the
-  held-out rows, shrunk the same way. So the level of a forecast (how often an option
-  succeeds in a group, and how much a dearer option gains there) comes from the fine-tuning
-  rows, four times as many as the held-out ones, and the held-out rows only fit how far a
-  step's logits move it from that level (on all of ``shared/data`` the held-out rows' own
-  level put GPT-4's gain over Mixtral on MMLU at 0.06 where the fine-tuning rows say 0.13).
+  held-out rows, shrunk the same way (a group's only where it has a rate of its own: elsewhere
+  the logits tell how the group differs from the option's rate). So the level of a forecast
+  (how often an option succeeds in a group, and how much a dearer option gains there) comes
+  from the fine-tuning rows, four times as many as the held-out ones, and the held-out rows
+  only fit how far a step's logits move it from that level (on all of ``shared/data`` the
+  held-out rows put GPT-4's gain over Mixtral on MMLU at 0.085, the fine-tuning rows at 0.13
+  and the test rows at 0.16).
   Reading every option's logit matters because the controller acts on differences between
   options (is the dear one worth it here?): calibrating each option on its own logit can leave
   those differences pointing the wrong way. Maps are fitted per option set (the options a step
@@ -162,7 +164,7 @@ class SuccessCalibration(BaseModel):
             option's.
         option_centres: per option key, its mean raw success logit on the held-out rows.
         group_centres: per step group, per option key, its mean there, shrunk towards the
-            option's.
+            option's, where the group has a rate of its own.
     """
 
     model_config = ConfigDict(frozen=True, allow_inf_nan=False)

@@ -220,7 +220,13 @@ def _fit_success(
         option_rates=rates[0],
         group_rates=rates[1],
         option_centres=centres[0],
-        group_centres=centres[1],
+        # Centred on a group's mean only where the group's rate is the level; elsewhere the
+        # logits carry how the group differs from the option's rate.
+        group_centres={
+            group: {k: v for k, v in members.items() if k in rates[1].get(group, {})}
+            for group, members in centres[1].items()
+            if rates[1].get(group)
+        },
     )
     centred = [levels.centred(e.dataset, logits[e.query_id]) for e in rows]
 

@@ -137,6 +137,10 @@ def test_calibration_reads_every_option_and_the_group_rate():
     assert abs(dear.weights["dear"]) < 0.2
     cheap = success.by_set["cheap|dear"]["cheap"]
     assert cheap.weights["cheap"] > 0.5
+    # A group the fine-tuning rows lack has no rate of its own, and so no centre either.
+    unseen = calibrate(rows, outputs, [e for e in fitted_on if e.dataset != "hard"]).success
+    assert "hard" not in unseen.group_rates
+    assert set(unseen.group_centres) == {"easy", "solo"}
     # Centred on the group's mean logit, the shift is gone: the level is the group's rate.
     assert success.group_centres["hard"]["cheap"] > success.group_centres["easy"]["cheap"] + 1.5
     cheap_hard = [i for i, e in enumerate(rows) if e.dataset == "hard" and e.option == "cheap"]
