@@ -28,7 +28,10 @@ Stored as ``calibration.json`` beside the checkpoint (the server returns raw hea
   option). The forecast's quantile at level ``a`` is ``exp(mean + spread * z[a])``, where
   ``z[a]`` is the ``ceil((n + 1) a)``-th smallest of the ``n`` held-out residuals (the
   ``floor``-th below the median), so a new step's cost falls below it with probability at least
-  ``a`` when steps are exchangeable. The forecast's mean averages the held-out residuals' grid.
+  ``a`` when steps are exchangeable. Where a group's rows are too few for that rank (the 99th
+  percentile needs 99), its option's quantile, fitted on more rows, bounds it: the p99 sets
+  the step's hard cap, and a cap at the largest of 50 residuals cut off about one step in 50.
+  The forecast's mean averages the held-out residuals' grid.
 """
 
 from __future__ import annotations
@@ -332,8 +335,19 @@ def fit_success(
     return SuccessMap(weights={k: float(v) for k, v in zip(keys, w, strict=True)})
 
 
-def conformal_quantiles(residuals: Sequence[float]) -> ResidualQuantiles:
+def conformal_quantiles(
+    residuals: Sequence[float], beyond: ResidualQuantiles | None = None
+) -> ResidualQuantiles:
     """Split-conformal quantiles of held-out residuals at every level of `LEVELS`.
+
+    Args:
+        residuals: the held-out residuals.
+        beyond: quantiles fitted on more rows (an option's, for a group's), for the levels
+            that ``residuals`` are too few to bound (``ceil((n + 1) a) > n`` above the median,
+            ``floor((n + 1) a) < 1`` below): those take the more extreme of the extreme
+            residual and ``beyond``'s quantile. Without it, the extreme residual (with 50 rows
+            the largest stands for the 99th percentile, and about one new step in 50 is cut
+            off at a cap set there).
 
     Raises:
         InvalidValueError: with no residual or a non-finite one.
@@ -343,7 +357,12 @@ def conformal_quantiles(residuals: Sequence[float]) -> ResidualQuantiles:
     if n == 0 or not np.isfinite(values).all():
         raise InvalidValueError("residuals", "needs at least one residual, all finite")
     z = []
-    for level in LEVELS:
+    for i, level in enumerate(LEVELS):
         rank = math.ceil((n + 1) * level) if level >= 0.5 else math.floor((n + 1) * level)
-        z.append(float(values[min(max(rank, 1), n) - 1]))
+        value = float(values[min(max(rank, 1), n) - 1])
+        if beyond is not None and rank > n:
+            value = max(value, beyond.z[i])
+        elif beyond is not None and rank < 1:
+            value = min(value, beyond.z[i])
+        z.append(value)
     return ResidualQuantiles(z=tuple(z))

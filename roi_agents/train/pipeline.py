@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -164,7 +164,10 @@ def _take_queries(
     return taken, rest
 
 
-def _maps(rows: Sequence[Example], outputs: Sequence[Sequence[float]]) -> Maps:
+def _maps(
+    rows: Sequence[Example], outputs: Sequence[Sequence[float]], beyond: Maps | None = None
+) -> Maps:
+    """Cost maps of ``rows``; ``beyond`` (fitted on more rows) bounds the levels they cannot."""
     tokens = [
         (e.log_tokens - o[1]) / spread(o[2])
         for e, o in zip(rows, outputs, strict=True)
@@ -178,8 +181,8 @@ def _maps(rows: Sequence[Example], outputs: Sequence[Sequence[float]]) -> Maps:
     if not tokens:
         raise InvalidValueError("data", "calibration needs rows with output_tokens")
     return Maps(
-        tokens=conformal_quantiles(tokens),
-        usd=conformal_quantiles(usd) if usd else None,
+        tokens=conformal_quantiles(tokens, beyond.tokens if beyond else None),
+        usd=conformal_quantiles(usd, beyond.usd if beyond else None) if usd else None,
         rows=len(rows),
     )
 
@@ -295,18 +298,21 @@ def calibrate(
         if e.dataset is not None:
             groups.setdefault(e.dataset, {}).setdefault(e.option, []).append(i)
 
-    def fitted(members: dict[str, list[int]]) -> dict[str, Maps]:
+    def fitted(members: dict[str, list[int]], beyond: Mapping[str, Maps]) -> dict[str, Maps]:
         return {
-            option: _maps([rows[i] for i in index], [outputs[i] for i in index])
+            option: _maps(
+                [rows[i] for i in index], [outputs[i] for i in index], beyond.get(option, shared)
+            )
             for option, index in sorted(members.items())
             if len(index) >= MIN_ROWS
         }
 
-    by_group = {group: fitted(members) for group, members in sorted(groups.items())}
+    by_option = fitted(options, {})
+    by_group = {group: fitted(members, by_option) for group, members in sorted(groups.items())}
     return Calibration(
         **shared.model_dump(),
         success=_fit_success(rows, outputs, fitted_on or rows),
-        by_option=fitted(options),
+        by_option=by_option,
         by_group={group: maps for group, maps in by_group.items() if maps},
     )
 

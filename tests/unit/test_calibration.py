@@ -99,6 +99,18 @@ def test_conformal_rank_is_the_finite_sample_one():
         conformal_quantiles([1.0, math.nan])
 
 
+def test_a_small_sample_takes_the_tail_it_cannot_bound_from_a_larger_one():
+    rng = np.random.default_rng(4)
+    wide = conformal_quantiles(rng.standard_t(3, 5000).tolist())
+    few = rng.normal(0, 1, 50).tolist()  # 50 rows bound levels up to 50/51 only
+    alone, bounded = conformal_quantiles(few), conformal_quantiles(few, beyond=wide)
+    assert alone.at(0.99) == max(few)
+    assert bounded.at(0.99) == max(max(few), wide.at(0.99)) > alone.at(0.99)
+    assert bounded.at(0.005) == min(min(few), wide.at(0.005))
+    for level in (0.05, 0.5, 0.9, 0.95):  # levels the 50 rows bound are their own
+        assert bounded.at(level) == alone.at(level)
+
+
 def _calibration(shift=0.0):
     # The shared success map: raw logit 0 -> the base rate 0.2.
     rates = {"o": 0.2, "cheap": 0.2, "deep": 0.2}

@@ -108,7 +108,7 @@ def test_calibration_reads_every_option_and_the_group_rate():
     import numpy as np
     import pytest
 
-    from roi_agents.predict.calibration import option_set
+    from roi_agents.predict.calibration import conformal_quantiles, option_set
     from roi_agents.train.examples import Example
     from roi_agents.train.pipeline import calibrate, evaluate
 
@@ -126,7 +126,8 @@ def test_calibration_reads_every_option_and_the_group_rate():
                 logit = shift - hard if option == "cheap" else rng.normal()
                 rate = 1 / (1 + np.exp(hard - 1.0)) if option == "cheap" else dear_rate
                 success, seen = (float(rng.uniform() < rate) for _ in range(2))
-                rows.append(Example(f"{group}{q}", group, option, "t", success, 3.0, None))
+                tokens = 3.0 + rng.standard_t(3)
+                rows.append(Example(f"{group}{q}", group, option, "t", success, tokens, None))
                 outputs.append([logit, 3.0, 0.0])
                 fitted_on.append(Example(f"f{group}{q}", group, option, "t", seen, 3.0, None))
     calibration = calibrate(rows, outputs, fitted_on)
@@ -149,6 +150,13 @@ def test_calibration_reads_every_option_and_the_group_rate():
         logits.setdefault(e.query_id, {})[e.option] = o[0]
     mean_p = np.mean([success.p("cheap", "hard", logits[rows[i].query_id]) for i in cheap_hard])
     assert mean_p == pytest.approx(np.mean([rows[i].success for i in cheap_hard]), abs=0.05)
+    # 60 "solo" rows cannot bound the 99th percentile of cost: the option's maps do.
+    solo, dear_maps = calibration.by_group["solo"]["dear"], calibration.by_option["dear"]
+    residuals = [
+        e.log_tokens - 3.0 for e in rows if e.dataset == "solo" and e.log_tokens is not None
+    ]
+    assert solo.tokens == conformal_quantiles(residuals, beyond=dear_maps.tokens)
+    assert solo.tokens != conformal_quantiles(residuals)
     by_group = evaluate(rows, outputs, calibration)[1]
     # Without the groups' rates every map can only give the dear option about its overall rate.
     blind = calibrate(rows, outputs, [replace(e, dataset=None) for e in fitted_on])
