@@ -217,18 +217,18 @@ def _fit_success(
 ) -> SuccessCalibration:
     """The success maps, for all rows, per option and per option set (see `calibrate`)."""
     logits = _query_logits(rows, outputs)
-    rates = _means(fitted_on, [e.success for e in fitted_on])
-    centres = _means(rows, [o[0] for o in outputs])
+    option_rates, group_rates = _means(fitted_on, [e.success for e in fitted_on])
+    option_centres, group_centres = _means(rows, [o[0] for o in outputs])
     levels = SuccessCalibration(
-        option_rates=rates[0],
-        group_rates=rates[1],
-        option_centres=centres[0],
+        option_rates=option_rates,
+        group_rates=group_rates,
+        option_centres=option_centres,
         # Centred on a group's mean only where the group's rate is the level; elsewhere the
         # logits carry how the group differs from the option's rate.
         group_centres={
-            group: {k: v for k, v in members.items() if k in rates[1].get(group, {})}
-            for group, members in centres[1].items()
-            if rates[1].get(group)
+            group: {k: v for k, v in members.items() if k in group_rates[group]}
+            for group, members in group_centres.items()
+            if group in group_rates
         },
     )
     centred = [levels.centred(e.dataset, logits[e.query_id]) for e in rows]
