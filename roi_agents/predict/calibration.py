@@ -9,13 +9,16 @@ Stored as ``calibration.json`` beside the checkpoint (the server returns raw hea
   dataset, a subject) on the fine-tuning rows, shrunk towards the option's rate like
   `PriorPredictor` shrinks a group; the model reads one step at a time and cannot count how
   often an option succeeds on a whole subject. The centres are the mean raw logits on the
-  held-out rows, shrunk the same way (a group's only where it has a rate of its own: elsewhere
-  the logits tell how the group differs from the option's rate). So the level of a forecast
-  (how often an option succeeds in a group, and how much a dearer option gains there) comes
-  from the fine-tuning rows, four times as many as the held-out ones, and the held-out rows
-  only fit how far a step's logits move it from that level (on all of ``shared/data`` the
-  held-out rows put GPT-4's gain over Mixtral on MMLU at 0.085, the fine-tuning rows at 0.13
-  and the test rows at 0.16).
+  held-out rows, shrunk the same way (a group's only where it has a rate of its own). So the
+  level of a forecast in a known group (how often an option succeeds there, and how much a
+  dearer option gains) comes from the fine-tuning rows, four times as many as the held-out
+  ones, and the held-out rows only fit how far a step's logits move it from that level (on all
+  of ``shared/data`` the held-out rows put GPT-4's gain over Mixtral on MMLU at 0.085, the
+  fine-tuning rows at 0.13 and the test rows at 0.16). A step in a group the fine-tuning rows
+  lack (a subject never trained on) starts from the option's rate on the held-out rows, the
+  rows its centre comes from, and its logits tell how its group differs from those: a level
+  from other rows than the centre would shift every such forecast by the difference between
+  the two sets of groups, which no weight can undo.
   Reading every option's logit matters because the controller acts on differences between
   options (is the dear one worth it here?): calibrating each option on its own logit can leave
   those differences pointing the wrong way. Maps are fitted per option set (the options a step
@@ -162,9 +165,13 @@ class SuccessCalibration(BaseModel):
             least `MIN_ROWS` calibration rows.
         by_set: per `option_set`, per option key, a map that reads every option's logit, where
             at least `MIN_ROWS` calibration steps offered exactly that set.
-        option_rates: per option key, its success rate on the fine-tuning rows.
-        group_rates: per step group, per option key, its rate there, shrunk towards the
-            option's.
+        option_rates: per option key, its success rate on the fine-tuning rows (the Brier
+            score's baseline).
+        group_rates: per step group, per option key, its rate on the fine-tuning rows there,
+            shrunk towards the option's.
+        held_out_rates: per option key, its success rate on the held-out rows: the level of a
+            step in a group without a rate of its own, which `option_centres` (the same rows'
+            mean logit) centres, so that level and centre describe the same steps.
         option_centres: per option key, its mean raw success logit on the held-out rows.
         group_centres: per step group, per option key, its mean there, shrunk towards the
             option's, where the group has a rate of its own.
@@ -177,12 +184,17 @@ class SuccessCalibration(BaseModel):
     by_set: dict[str, dict[str, SuccessMap]] = {}
     option_rates: dict[str, float] = {}
     group_rates: dict[str, dict[str, float]] = {}
+    held_out_rates: dict[str, float] = {}
     option_centres: dict[str, float] = {}
     group_centres: dict[str, dict[str, float]] = {}
 
     def base_rate(self, key: str, group: str | None) -> float:
-        """Option ``key``'s base rate in ``group``: the group's, the option's, or the mean."""
-        found = _lookup(self.group_rates, self.option_rates, key, group)
+        """Option ``key``'s base rate in ``group``.
+
+        The group's rate; else the option's on the held-out rows, else on the fine-tuning
+        rows; else the mean of the options' rates.
+        """
+        found = _lookup(self.group_rates, {**self.option_rates, **self.held_out_rates}, key, group)
         if found is None:
             rates = list(self.option_rates.values())
             found = float(np.mean(rates)) if rates else 0.5

@@ -218,10 +218,12 @@ def _fit_success(
     """The success maps, for all rows, per option and per option set (see `calibrate`)."""
     logits = _query_logits(rows, outputs)
     option_rates, group_rates = _means(fitted_on, [e.success for e in fitted_on])
+    held_out_rates, _ = _means(rows, [e.success for e in rows])
     option_centres, group_centres = _means(rows, [o[0] for o in outputs])
     levels = SuccessCalibration(
         option_rates=option_rates,
         group_rates=group_rates,
+        held_out_rates=held_out_rates,
         option_centres=option_centres,
         # Centred on a group's mean only where the group's rate is the level; elsewhere the
         # logits carry how the group differs from the option's rate.
@@ -348,7 +350,7 @@ def _quality(
         [e.success for e in rows],
         p,
         [success_probability(o[0]) for o in outputs],
-        [calibration.success.base_rate(e.option, None) for e in rows],
+        [calibration.success.option_rates.get(e.option, 0.5) for e in rows],
         log_tokens_error=tokens_error,
         tokens_inside=tokens_inside,
         usd_inside=usd_inside,

@@ -143,11 +143,12 @@ def test_base_rates_and_centres_fall_back_from_group_to_option():
     success = SuccessCalibration(
         option_rates={"fast": 0.4, "deep": 0.8},
         group_rates={"math": {"deep": 0.9}},
+        held_out_rates={"deep": 0.7},
         option_centres={"fast": -1.0, "deep": 2.0},
         group_centres={"math": {"deep": 3.0}},
     )
     assert success.base_rate("deep", "math") == 0.9
-    assert success.base_rate("deep", "law") == 0.8
+    assert success.base_rate("deep", "law") == 0.7  # the held-out rows' rate, as their centre
     assert success.base_rate("fast", "math") == 0.4
     assert success.base_rate("new", None) == pytest.approx(0.6)
     assert success.centred("math", {"deep": 1.0, "fast": 1.0, "new": 1.0}) == {

@@ -164,3 +164,36 @@ def test_calibration_reads_every_option_and_the_group_rate():
     blind_by_group = evaluate(rows, outputs, blind)[1]
     for group in ("easy", "hard"):
         assert by_group[group].brier < blind_by_group[group].brier - 0.01
+
+
+def test_a_group_never_fine_tuned_on_starts_from_the_held_out_rate():
+    import numpy as np
+    import pytest
+
+    from roi_agents.train.examples import Example
+    from roi_agents.train.pipeline import calibrate, evaluate
+
+    rng = np.random.default_rng(1)
+    # Fine-tuned on subjects where the option succeeds 20% of the time; held out: others, 80%.
+    fitted_on = [
+        Example(f"f{q}", f"old{q % 5}", "o", "t", float(rng.uniform() < 0.2), 3.0, None)
+        for q in range(2000)
+    ]
+    rows = [
+        Example(f"h{q}", f"new{q % 5}", "o", "t", float(rng.uniform() < 0.8), 3.0, None)
+        for q in range(1000)
+    ]
+    logits = rng.normal(1.0, 1.0, len(rows))  # noise about a mean of 1
+    calibration = calibrate(rows, [[float(x), 3.0, 0.0] for x in logits], fitted_on)
+    success = calibration.success
+    assert success.option_rates["o"] == pytest.approx(0.2, abs=0.03)
+    assert success.held_out_rates["o"] == pytest.approx(np.mean([e.success for e in rows]))
+    # A step in a group neither part has seen, at the held-out rows' mean logit: their rate.
+    assert success.p("o", "other", {"o": 1.0}) == pytest.approx(0.8, abs=0.03)
+    assert success.p("o", "old1", {"o": 1.0}) == pytest.approx(0.2, abs=0.05)
+    # The Brier score's baseline stays the fine-tuning rows' rate.
+    quality = evaluate(rows, [[float(x), 3.0, 0.0] for x in logits], calibration)[0]
+    assert quality.brier_base == pytest.approx(
+        np.mean([(0.2 - e.success) ** 2 for e in rows]), abs=0.03
+    )
+    assert quality.brier < quality.brier_base - 0.2
