@@ -3,21 +3,21 @@
 Stored as ``calibration.json`` beside the checkpoint (the server returns raw head outputs;
 `LocalPredictor` and `VLLMPredictor` apply it):
 
-* ``p_success``: the logit of the option's base rate in the step's group plus a weighted sum of
-  the raw success logits of the step's options, each centred on its mean in the group
-  (`SuccessMap`). The base rate is the option's success rate within the step's group (a
-  dataset, a subject) on the fine-tuning rows, shrunk towards the option's rate like
-  `PriorPredictor` shrinks a group; the model reads one step at a time and cannot count how
-  often an option succeeds on a whole subject. The centres are the mean raw logits on the
-  held-out rows, shrunk the same way (a group's only where it has a rate of its own). So the
-  level of a forecast in a known group (how often an option succeeds there, and how much a
-  dearer option gains) comes from the fine-tuning rows, four times as many as the held-out
-  ones, and the held-out rows only fit how far a step's logits move it from that level (on all
-  of ``shared/data`` the held-out rows put GPT-4's gain over Mixtral on MMLU at 0.085, the
-  fine-tuning rows at 0.13 and the test rows at 0.16). A step in a group the fine-tuning rows
-  lack (a subject never trained on) starts from the option's rate on the held-out rows, the
-  rows its centre comes from, and its logits tell how its group differs from those: a level
-  from other rows than the centre would shift every such forecast by the difference between
+* ``p_success``: the logit of the option's base rate in the step's group plus a weighted sum of the
+  raw success logits of the step's options, each centred on its mean in the group (`SuccessMap`; the
+  base rate's logit has a fitted weight too, near 1, so that the mean forecast of spread-out steps
+  keeps the rate). The base rate is the option's success rate within the step's group (a dataset, a
+  subject) on the fine-tuning rows, shrunk towards the option's rate like `PriorPredictor` shrinks a
+  group; the model reads one step at a time and cannot count how often an option succeeds on a whole
+  subject. The centres are the mean raw logits on the held-out rows, shrunk the same way (a group's
+  only where it has a rate of its own). So the level of a forecast in a known group (how often an
+  option succeeds there, and how much a dearer option gains) comes from the fine-tuning rows, four
+  times as many as the held-out ones, and the held-out rows only fit how far a step's logits move it
+  from that level (on all of ``shared/data`` the held-out rows put GPT-4's gain over Mixtral on MMLU
+  at 0.085, the fine-tuning rows at 0.13 and the test rows at 0.16). A step in a group the
+  fine-tuning rows lack (a subject never trained on) starts from the option's rate on the held-out
+  rows, the rows its centre comes from, and its logits tell how its group differs from those: a
+  level from other rows than the centre would shift every such forecast by the difference between
   the two sets of groups, which no weight can undo.
   Reading every option's logit matters because the controller acts on differences between
   options (is the dear one worth it here?): calibrating each option on its own logit can leave
@@ -123,12 +123,16 @@ def _logit(p: float) -> float:
 
 
 class SuccessMap(BaseModel):
-    """``p_success = sigmoid(logit(base rate) + sum of weights[k] * centred logit[k])``.
+    """``p_success = sigmoid(level * logit(base rate) + sum of weights[k] * centred logit[k])``.
 
     Attributes:
         weights: per option key, the weight of that option's raw success logit for the same
             step, less its centre (`SuccessCalibration.centre`); the key `OWN` stands for the
             forecast option's own logit.
+        level: the weight of the base rate's logit. Above 1 where the steps' logits spread
+            widely about their centre: the mean of the sigmoid of a spread is nearer one half
+            than the sigmoid of its mean, and the level's logit must sit further out for the
+            mean forecast to keep the base rate.
 
     A map written by an earlier release (with ``bias`` and ``rate``) is refused, not misread:
     re-calibrate the checkpoint.
@@ -137,6 +141,7 @@ class SuccessMap(BaseModel):
     model_config = ConfigDict(frozen=True, allow_inf_nan=False, extra="forbid")
 
     weights: Annotated[dict[str, float], Field(min_length=1)]
+    level: float = 1.0
 
     def p_success(self, key: str, centred: Mapping[str, float], base_rate: float) -> float | None:
         """The calibrated probability of option ``key``; ``None`` without a logit it reads.
@@ -150,7 +155,7 @@ class SuccessMap(BaseModel):
         found = {**centred, **own}
         if not self.weights.keys() <= found.keys():
             return None
-        z = _logit(base_rate) + sum(w * found[k] for k, w in self.weights.items())
+        z = self.level * _logit(base_rate) + sum(w * found[k] for k, w in self.weights.items())
         return float(_expit(np.asarray(z)))
 
 
@@ -323,11 +328,13 @@ def fit_success(
         centred: per option key (`OWN` for the forecast option's own), the raw success logit
             of each step less its centre.
         base_rates: the option's base rate in each step's group: the level each forecast
-            starts from (an offset, no intercept).
+            starts from (no intercept: the held-out rows cannot move a step at its centre
+            from an even rate).
         outcome: the option's score on each step.
 
-    The weights have a unit L2 penalty: with a few hundred steps a weight stays near zero
-    unless the data back it, so an uninformative option's logit changes little.
+    The weights have a unit L2 penalty, the level's pulls it towards 1: with a few hundred
+    steps a weight stays near zero unless the data back it, so an uninformative option's
+    logit changes little.
 
     Raises:
         InvalidValueError: with no step, or logits, rates and outcomes of different lengths.
@@ -341,10 +348,12 @@ def fit_success(
         or any(len(centred[k]) != len(y) for k in keys)
     ):
         raise InvalidValueError("logits", "needs one logit per option and a rate per outcome")
-    features = np.column_stack([np.asarray(centred[k], dtype=float) for k in keys])
     offset = np.asarray([_logit(r) for r in base_rates])
+    features = np.column_stack([*(np.asarray(centred[k], dtype=float) for k in keys), offset])
     w = _logistic(features, y, offset, ridge=1.0)
-    return SuccessMap(weights={k: float(v) for k, v in zip(keys, w, strict=True)})
+    return SuccessMap(
+        weights={k: float(v) for k, v in zip(keys, w, strict=False)}, level=1.0 + float(w[-1])
+    )
 
 
 def conformal_quantiles(

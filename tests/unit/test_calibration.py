@@ -58,14 +58,35 @@ def test_a_success_map_reads_the_group_base_rate():
     st.lists(st.floats(-5, 5), min_size=60, max_size=60),
     st.floats(0.01, 0.99),
 )
-def test_a_step_at_its_centre_gets_the_base_rate(outcome, logits, rate):
-    # The held-out rows fit only how far a step's logits move it from the level.
+def test_a_map_has_no_intercept(outcome, logits, rate):
+    # The held-out rows fit how far a step's logits move it from the level, and how far out
+    # the level's logit sits; no row moves a step at its centre from an even level.
     fitted = fit_success({OWN: logits[: len(outcome)]}, [rate] * len(outcome), outcome)
-    assert math.isfinite(fitted.weights[OWN])
-    assert fitted.p_success("o", {"o": 0.0}, rate) == pytest.approx(rate)
+    assert all(math.isfinite(w) for w in [*fitted.weights.values(), fitted.level])
+    assert fitted.p_success("o", {"o": 0.0}, 0.5) == pytest.approx(0.5)
+    assert fitted.p_success("o", {"o": 0.0}, rate) == pytest.approx(
+        _sigmoid(fitted.level * math.log(rate / (1 - rate)))
+    )
     p = fitted.p_success("o", {"o": 5.0}, rate)
     assert p is not None
     assert 0.0 <= p <= 1.0
+
+
+def test_the_mean_forecast_keeps_the_base_rate_however_spread_the_logits():
+    # Steps spread about their centre: the sigmoid of the level alone would pull the mean
+    # forecast towards one half (0.8 -> 0.70 here); the level's weight undoes that.
+    rng = np.random.default_rng(5)
+    centred = rng.normal(0, 2, 20_000)
+    true = 1 / (1 + np.exp(-(2.2 + centred)))  # mean about 0.8
+    outcome = (rng.uniform(0, 1, true.size) < true).astype(float)
+    rate = float(true.mean())
+    fitted = fit_success({OWN: centred.tolist()}, [rate] * true.size, outcome.tolist())
+    assert fitted.level > 1.3
+    mean_p = np.mean([fitted.p_success("o", {"o": c}, rate) for c in centred[:2000]])
+    assert mean_p == pytest.approx(true[:2000].mean(), abs=0.01)
+    assert SuccessMap(weights=fitted.weights).p_success("o", {"o": 0.0}, rate) == pytest.approx(
+        rate
+    )
 
 
 def test_fit_success_rejects_rows_that_do_not_line_up():
@@ -218,7 +239,7 @@ def test_a_set_map_learns_one_option_from_the_others_logit():
     assert fitted.weights["dear"] == pytest.approx(0.0, abs=0.1)
     w = fitted.weights
     assert fitted.p_success("dear", {"cheap": 0.5, "dear": 9.0}, rate) == pytest.approx(
-        _sigmoid(1.5 + 0.5 * w["cheap"] + 9 * w["dear"])
+        _sigmoid(fitted.level * 1.5 + 0.5 * w["cheap"] + 9 * w["dear"])
     )
     assert fitted.p_success("dear", {"dear": 0.0}, rate) is None  # a logit it reads is missing
 
