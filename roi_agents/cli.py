@@ -148,6 +148,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--max-length", type=int, default=256, help="tokens per input")
     train.add_argument("--device", help="cpu, cuda, ... (default: CUDA when present)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    train.add_argument(
+        "--calibrate-only",
+        action="store_true",
+        help="fit the maps of the checkpoint --out again, on this data, without fine-tuning",
+    )
     train.add_argument("--json", type=Path, help="also write the report here")
     train.set_defaults(run=_train)
 
@@ -307,6 +312,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             max_length=args.max_length,
             device=args.device,
             overwrite=args.overwrite,
+            calibrate_only=args.calibrate_only,
         )
     except ValidationError as error:
         first = error.errors()[0]

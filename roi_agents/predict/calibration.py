@@ -290,7 +290,11 @@ class Calibration(Maps):
         try:
             return cls.model_validate_json(path.read_text(encoding="utf-8"))
         except ValueError as error:
-            raise InvalidValueError("calibration", f"{path}: {error}") from None
+            raise InvalidValueError(
+                "calibration",
+                f"{path}: {error}\n(re-fit it: roi-agents train --calibrate-only --out "
+                f"{path.parent} --data FILE ..., with the flags the checkpoint was trained with)",
+            ) from None
 
 
 def _expit(z: np.ndarray) -> np.ndarray:

@@ -88,6 +88,7 @@ class TrainConfig(BaseModel):
     max_length: Annotated[int, Field(ge=8)] = 256
     device: str | None = None
     overwrite: bool = False
+    calibrate_only: bool = False
 
 
 class TrainReport(BaseModel):
@@ -434,13 +435,21 @@ def split(config: TrainConfig) -> Parts:
 def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainReport:
     """Fine-tune, calibrate and evaluate a predictor checkpoint; write it to ``config.out``.
 
+    With ``config.calibrate_only``, ``config.out`` is a checkpoint already: its maps are
+    fitted again and it is evaluated again, in place, on the split ``config`` makes (the same
+    flags as the run that trained it give the same maps; other data fit them to other steps).
+
     Raises:
-        InvalidValueError: on an existing output folder (without ``overwrite``), too little
-            data, or a base that cannot be loaded.
+        InvalidValueError: on an existing output folder (without ``overwrite``), no
+            checkpoint to calibrate, too little data, or a base that cannot be loaded.
         DataError: on malformed data files.
     """
     started = time.perf_counter()
     out = config.out
+    if config.calibrate_only:
+        if not (out / "config.json").is_file():
+            raise InvalidValueError("out", f"{out} holds no checkpoint to calibrate")
+        return finish(out, config, split(config), progress=progress, started=started)
     if out.exists() and not config.overwrite:
         raise InvalidValueError("out", f"{out} exists (pass --overwrite to replace it)")
     base = config.base or default_base()
@@ -465,7 +474,8 @@ def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainRepo
         on_step=(lambda done, total, _: progress("fine-tuning", done, total)) if progress else None,
     )
     fitted = time.perf_counter() - started
-    # Written aside and renamed when complete; kept if calibration fails, for `finish`.
+    # Written aside and renamed when complete; kept if calibration fails (`calibrate_only`
+    # finishes it).
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial, safe_serialization=True)
@@ -503,8 +513,7 @@ def finish(
 
     Fits the maps on ``parts.calibration`` and ``parts.validation``, evaluates on
     ``parts.test``, and writes
-    ``calibration.json``, ``report.json`` and ``reliability.png`` into ``checkpoint`` (also the
-    way to re-calibrate an existing checkpoint).
+    ``calibration.json``, ``report.json`` and ``reliability.png`` into ``checkpoint``.
     """
     from roi_agents.predict.local import LocalPredictor
 

@@ -17,15 +17,22 @@ def _cell(value: float | None, digits: int = 3) -> str:
 
 def print_train_report(report: TrainReport, console: Console) -> None:
     """Print the held-out quality overall, per dataset and per option."""
-    rows = report.rows
-    console.print(
-        f"[bold]checkpoint[/] {report.out} (base {report.base}); fine-tuned on {rows['fit']} of "
-        f"{rows['fit_available']} training rows"
+    rows, seconds = report.rows, report.seconds
+    fitted = (
+        f"fine-tuned on {rows['fit']} of {rows['fit_available']} training rows"
         + (" (subsampled: --max-rows)" if rows["fit"] < rows["fit_available"] else "")
         + f", {rows['validation']} validation, {rows['calibration']} calibration rows; "
-        f"{report.seconds['fine_tuning']:.0f} s fine-tuning, {report.seconds['total']:.0f} s "
-        f"in all; evaluated {rows['test']} of {rows['test_available']} held-out rows at "
-        f"{report.test_rows_per_second:.0f} rows/s.",
+        f"{seconds['fine_tuning']:.0f} s fine-tuning"
+        if "fine_tuning" in seconds
+        else f"calibrated only, on {rows['calibration']} rows; base rates of "
+        f"{rows['fit_available']} rows"
+    )
+    console.print(
+        f"[bold]checkpoint[/] {report.out}"
+        + (f" (base {report.base})" if report.base else "")
+        + f"; {fitted}, "
+        f"{seconds['total']:.0f} s in all; evaluated {rows['test']} of "
+        f"{rows['test_available']} held-out rows at {report.test_rows_per_second:.0f} rows/s.",
         highlight=False,
     )
     table = Table(title="held-out prediction quality")

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import pytest
 from live import build_checkpoint
@@ -91,6 +92,30 @@ def test_an_existing_output_is_not_replaced_without_overwrite(trained_checkpoint
     with pytest.raises(InvalidValueError, match="--overwrite"):
         train(TrainConfig(data=[small_replay], out=trained_checkpoint))
     assert (trained_checkpoint / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_calibrate_only_refits_the_maps_in_place(trained_checkpoint, small_replay, tmp_path):
+    from roi_agents.cli import main
+
+    copy = tmp_path / "predictor"
+    shutil.copytree(trained_checkpoint, copy)
+    before = (copy / "model.safetensors").read_bytes()
+    # A map of an earlier release is refused, with the way out.
+    older = json.loads((copy / "calibration.json").read_text())
+    older["success"]["shared"]["bias"] = 0.3
+    (copy / "calibration.json").write_text(json.dumps(older))
+    with pytest.raises(InvalidValueError, match="--calibrate-only"):
+        Calibration.load(copy)
+    flags = ["--data", str(small_replay), "--max-rows", "200", "--eval-rows", "80"]
+    assert main(["train", *flags, "--out", str(copy), "--calibrate-only"]) == 0
+    # The training run's flags give its maps and its figures back; the model is untouched.
+    assert Calibration.load(copy) == Calibration.load(trained_checkpoint)
+    quality = json.loads((copy / "report.json").read_text())["quality"]
+    assert quality == json.loads((trained_checkpoint / "report.json").read_text())["quality"]
+    assert (copy / "model.safetensors").read_bytes() == before
+    # Other data fit the maps to other steps.
+    assert main(["train", *flags, "--out", str(copy), "--calibrate-only", "--seed", "1"]) == 0
+    assert Calibration.load(copy) != Calibration.load(trained_checkpoint)
 
 
 def test_a_decoder_checkpoint_works_as_base_and_a_seed_repeats(tmp_path, small_replay):

@@ -106,3 +106,5 @@ def test_train_refuses_bad_input_with_clear_errors(shared_data, tmp_path, capsys
     assert "bad.jsonl" in capsys.readouterr().out
     assert not (tmp_path / "o2").exists()
     assert not (tmp_path / "o2.partial").exists()
+    assert main(["train", "--data", data, "--out", str(existing), "--calibrate-only"]) == 2
+    assert "no checkpoint to calibrate" in capsys.readouterr().out
