@@ -135,7 +135,7 @@ class SuccessMap(BaseModel):
             mean forecast to keep the base rate.
 
     A map written by an earlier release (with ``bias`` and ``rate``) is refused, not misread:
-    re-calibrate the checkpoint.
+    re-calibrate the checkpoint (``roi-agents train --calibrate-only``).
     """
 
     model_config = ConfigDict(frozen=True, allow_inf_nan=False, extra="forbid")
@@ -356,7 +356,7 @@ def fit_success(
     features = np.column_stack([*(np.asarray(centred[k], dtype=float) for k in keys), offset])
     w = _logistic(features, y, offset, ridge=1.0)
     return SuccessMap(
-        weights={k: float(v) for k, v in zip(keys, w, strict=False)}, level=1.0 + float(w[-1])
+        weights={k: float(v) for k, v in zip(keys, w[:-1], strict=True)}, level=1.0 + float(w[-1])
     )
 
 

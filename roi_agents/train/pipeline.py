@@ -227,7 +227,7 @@ def _fit_success(
         held_out_rates=held_out_rates,
         option_centres=option_centres,
         # Centred on a group's mean only where the group's rate is the level; elsewhere the
-        # logits carry how the group differs from the option's rate.
+        # logits carry how the group differs from the held-out rows' rate.
         group_centres={
             group: {k: v for k, v in members.items() if k in group_rates[group]}
             for group, members in group_centres.items()
