@@ -196,10 +196,14 @@ class SuccessCalibration(BaseModel):
     def base_rate(self, key: str, group: str | None) -> float:
         """Option ``key``'s base rate in ``group``.
 
-        The group's rate; else the option's on the held-out rows, else on the fine-tuning
-        rows; else the mean of the options' rates.
+        The group's rate; else the option's on the held-out rows; else `option_rate`.
         """
-        found = _lookup(self.group_rates, {**self.option_rates, **self.held_out_rates}, key, group)
+        found = _lookup(self.group_rates, self.held_out_rates, key, group)
+        return self.option_rate(key) if found is None else found
+
+    def option_rate(self, key: str) -> float:
+        """Option ``key``'s rate on the fine-tuning rows, or the mean of the options' rates."""
+        found = self.option_rates.get(key)
         if found is None:
             rates = list(self.option_rates.values())
             found = float(np.mean(rates)) if rates else 0.5

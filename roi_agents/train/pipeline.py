@@ -351,7 +351,7 @@ def _quality(
         [e.success for e in rows],
         p,
         [success_probability(o[0]) for o in outputs],
-        [calibration.success.option_rates.get(e.option, 0.5) for e in rows],
+        [calibration.success.option_rate(e.option) for e in rows],
         log_tokens_error=tokens_error,
         tokens_inside=tokens_inside,
         usd_inside=usd_inside,

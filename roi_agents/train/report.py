@@ -18,15 +18,18 @@ def _cell(value: float | None, digits: int = 3) -> str:
 def print_train_report(report: TrainReport, console: Console) -> None:
     """Print the held-out quality overall, per dataset and per option."""
     rows, seconds = report.rows, report.seconds
-    fitted = (
-        f"fine-tuned on {rows['fit']} of {rows['fit_available']} training rows"
-        + (" (subsampled: --max-rows)" if rows["fit"] < rows["fit_available"] else "")
-        + f", {rows['validation']} validation, {rows['calibration']} calibration rows; "
-        f"{seconds['fine_tuning']:.0f} s fine-tuning"
-        if "fine_tuning" in seconds
-        else f"calibrated only, on {rows['calibration']} rows; base rates of "
-        f"{rows['fit_available']} rows"
-    )
+    if "fine_tuning" in seconds:
+        subsampled = " (subsampled: --max-rows)" if rows["fit"] < rows["fit_available"] else ""
+        fitted = (
+            f"fine-tuned on {rows['fit']} of {rows['fit_available']} training rows{subsampled}, "
+            f"{rows['validation']} validation, {rows['calibration']} calibration rows; "
+            f"{seconds['fine_tuning']:.0f} s fine-tuning"
+        )
+    else:  # --calibrate-only
+        fitted = (
+            f"calibrated only, on {rows['calibration']} rows; base rates of "
+            f"{rows['fit_available']} rows"
+        )
     console.print(
         f"[bold]checkpoint[/] {report.out}"
         + (f" (base {report.base})" if report.base else "")

@@ -172,6 +172,7 @@ def test_base_rates_and_centres_fall_back_from_group_to_option():
     assert success.base_rate("deep", "law") == 0.7  # the held-out rows' rate, as their centre
     assert success.base_rate("fast", "math") == 0.4
     assert success.base_rate("new", None) == pytest.approx(0.6)
+    assert success.option_rate("deep") == 0.8  # the Brier score's baseline: fine-tuning rows
     assert success.centred("math", {"deep": 1.0, "fast": 1.0, "new": 1.0}) == {
         "deep": -2.0,
         "fast": 2.0,

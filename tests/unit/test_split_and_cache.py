@@ -183,8 +183,9 @@ def test_a_group_never_fine_tuned_on_starts_from_the_held_out_rate():
         Example(f"h{q}", f"new{q % 5}", "o", "t", float(rng.uniform() < 0.8), 3.0, None)
         for q in range(1000)
     ]
-    logits = rng.normal(1.0, 1.0, len(rows))  # noise about a mean of 1
-    calibration = calibrate(rows, [[float(x), 3.0, 0.0] for x in logits], fitted_on)
+    # Success logits: noise about a mean of 1.
+    outputs = [[float(x), 3.0, 0.0] for x in rng.normal(1.0, 1.0, len(rows))]
+    calibration = calibrate(rows, outputs, fitted_on)
     success = calibration.success
     assert success.option_rates["o"] == pytest.approx(0.2, abs=0.03)
     assert success.held_out_rates["o"] == pytest.approx(np.mean([e.success for e in rows]))
@@ -192,7 +193,7 @@ def test_a_group_never_fine_tuned_on_starts_from_the_held_out_rate():
     assert success.p("o", "other", {"o": 1.0}) == pytest.approx(0.8, abs=0.03)
     assert success.p("o", "old1", {"o": 1.0}) == pytest.approx(0.2, abs=0.05)
     # The Brier score's baseline stays the fine-tuning rows' rate.
-    quality = evaluate(rows, [[float(x), 3.0, 0.0] for x in logits], calibration)[0]
+    quality = evaluate(rows, outputs, calibration)[0]
     assert quality.brier_base == pytest.approx(
         np.mean([(0.2 - e.success) ** 2 for e in rows]), abs=0.03
     )
