@@ -142,7 +142,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--max-rows", type=int, default=8000, help="rows to fine-tune on")
     train.add_argument("--eval-rows", type=int, default=6000, help="test rows to evaluate")
-    train.add_argument("--epochs", type=int, default=3)
+    train.add_argument(
+        "--epochs", type=int, default=3, help="0: fit the head alone on the frozen base (a probe)"
+    )
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=5e-5)
     train.add_argument("--max-length", type=int, default=256, help="tokens per input")

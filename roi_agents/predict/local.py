@@ -44,6 +44,8 @@ class LocalPredictor:
         try:
             import torch
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+            from roi_agents.predict.pooling import asks_for_mean, mean_pool
         except ImportError as error:
             msg = "LocalPredictor needs the [train] extra: pip install roi-agents[train]"
             raise InvalidValueError("path", msg) from error
@@ -54,6 +56,8 @@ class LocalPredictor:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.model = AutoModelForSequenceClassification.from_pretrained(self.path).to(self.device)
+        if asks_for_mean(self.path):
+            mean_pool(self.model)
         self.model.eval()
         self.batch_size = batch_size
         # Long step texts are cut where the model's positions end, as vLLM cuts them.

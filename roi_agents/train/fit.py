@@ -325,17 +325,23 @@ def fine_tune(
     return history
 
 
-def load_base(base: str | Path, outputs: int, *, seed: int = 0) -> tuple[Any, Any]:
+def load_base(base: str | Path, outputs: int, *, seed: int = 0) -> tuple[Any, Any, bool]:
     """A base checkpoint as a sequence-regression model with ``outputs`` raw outputs.
 
-    Encoders and decoders both work (decoders get their end-of-sequence token as padding). The
-    new head's random start is drawn from ``seed``.
+    Encoders and decoders both work (decoders get their end-of-sequence token as padding). A
+    BERT-family base whose sentence-transformers files ask for mean pooling is read that way
+    (`roi_agents.predict.pooling`). The new head's random start is drawn from ``seed``.
+
+    Returns:
+        The model, its tokenizer, and whether it pools by the mean.
 
     Raises:
         InvalidValueError: when the folder holds no loadable checkpoint.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from transformers.utils import logging as hf_logging
+
+    from roi_agents.predict.pooling import asks_for_mean, mean_pool
 
     set_seed(seed)
     try:
@@ -360,4 +366,4 @@ def load_base(base: str | Path, outputs: int, *, seed: int = 0) -> tuple[Any, An
         model.config.pad_token_id = tokenizer.pad_token_id
     model.config.id2label = dict(enumerate(HEAD_LABELS[:outputs]))
     model.config.label2id = {v: k for k, v in model.config.id2label.items()}
-    return model, tokenizer
+    return model, tokenizer, asks_for_mean(base) and mean_pool(model)

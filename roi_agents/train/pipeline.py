@@ -81,7 +81,7 @@ class TrainConfig(BaseModel):
     split: Literal["query", "dataset"] = "query"
     max_rows: Annotated[int, Field(ge=10)] = 8000
     eval_rows: Annotated[int, Field(ge=10)] = 6000
-    epochs: Annotated[int, Field(ge=1)] = 3
+    epochs: Annotated[int, Field(ge=0)] = 3
     batch_size: Annotated[int, Field(ge=1)] = 32
     lr: Annotated[float, Field(gt=0.0)] = 5e-5
     head_lr: Annotated[float, Field(gt=0.0)] = 2e-4
@@ -455,7 +455,7 @@ def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainRepo
     base = config.base or default_base()
     parts = split(config)
     usd = any(e.log_usd is not None for e in parts.fit)
-    model, tokenizer = load_base(base, 5 if usd else 3, seed=config.seed)
+    model, tokenizer, mean_pooled = load_base(base, 5 if usd else 3, seed=config.seed)
     history = fine_tune(
         model,
         tokenizer,
@@ -480,6 +480,10 @@ def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainRepo
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial, safe_serialization=True)
     tokenizer.save_pretrained(partial)
+    if mean_pooled:
+        from roi_agents.predict.pooling import write_pooling_files
+
+        write_pooling_files(partial)
     report = finish(
         partial,
         config,

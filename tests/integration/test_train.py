@@ -15,6 +15,7 @@ from roi_agents.data.split import split_by
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict import LocalPredictor
 from roi_agents.predict.calibration import Calibration
+from roi_agents.predict.pooling import asks_for_mean
 from roi_agents.telemetry import JsonlSpanExporter, RunTrace
 from roi_agents.train import TrainConfig, load_examples, train
 from roi_agents.train.pipeline import split
@@ -29,6 +30,9 @@ def test_the_checkpoint_is_complete_and_reports_on_the_bench_test_queries(
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
     assert {"calibration.json", "report.json", "reliability.png"} <= files
     assert not trained_checkpoint.with_name("predictor.partial").exists()
+    # The default base (all-MiniLM-L6-v2) is read by the mean of its tokens, and the checkpoint
+    # tells vLLM so (test_predictors checks that both compute the same outputs).
+    assert asks_for_mean(trained_checkpoint)
     config = json.loads((trained_checkpoint / "config.json").read_text())
     assert config["problem_type"] == "regression"
     assert len(config["id2label"]) == 5  # success, tokens (2), USD (2): the data records USD
@@ -87,6 +91,35 @@ def test_local_forecasts_are_calibrated_and_ordered(trained_checkpoint):
         assert c.usd.p50 <= c.usd.p90 <= c.usd.p99
 
 
+def test_padding_does_not_change_a_mean_pooled_output(trained_checkpoint):
+    local = LocalPredictor(trained_checkpoint)
+    short = "What is 2 + 3?"
+    alone = local.outputs([short])[0]
+    padded = local.outputs([short, "A train leaves at 3 pm going 60 mph, " * 8])[0]
+    assert padded == pytest.approx(alone, abs=1e-5)
+
+
+def test_zero_epochs_fit_the_head_alone(tmp_path, small_replay, trained_checkpoint):
+    from safetensors.torch import load_file
+
+    from roi_agents.train.pipeline import default_base
+
+    report = train(
+        TrainConfig(
+            data=[small_replay], out=tmp_path / "probe", max_rows=60, eval_rows=20, epochs=0
+        )
+    )
+    assert len(report.val_losses) == 1
+    probe = load_file(tmp_path / "probe" / "model.safetensors")
+    tuned = load_file(trained_checkpoint / "model.safetensors")
+    layer = "encoder.layer.0.attention.self.query.weight"
+    base = load_file(default_base() / "model.safetensors")[layer]
+    layer = f"bert.{layer}"
+    assert probe[layer].equal(base)
+    assert not tuned[layer].equal(base)
+    assert not probe["classifier.weight"].equal(tuned["classifier.weight"])
+
+
 def test_an_existing_output_is_not_replaced_without_overwrite(trained_checkpoint, small_replay):
     before = (trained_checkpoint / "model.safetensors").stat().st_mtime_ns
     with pytest.raises(InvalidValueError, match="--overwrite"):
@@ -136,6 +169,7 @@ def test_a_decoder_checkpoint_works_as_base_and_a_seed_repeats(tmp_path, small_r
     ]
     assert reports[0].rows["test"] == 20
     assert reports[0].quality == reports[1].quality
+    assert not asks_for_mean(tmp_path / "out")  # no BERT pooler: vLLM's default, last token
     assert Calibration.load(tmp_path / "out") == Calibration.load(tmp_path / "again")
     forecasts = LocalPredictor(tmp_path / "out").predict(
         [Step(id="a", text="How many eggs?", options=(Option(name="gpt-4-1106-preview"),))]
