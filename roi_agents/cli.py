@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
         "--predictor",
         default="prior",
         help="prior, local:DIR (a trained checkpoint in-process) or vllm:URL[@DIR] (a vLLM "
-        "pooling server; DIR: the checkpoint whose calibration.json applies)",
+        "pooling server; DIR: the checkpoint whose calibration.json applies and names its "
+        "outputs)",
     )
     bench.add_argument(
         "--resource",

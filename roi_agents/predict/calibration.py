@@ -261,11 +261,15 @@ class Calibration(Maps):
         success: the success maps.
         by_option: per option key, its own cost maps.
         by_group: per step group, per option key, its own cost maps.
+        labels: the head's output labels (its ``id2label``, see `roi_agents.predict.head`), so
+            that a client of a server can read rows with per-option outputs; empty: the
+            standard 3 or 5.
     """
 
     success: SuccessCalibration
     by_option: dict[str, Maps] = {}
     by_group: dict[str, dict[str, Maps]] = {}
+    labels: tuple[str, ...] = ()
 
     def maps(self, key: str, group: str | None = None) -> Maps:
         """The most specific cost maps there are for option ``key`` in ``group``."""

@@ -5,7 +5,17 @@ text, e.g. ``"[deep] Prove that ..."``. Output: the checkpoint's regression head
 
 * 0: the success logit;
 * 1, 2: the mean and the log of the spread of ``log(output_tokens + 1)``;
-* 3, 4 (optional): the same for ``log(usd + 1e-6)``.
+* 3, 4 (optional): the same for ``log(usd + 1e-6)``;
+* then (optional) an option the checkpoint was trained on has outputs of its own: the ones
+  above, labelled ``LABEL[KEY]`` by `option_key` in the checkpoint's ``id2label``. `own_row`
+  reads them in place of the shared ones; an option without them (one the checkpoint has not
+  seen) reads the shared ones. ``roi-agents train`` gives each option a success logit of its own
+  (``success_logit[KEY]``): a step's text reads differently for each option only by its tag, so
+  one shared row of weights ranks steps alike for every option, while a row per option learns
+  where that option fails (on GSM8K, a frozen MiniLM ranks GPT-4's failures with AUC 0.67 by its
+  own row against 0.58 by the shared one). Cost rows stay shared: fitted per option on frozen
+  features they spread GPT-4's one-letter MMLU answers and its worked GSM8K ones over one row,
+  and the cost tails of GSM8K forecasts grew a hundredfold.
 
 A step text longer than 512 characters is cut to its first and last 256, joined by `` ... ``
 (the question of a long prompt is often at its end), so that training, `LocalPredictor` and a
@@ -32,9 +42,13 @@ __all__ = [
     "HEAD_LABELS",
     "LOG_SIGMA_RANGE",
     "forecasts",
+    "head_labels",
     "input_text",
     "model_input",
     "option_key",
+    "own_columns",
+    "own_keys",
+    "own_row",
     "pairs",
     "spread",
     "success_probability",
@@ -52,6 +66,43 @@ _Z99 = 2.3263478740408408
 # A spread beyond e^3 on the log scale says nothing; beyond e^-5 it claims too much.
 LOG_SIGMA_RANGE = (-5.0, 3.0)
 _HALF_TEXT = 256
+
+
+def head_labels(usd: bool, options: Sequence[str] = ()) -> tuple[str, ...]:
+    """A trained head's labels: success and tokens, USD when ``usd``, a success per option.
+
+    >>> head_labels(False, ["deep"])
+    ('success_logit', 'log_tokens_mean', 'log_tokens_log_sigma', 'success_logit[deep]')
+    """
+    return (*HEAD_LABELS[: 5 if usd else 3], *(f"{HEAD_LABELS[0]}[{key}]" for key in options))
+
+
+def own_keys(labels: Sequence[str]) -> list[str]:
+    """The option keys that have outputs of their own in a head's labels."""
+    return sorted({label[label.index("[") + 1 : -1] for label in labels if label.endswith("]")})
+
+
+def own_columns(labels: Sequence[str], key: str) -> list[int]:
+    """Per shared output, the column of option ``key``'s own one (the shared one where none)."""
+    index = {label: i for i, label in enumerate(labels)}
+    shared = [label for label in labels if label in HEAD_LABELS]
+    return [index.get(f"{label}[{key}]", i) for i, label in enumerate(shared)]
+
+
+def own_row(row: Sequence[float], key: str, labels: Sequence[str] = ()) -> list[float]:
+    """The outputs one (step, option) reads: the option's own where it has them, else shared.
+
+    ``labels`` are the head's (`head_labels`); without them the row is read as it is.
+
+    >>> own_row([0.1, 2.0, -1.0, 0.7], "deep", head_labels(False, ["deep"]))
+    [0.7, 2.0, -1.0]
+    """
+    if not labels:
+        return list(row)
+    if len(row) != len(labels):
+        msg = f"{len(row)} outputs for a head of {len(labels)} ({', '.join(labels)})"
+        raise InvalidValueError("outputs", msg)
+    return [row[i] for i in own_columns(labels, key)]
 
 
 def model_input(tags: Sequence[str], text: str) -> str:
@@ -117,8 +168,8 @@ def _cost(
 
 def _checked(outputs: Sequence[float]) -> list[float]:
     values = [float(x) for x in outputs]
-    if len(values) < 3:
-        msg = f"expected at least 3 head outputs, got {len(values)}"
+    if len(values) not in (3, 5):
+        msg = f"expected 3 or 5 head outputs (a head with more needs its labels), got {len(values)}"
         raise InvalidValueError("outputs", msg)
     if not all(math.isfinite(x) for x in values):
         raise InvalidValueError("outputs", f"non-finite head outputs {values}")
@@ -171,10 +222,12 @@ def forecasts(
     *,
     source: str,
     calibration: Calibration | None = None,
+    labels: Sequence[str] = (),
 ) -> list[Forecast]:
     """The forecasts for `pairs(steps)` from their rows of raw head outputs, in that order.
 
     Each step's forecasts see the raw success logits of all its options (option-set maps).
+    ``labels`` name the head's outputs (`own_row`); without them, the calibration's.
 
     Raises:
         InvalidValueError: when a row is malformed or rows and pairs do not line up.
@@ -182,7 +235,11 @@ def forecasts(
     todo = pairs(steps)
     if len(rows) != len(todo):
         raise InvalidValueError("outputs", f"{len(rows)} rows for {len(todo)} (step, option)")
-    checked = [_checked(row) for row in rows]
+    labels = labels or (calibration.labels if calibration is not None else ())
+    checked = [
+        _checked(own_row(row, option_key(option), labels))
+        for row, (_, option) in zip(rows, todo, strict=True)
+    ]
     logits: dict[int, dict[str, float]] = {}
     for (step, option), values in zip(todo, checked, strict=True):
         logits.setdefault(id(step), {})[option_key(option)] = values[0]

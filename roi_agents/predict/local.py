@@ -10,7 +10,7 @@ from typing import Any
 
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.calibration import Calibration
-from roi_agents.predict.head import forecasts, input_text, pairs
+from roi_agents.predict.head import HEAD_LABELS, forecasts, input_text, pairs
 from roi_agents.types import Forecast, Step
 
 __all__ = ["LocalPredictor"]
@@ -64,6 +64,10 @@ class LocalPredictor:
         self.max_length = int(getattr(self.model.config, "max_position_embeddings", 512))
         self._lock = threading.Lock()
         self.calibration = Calibration.load(self.path) if calibrated else None
+        config = self.model.config
+        labels = tuple(config.id2label[i] for i in range(config.num_labels))
+        # The head's labels, when it is one `roi-agents train` made (`own_row` reads them).
+        self.labels = labels if labels[0] == HEAD_LABELS[0] else ()
 
     def outputs(
         self, texts: Sequence[str], *, progress: Callable[[int], None] | None = None
@@ -91,7 +95,9 @@ class LocalPredictor:
     def predict(self, steps: Sequence[Step]) -> list[Forecast]:
         """One forecast per (step, option), from one batched pass."""
         rows = self.outputs([input_text(s, o) for s, o in pairs(steps)])
-        return forecasts(steps, rows, source="local", calibration=self.calibration)
+        return forecasts(
+            steps, rows, source="local", calibration=self.calibration, labels=self.labels
+        )
 
     async def apredict(self, steps: Sequence[Step]) -> list[Forecast]:
         """`predict` on a worker thread (the forward pass is CPU/GPU work)."""

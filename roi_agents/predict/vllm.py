@@ -57,7 +57,10 @@ class VLLMPredictor:
         client: an httpx client to use (and to close yourself).
         async_client: an httpx async client to use (and to close yourself).
         calibration: the checkpoint's `Calibration`, or the checkpoint folder holding its
-            ``calibration.json`` (the server returns raw outputs; the maps apply here).
+            ``calibration.json`` (the server returns raw outputs; the maps apply here, and its
+            ``labels`` say which outputs are each option's own). Without it, a checkpoint with
+            outputs per option (what ``roi-agents train`` writes) cannot be read, and every
+            turn falls back.
         batch_size: texts per request: a turn with more sends several requests, in turn, so
             that each stays within ``timeout``.
     """

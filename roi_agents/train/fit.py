@@ -1,10 +1,12 @@
 """Fine-tune a Hugging Face sequence-regression model into the predictor (torch, transformers).
 
 Loss per row: the success log-loss of output 0 plus the Gaussian negative log-likelihood of
-``log(tokens + 1)`` under outputs 1 (mean) and 2 (log-spread), and of ``log(usd + 1e-6)``
-under outputs 3 and 4 when the data records USD (beta-NLL weighting, see `_loss`). The head
-is first fitted alone on frozen features, then the whole model is fine-tuned; early stopping
-keeps the weights with the lowest validation loss.
+``log(tokens + 1)`` under outputs 1 (mean) and 2 (log-spread), and of ``log(usd + 1e-6)`` under
+outputs 3 and 4 when the data records USD (beta-NLL weighting, see `_loss`); the same again as the
+row's option reads them, its own outputs in place of the shared ones where the head has them
+(`roi_agents.predict.head`). The head is first fitted alone on frozen features (its success rows
+as regularised logistic regressions, see `_fit_success_rows`), then the whole model is
+fine-tuned; early stopping keeps the weights with the lowest validation loss.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,13 @@ from typing import Any
 import numpy as np
 
 from roi_agents.errors import InvalidValueError
-from roi_agents.predict.head import HEAD_LABELS, LOG_SIGMA_RANGE
+from roi_agents.predict.head import (
+    HEAD_LABELS,
+    LOG_SIGMA_RANGE,
+    head_labels,
+    own_columns,
+    own_keys,
+)
 from roi_agents.train.examples import Example
 
 __all__ = ["FitHistory", "FitSettings", "fine_tune", "load_base"]
@@ -52,7 +60,10 @@ class FitHistory:
     stopped_early: bool
 
 
-def _targets(examples: Sequence[Example], usd: bool) -> tuple[Any, Any]:
+def _targets(
+    examples: Sequence[Example], usd: bool, own: Mapping[str, list[int]]
+) -> tuple[Any, Any, Any]:
+    """Targets, which are recorded (1.0), and the columns of each row's own outputs."""
     import torch
 
     values, present = [], []
@@ -64,7 +75,9 @@ def _targets(examples: Sequence[Example], usd: bool) -> tuple[Any, Any]:
             mask.append(float(e.log_usd is not None))
         values.append(row)
         present.append(mask)
-    return torch.tensor(values), torch.tensor(present)
+    shared = list(range(5 if usd else 3))
+    columns = [own.get(e.option, shared) for e in examples]
+    return torch.tensor(values), torch.tensor(present), torch.tensor(columns)
 
 
 # Training floors the spread at 0.1 on the log scale (costs recorded as one token would
@@ -72,12 +85,19 @@ def _targets(examples: Sequence[Example], usd: bool) -> tuple[Any, Any]:
 _TRAIN_LOG_SIGMA = (math.log(0.1), LOG_SIGMA_RANGE[1])
 
 
-def _loss(logits: Any, targets: Any, present: Any) -> Any:
+def _loss(logits: Any, targets: Any, present: Any, own: Any) -> Any:
+    """The loss of the shared outputs, plus that of the rows' own outputs where they have them."""
+    total = _outputs_loss(logits[:, : own.shape[1]], targets, present)
+    if bool((own >= own.shape[1]).any()):
+        total = total + _outputs_loss(logits.gather(1, own), targets, present)
+    return total
+
+
+def _outputs_loss(logits: Any, targets: Any, present: Any) -> Any:
     import torch
     from torch.nn import functional
 
-    success = functional.binary_cross_entropy_with_logits(logits[:, 0], targets[:, 0])
-    total = success
+    total = functional.binary_cross_entropy_with_logits(logits[:, 0], targets[:, 0])
     for k in range(1, targets.shape[1]):
         mean, log_sigma = logits[:, 2 * k - 1], logits[:, 2 * k].clamp(*_TRAIN_LOG_SIGMA)
         sigma = torch.exp(log_sigma)
@@ -102,18 +122,28 @@ def _head(model: Any, outputs: int) -> Any:
     return found
 
 
-def _init_head(head: Any, examples: Sequence[Example], usd: bool) -> None:
-    """Start from the training set's averages: a small weight and the mean as bias."""
+def _rate_logit(values: Sequence[float]) -> float:
+    rate = min(max(float(np.mean(values)), 1e-3), 1 - 1e-3)
+    return math.log(rate / (1 - rate))
+
+
+def _init_head(head: Any, examples: Sequence[Example], labels: Sequence[str]) -> None:
+    """Start from small weights and the rows' averages as biases (an option's own: its rows')."""
     import torch
 
     def stats(values: list[float]) -> tuple[float, float]:
         return float(np.mean(values)), math.log(max(float(np.std(values)), 1e-3))
 
-    rate = min(max(float(np.mean([e.success for e in examples])), 1e-3), 1 - 1e-3)
-    bias = [math.log(rate / (1 - rate))]
-    bias.extend(stats([e.log_tokens for e in examples if e.log_tokens is not None] or [0.0]))
-    if usd:
-        bias.extend(stats([e.log_usd for e in examples if e.log_usd is not None] or [0.0]))
+    def averages(rows: Sequence[Example]) -> list[float]:
+        found = [_rate_logit([e.success for e in rows])]
+        found.extend(stats([e.log_tokens for e in rows if e.log_tokens is not None] or [0.0]))
+        found.extend(stats([e.log_usd for e in rows if e.log_usd is not None] or [0.0]))
+        return found
+
+    bias = averages(examples)[: sum(label in HEAD_LABELS for label in labels)]
+    for label in labels[len(bias) :]:
+        name, key = label[:-1].split("[", 1)
+        bias.append(averages([e for e in examples if e.option == key])[HEAD_LABELS.index(name)])
     with torch.no_grad():
         head.weight.mul_(0.1)
         if head.bias is not None:
@@ -134,9 +164,13 @@ def _batches(examples: Sequence[Example], size: int, rng: random.Random) -> list
 
 
 def _head_inputs(
-    model: Any, head: Any, encode: Callable[[Sequence[Example]], Any], rows: Sequence[Example]
+    model: Any,
+    head: Any,
+    encode: Callable[[Sequence[Example]], Any],
+    rows: Sequence[Example],
+    advance: Callable[[int], None],
 ) -> Any:
-    """What the head reads for each row, from one frozen forward pass.
+    """What the head reads for each row, from one frozen forward pass; ``advance(k)`` per batch.
 
     ``None`` when the head reads more than one vector per row (decoders score every position,
     then pick one).
@@ -152,7 +186,9 @@ def _head_inputs(
         model.eval()
         with torch.no_grad():
             for start in range(0, len(order), 64):
-                model(**encode([rows[i] for i in order[start : start + 64]])[0])
+                batch = [rows[i] for i in order[start : start + 64]]
+                model(**encode(batch)[0])
+                advance(len(batch))
     finally:
         hook.remove()
     if any(c.dim() != 2 for c in captured):
@@ -165,8 +201,8 @@ def _head_inputs(
 
 def _fit_head(
     head: Any,
-    fit: tuple[Any, Any, Any],
-    val: tuple[Any, Any, Any],
+    fit: tuple[Any, Any, Any, Any],
+    val: tuple[Any, Any, Any, Any],
     steps: int = 400,
 ) -> float:
     """Train the head alone on frozen features (full batch, Adam); keep its best state.
@@ -180,17 +216,97 @@ def _fit_head(
     best, state = math.inf, copy.deepcopy(head.state_dict())
     for step in range(steps):
         head.train()
-        loss = _loss(head(fit[0]), fit[1], fit[2])
+        loss = _loss(head(fit[0]), *fit[1:])
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
         if step % 10 == 9:
             with torch.no_grad():
-                current = float(_loss(head(val[0]), val[1], val[2]))
+                current = float(_loss(head(val[0]), *val[1:]))
             if current < best:
                 best, state = current, copy.deepcopy(head.state_dict())
     head.load_state_dict(state)
     return best
+
+
+# L2 strengths tried for a success row: the penalty l2 / 2 * |w|^2 on standardised features is
+# added to the mean log-loss.
+SUCCESS_L2 = tuple(float(10.0**k) for k in np.arange(1.0, -3.01, -0.5))
+
+
+def _logistic_path(x: Any, y: Any, val_x: Any, val_y: Any) -> list[tuple[float, Any, Any]]:
+    """Per strength of `SUCCESS_L2`: the summed validation log-loss, weights and bias.
+
+    Each fit starts from the one before (strongest first).
+    """
+    import torch
+    from torch.nn import functional
+
+    weight = torch.zeros(x.shape[1], device=x.device, requires_grad=True)
+    bias = torch.tensor(_rate_logit(y.tolist()), device=x.device, requires_grad=True)
+    path = []
+    for l2 in SUCCESS_L2:
+
+        def objective(l2: float = l2) -> Any:
+            weight.grad = bias.grad = None
+            loss: Any = functional.binary_cross_entropy_with_logits(x @ weight + bias, y)
+            loss = loss + 0.5 * l2 * weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        optimiser = torch.optim.LBFGS(
+            [weight, bias], max_iter=100, tolerance_grad=1e-6, line_search_fn="strong_wolfe"
+        )
+        optimiser.step(objective)  # type: ignore[no-untyped-call]
+        with torch.no_grad():
+            logits = val_x @ weight + bias
+            loss = functional.binary_cross_entropy_with_logits(logits, val_y, reduction="sum")
+        path.append((float(loss), weight.detach().clone(), bias.detach().clone()))
+    return path
+
+
+def _fit_success_rows(
+    head: Any,
+    own: Mapping[str, int],
+    fit: tuple[Any, Any, Sequence[str]],
+    val: tuple[Any, Any, Sequence[str]],
+) -> None:
+    """Set the head's success rows to L2-regularised logistic regressions on frozen features.
+
+    Output 0 on every row; each option's own output (``own``) on that option's rows, all at
+    one strength (a few dozen validation rows per option would pick theirs by chance). Each
+    strength is the one of `SUCCESS_L2` with the lowest validation log-loss. Features are
+    standardised on the fitting rows and that is folded back into the weights, so the head
+    stays one linear layer that any server runs. Why not the joint Adam fit: a step's text
+    says little about success (GSM8K: AUC about 0.6 to 0.7 within an option) and 384 lightly
+    penalised weights fit noise.
+    """
+    import torch
+
+    (x, y, options), (val_x, val_y, val_options) = fit, val
+    centre, scale = x.mean(0), x.std(0).clamp(min=1e-6)
+    z, val_z = (x - centre) / scale, (val_x - centre) / scale
+
+    def rows(names: Sequence[str], option: str) -> Any:
+        return torch.tensor([name == option for name in names], device=x.device)
+
+    def fold(output: int, weight: Any, bias: Any) -> None:
+        with torch.no_grad():
+            head.weight[output] = (weight / scale).to(head.weight.dtype)
+            if head.bias is not None:
+                head.bias[output] = bias - (weight * centre / scale).sum()
+
+    _, weight, bias = min(_logistic_path(z, y, val_z, val_y), key=lambda step: step[0])
+    fold(0, weight, bias)
+    paths = {}
+    for option in own:
+        mask, val_mask = rows(options, option), rows(val_options, option)
+        if bool(mask.any()) and bool(val_mask.any()):
+            paths[option] = _logistic_path(z[mask], y[mask], val_z[val_mask], val_y[val_mask])
+    if paths:
+        best = min(range(len(SUCCESS_L2)), key=lambda k: sum(p[k][0] for p in paths.values()))
+        for option, path in paths.items():
+            fold(own[option], *path[best][1:])
 
 
 def fine_tune(
@@ -199,23 +315,24 @@ def fine_tune(
     fit: Sequence[Example],
     val: Sequence[Example],
     *,
-    usd: bool,
     settings: FitSettings,
-    on_step: Callable[[int, int, float], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> FitHistory:
     """Train ``model`` in place on ``fit``; stop early on ``val``; keep the best weights.
 
-    First the head alone, on features from one frozen pass (a few seconds: the new head starts
-    where a linear probe ends instead of random), then the whole model end to end.
+    First the head alone, on features from one frozen pass (the new head starts where a linear
+    probe ends instead of random; with ``settings.epochs == 0`` it is that probe), then the
+    whole model end to end.
 
     Args:
-        model: a transformers sequence-classification model with 3 (or 5 with USD) outputs.
+        model: a sequence-classification model from `load_base` (its labels say which outputs
+            it has: USD, the options with outputs of their own).
         tokenizer: its tokenizer.
         fit: training rows (non-empty).
         val: validation rows for early stopping (non-empty).
-        usd: whether outputs 3 and 4 (USD) are trained.
         settings: optimisation settings.
-        on_step: called after each batch with (steps done, steps planned, running loss).
+        progress: called with (stage, done, planned) as work advances: rows through the
+            frozen pass ("reading features"), then batches ("fine-tuning").
 
     Raises:
         InvalidValueError: with no training or validation rows.
@@ -229,9 +346,11 @@ def fine_tune(
     torch.manual_seed(settings.seed)
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    outputs = 5 if usd else 3
-    head = _head(model, outputs)
-    _init_head(head, fit, usd)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    usd = "log_usd_mean" in labels
+    own = {key: own_columns(labels, key) for key in own_keys(labels)}
+    head = _head(model, len(labels))
+    _init_head(head, fit, labels)
     if settings.freeze_embeddings:
         model.get_input_embeddings().requires_grad_(False)
     head_ids = {id(p) for p in head.parameters()}
@@ -251,7 +370,7 @@ def fine_tune(
     )
     eval_every = max(1, per_epoch // max(settings.evals_per_epoch, 1))
 
-    def encode(batch: Sequence[Example]) -> tuple[Any, Any, Any]:
+    def encode(batch: Sequence[Example]) -> tuple[Any, Any, Any, Any]:
         inputs = tokenizer(
             [e.text for e in batch],
             padding=True,
@@ -259,53 +378,62 @@ def fine_tune(
             max_length=settings.max_length,
             return_tensors="pt",
         ).to(device)
-        targets, present = _targets(batch, usd)
-        return inputs, targets.to(device), present.to(device)
+        return inputs, *(t.to(device) for t in _targets(batch, usd, own))
 
     def validate() -> float:
         model.eval()
         losses, weights = [], []
         with torch.inference_mode():
             for batch in _batches(val, settings.batch_size * 2, random.Random(0)):
-                inputs, targets, present = encode(batch)
-                logits = model(**inputs).logits.float()
-                losses.append(float(_loss(logits, targets, present)))
+                inputs, *targets = encode(batch)
+                losses.append(float(_loss(model(**inputs).logits.float(), *targets)))
                 weights.append(len(batch))
         model.train()
         return float(np.average(losses, weights=weights))
 
-    def tensors(rows: Sequence[Example]) -> tuple[Any, Any, Any] | None:
-        features = _head_inputs(model, head, encode, rows)
+    read = 0
+
+    def advance(k: int) -> None:
+        nonlocal read
+        read += k
+        if progress is not None:
+            progress("reading features", read, len(fit) + len(val))
+
+    def tensors(rows: Sequence[Example]) -> tuple[Any, Any, Any, Any] | None:
+        features = _head_inputs(model, head, encode, rows, advance)
         if features is None:
             return None
-        targets, present = _targets(rows, usd)
-        return features, targets.to(device), present.to(device)
+        return features, *(t.to(device) for t in _targets(rows, usd, own))
 
-    fit_features, val_features = tensors(fit), tensors(val)
+    fit_features = tensors(fit)
+    val_features = tensors(val) if fit_features is not None else None
     if fit_features is not None and val_features is not None:
         _fit_head(head, fit_features, val_features)
+        _fit_success_rows(
+            head,
+            {key: columns[0] for key, columns in own.items()},
+            (fit_features[0], fit_features[1][:, 0], [e.option for e in fit]),
+            (val_features[0], val_features[1][:, 0], [e.option for e in val]),
+        )
         del fit_features, val_features
 
     history = FitHistory(val_losses=[validate()], best=math.inf, steps=0, stopped_early=False)
     history.best = history.val_losses[0]
     best_state = copy.deepcopy(model.state_dict())
     worse = 0
-    running = 0.0
     model.train()
     for _ in range(settings.epochs):
         for batch in _batches(fit, settings.batch_size, rng):
-            inputs, targets, present = encode(batch)
-            loss = _loss(model(**inputs).logits.float(), targets, present)
+            inputs, *targets = encode(batch)
+            loss = _loss(model(**inputs).logits.float(), *targets)
             optimiser.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimiser.step()
             scheduler.step()
             history.steps += 1
-            value = float(loss.detach())
-            running = value if history.steps == 1 else 0.98 * running + 0.02 * value
-            if on_step is not None:
-                on_step(history.steps, total, running)
+            if progress is not None:
+                progress("fine-tuning", history.steps, total)
             if history.steps % eval_every and history.steps != total:
                 continue
             current = validate()
@@ -325,8 +453,10 @@ def fine_tune(
     return history
 
 
-def load_base(base: str | Path, outputs: int, *, seed: int = 0) -> tuple[Any, Any, bool]:
-    """A base checkpoint as a sequence-regression model with ``outputs`` raw outputs.
+def load_base(
+    base: str | Path, usd: bool, options: Sequence[str] = (), *, seed: int = 0
+) -> tuple[Any, Any, bool]:
+    """A base checkpoint as a sequence-regression model with the outputs of `head_labels`.
 
     Encoders and decoders both work (decoders get their end-of-sequence token as padding). A
     BERT-family base whose sentence-transformers files ask for mean pooling is read that way
@@ -344,6 +474,7 @@ def load_base(base: str | Path, outputs: int, *, seed: int = 0) -> tuple[Any, An
     from roi_agents.predict.pooling import asks_for_mean, mean_pool
 
     set_seed(seed)
+    labels = head_labels(usd, options)
     try:
         tokenizer = AutoTokenizer.from_pretrained(base)
         verbosity = hf_logging.get_verbosity()
@@ -352,7 +483,7 @@ def load_base(base: str | Path, outputs: int, *, seed: int = 0) -> tuple[Any, An
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
                 base,
-                num_labels=outputs,
+                num_labels=len(labels),
                 problem_type="regression",
                 ignore_mismatched_sizes=True,
             )
@@ -364,6 +495,6 @@ def load_base(base: str | Path, outputs: int, *, seed: int = 0) -> tuple[Any, An
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    model.config.id2label = dict(enumerate(HEAD_LABELS[:outputs]))
+    model.config.id2label = dict(enumerate(labels))
     model.config.label2id = {v: k for k, v in model.config.id2label.items()}
     return model, tokenizer, asks_for_mean(base) and mean_pool(model)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ from roi_agents.predict.calibration import (
     fit_success,
     option_set,
 )
-from roi_agents.predict.head import spread, success_probability
+from roi_agents.predict.head import own_row, spread, success_probability
 from roi_agents.predict.prior import PRIOR_STRENGTH
 from roi_agents.train.examples import Example, load_examples
 from roi_agents.train.fit import FitSettings, fine_tune, load_base
@@ -455,13 +456,14 @@ def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainRepo
     base = config.base or default_base()
     parts = split(config)
     usd = any(e.log_usd is not None for e in parts.fit)
-    model, tokenizer, mean_pooled = load_base(base, 5 if usd else 3, seed=config.seed)
+    counts = Counter(e.option for e in parts.fit)
+    options = sorted(option for option, n in counts.items() if n >= MIN_ROWS)
+    model, tokenizer, mean_pooled = load_base(base, usd, options, seed=config.seed)
     history = fine_tune(
         model,
         tokenizer,
         parts.fit,
         parts.validation,
-        usd=usd,
         settings=FitSettings(
             epochs=config.epochs,
             batch_size=config.batch_size,
@@ -471,7 +473,7 @@ def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainRepo
             seed=config.seed,
             device=config.device,
         ),
-        on_step=(lambda done, total, _: progress("fine-tuning", done, total)) if progress else None,
+        progress=progress,
     )
     fitted = time.perf_counter() - started
     # Written aside and renamed when complete; kept if calibration fails (`calibrate_only`
@@ -533,10 +535,12 @@ def finish(
             if progress is not None:
                 progress(stage, done, len(rows))
 
-        return local.outputs([e.text for e in rows], progress=advance)
+        raw = local.outputs([e.text for e in rows], progress=advance)
+        return [own_row(row, e.option, local.labels) for row, e in zip(raw, rows, strict=True)]
 
     held_out = [*parts.calibration, *parts.validation]
     calibration = calibrate(held_out, outputs("calibrating", held_out), parts.fit_all)
+    calibration = calibration.model_copy(update={"labels": local.labels})
     calibration.save(checkpoint)
     evaluated = time.perf_counter()
     test_outputs = outputs("evaluating", parts.test)

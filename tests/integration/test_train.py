@@ -15,6 +15,7 @@ from roi_agents.data.split import split_by
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict import LocalPredictor
 from roi_agents.predict.calibration import Calibration
+from roi_agents.predict.head import head_labels
 from roi_agents.predict.pooling import asks_for_mean
 from roi_agents.telemetry import JsonlSpanExporter, RunTrace
 from roi_agents.train import TrainConfig, load_examples, train
@@ -35,7 +36,10 @@ def test_the_checkpoint_is_complete_and_reports_on_the_bench_test_queries(
     assert asks_for_mean(trained_checkpoint)
     config = json.loads((trained_checkpoint / "config.json").read_text())
     assert config["problem_type"] == "regression"
-    assert len(config["id2label"]) == 5  # success, tokens (2), USD (2): the data records USD
+    # Success, tokens (2), USD (2, the data records them), then a success output per option.
+    labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    options = ["gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"]
+    assert tuple(labels) == head_labels(True, options)
     report = json.loads((trained_checkpoint / "report.json").read_text())
     # The test part is the bench's (same seed, same fraction): queries never trained on.
     records = list(read_records(small_replay))
@@ -51,6 +55,7 @@ def test_the_checkpoint_is_complete_and_reports_on_the_bench_test_queries(
     calibration = Calibration.load(trained_checkpoint)
     assert calibration is not None
     assert calibration.rows == report["rows"]["calibration"]
+    assert calibration.labels == tuple(labels)  # a server's client reads rows by these
     # The maps see the calibration rows and the validation rows.
     parts = split(
         TrainConfig(data=[small_replay], out=trained_checkpoint, max_rows=200, eval_rows=80)

@@ -22,7 +22,7 @@ from roi_agents.predict.calibration import (
     fit_success,
     option_set,
 )
-from roi_agents.predict.head import forecasts, input_text, model_input
+from roi_agents.predict.head import forecasts, head_labels, input_text, model_input, own_row
 
 
 def _sigmoid(z: float) -> float:
@@ -214,6 +214,29 @@ def test_forecasts_through_the_calibration():
     assert calibrated.tokens.p50 == pytest.approx(10 + math.exp(5.0) - 1, rel=1e-3)
     assert calibrated.tokens.p50 <= calibrated.tokens.p90 <= calibrated.tokens.p99 <= 510
     assert calibrated.tokens.p99 == pytest.approx(510)  # capped at the option's max_tokens
+
+
+def test_an_option_reads_its_own_success_output_where_the_head_has_one():
+    labels = head_labels(False, ["deep"])
+    assert own_row([0.1, 4.0, 0.0, -3.0], "deep", labels) == [-3.0, 4.0, 0.0]
+    assert own_row([0.1, 4.0, 0.0, -3.0], "cheap", labels) == [0.1, 4.0, 0.0]
+    # A head may carry an option's own version of any output.
+    usd = (*head_labels(True, ["a"]), "log_usd_mean[a]", "log_tokens_mean[b]")
+    assert own_row(list(range(8)), "a", usd) == [5, 1, 2, 6, 4]
+    assert own_row(list(range(8)), "b", usd) == [0, 7, 2, 3, 4]
+    with pytest.raises(InvalidValueError, match="3 outputs for a head of 4"):
+        own_row([0.1, 4.0, 0.0], "deep", labels)
+    # A server's rows are read by the labels the calibration stores, a local head's by its own.
+    deep = Option(name="x", tags=("deep",))
+    step = Step(id="s", text="t", options=(deep, Option(name="cheap")))
+    rows = [[0.0, 4.0, 0.0, 9.0], [0.0, 4.0, 0.0, 9.0]]
+    calibration = _calibration().model_copy(update={"labels": labels})
+    served = forecasts([step], rows, source="vllm", calibration=calibration)
+    local = forecasts([step], rows, source="local", labels=labels)
+    assert [f.p_success for f in local] == pytest.approx([1 / (1 + math.exp(-9.0)), 0.5])
+    assert served[0].p_success > 0.99 > 0.2 == pytest.approx(served[1].p_success)
+    with pytest.raises(InvalidValueError, match="needs its labels"):
+        forecasts([step], rows, source="vllm")
 
 
 def test_long_texts_are_cut_the_same_way_everywhere():
