@@ -23,7 +23,6 @@ import numpy as np
 
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.head import (
-    HEAD_LABELS,
     LOG_SIGMA_RANGE,
     head_labels,
     own_columns,
@@ -127,7 +126,9 @@ def _rate_logit(values: Sequence[float]) -> float:
     return math.log(rate / (1 - rate))
 
 
-def _init_head(head: Any, examples: Sequence[Example], labels: Sequence[str]) -> None:
+def _init_head(
+    head: Any, examples: Sequence[Example], usd: bool, own: Mapping[str, list[int]]
+) -> None:
     """Start from small weights and the rows' averages as biases (an option's own: its rows')."""
     import torch
 
@@ -137,13 +138,17 @@ def _init_head(head: Any, examples: Sequence[Example], labels: Sequence[str]) ->
     def averages(rows: Sequence[Example]) -> list[float]:
         found = [_rate_logit([e.success for e in rows])]
         found.extend(stats([e.log_tokens for e in rows if e.log_tokens is not None] or [0.0]))
-        found.extend(stats([e.log_usd for e in rows if e.log_usd is not None] or [0.0]))
+        if usd:
+            found.extend(stats([e.log_usd for e in rows if e.log_usd is not None] or [0.0]))
         return found
 
-    bias = averages(examples)[: sum(label in HEAD_LABELS for label in labels)]
-    for label in labels[len(bias) :]:
-        name, key = label[:-1].split("[", 1)
-        bias.append(averages([e for e in examples if e.option == key])[HEAD_LABELS.index(name)])
+    shared = averages(examples)
+    bias = shared + [0.0] * (head.out_features - len(shared))
+    for key, columns in own.items():
+        mine = averages([e for e in examples if e.option == key])
+        for column, value in zip(columns, mine, strict=True):
+            if column >= len(shared):  # the option's own output, not a shared one it reads
+                bias[column] = value
     with torch.no_grad():
         head.weight.mul_(0.1)
         if head.bias is not None:
@@ -350,7 +355,7 @@ def fine_tune(
     usd = "log_usd_mean" in labels
     own = {key: own_columns(labels, key) for key in own_keys(labels)}
     head = _head(model, len(labels))
-    _init_head(head, fit, labels)
+    _init_head(head, fit, usd, own)
     if settings.freeze_embeddings:
         model.get_input_embeddings().requires_grad_(False)
     head_ids = {id(p) for p in head.parameters()}
