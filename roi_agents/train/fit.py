@@ -2,11 +2,12 @@
 
 Loss per row: the success log-loss of output 0 plus the Gaussian negative log-likelihood of
 ``log(tokens + 1)`` under outputs 1 (mean) and 2 (log-spread), and of ``log(usd + 1e-6)`` under
-outputs 3 and 4 when the data records USD (beta-NLL weighting, see `_loss`); the same again as the
-row's option reads them, its own outputs in place of the shared ones where the head has them
-(`roi_agents.predict.head`). The head is first fitted alone on frozen features (its success rows
-as regularised logistic regressions, see `_fit_success_rows`), then the whole model is
-fine-tuned; early stopping keeps the weights with the lowest validation loss.
+outputs 3 and 4 when the data records USD (beta-NLL weighting, see `_outputs_loss`); plus the
+same loss of each output the row's option has of its own (its success logit,
+`roi_agents.predict.head`), so the shared outputs learn every option and the own ones theirs.
+The head is first fitted alone on frozen features (its success rows as regularised logistic
+regressions, see `_fit_success_rows`), then the whole model is fine-tuned; early stopping keeps
+the weights with the lowest validation loss.
 """
 
 from __future__ import annotations
@@ -85,26 +86,42 @@ _TRAIN_LOG_SIGMA = (math.log(0.1), LOG_SIGMA_RANGE[1])
 
 
 def _loss(logits: Any, targets: Any, present: Any, own: Any) -> Any:
-    """The loss of the shared outputs, plus that of the rows' own outputs where they have them."""
-    total = _outputs_loss(logits[:, : own.shape[1]], targets, present)
-    if bool((own >= own.shape[1]).any()):
-        total = total + _outputs_loss(logits.gather(1, own), targets, present)
+    """The loss of the shared outputs, plus that of each row's own outputs where it has them.
+
+    An own output that is the shared one (an option without a row of its own, or an output no
+    option has its own of) is counted once, in the shared term.
+    """
+    import torch
+
+    shared = own.shape[1]
+    total = _outputs_loss(logits[:, :shared], targets, present)
+    # Per target (success, then each log cost), whether the row reads an output of its own.
+    first = torch.tensor([0, *range(1, shared, 2)])
+    mine = own[:, first] != first
+    if bool(mine.any()):
+        total = total + _outputs_loss(logits.gather(1, own), targets, present * mine)
     return total
 
 
-def _outputs_loss(logits: Any, targets: Any, present: Any) -> Any:
+def _outputs_loss(logits: Any, targets: Any, weight: Any) -> Any:
+    """Success log-loss plus the Gaussian NLL of each log cost, each over its weighted rows."""
     import torch
     from torch.nn import functional
 
-    total = functional.binary_cross_entropy_with_logits(logits[:, 0], targets[:, 0])
+    def mean(values: Any, k: int) -> Any:
+        return (values * weight[:, k]).sum() / weight[:, k].sum().clamp(min=1.0)
+
+    success = functional.binary_cross_entropy_with_logits(
+        logits[:, 0], targets[:, 0], reduction="none"
+    )
+    total = mean(success, 0)
     for k in range(1, targets.shape[1]):
-        mean, log_sigma = logits[:, 2 * k - 1], logits[:, 2 * k].clamp(*_TRAIN_LOG_SIGMA)
+        mean_k, log_sigma = logits[:, 2 * k - 1], logits[:, 2 * k].clamp(*_TRAIN_LOG_SIGMA)
         sigma = torch.exp(log_sigma)
         # beta-NLL (beta = 1/2, Seitzer et al. 2022): weighting by the detached spread keeps a
         # shrinking spread from blowing up the gradient and drowning the success loss.
-        nll = (log_sigma + 0.5 * ((targets[:, k] - mean) / sigma) ** 2) * sigma.detach()
-        weight = present[:, k]
-        total = total + (nll * weight).sum() / weight.sum().clamp(min=1.0)
+        nll = (log_sigma + 0.5 * ((targets[:, k] - mean_k) / sigma) ** 2) * sigma.detach()
+        total = total + mean(nll, k)
     return total
 
 

@@ -1,12 +1,13 @@
-"""The head's success rows: regularised logistic regressions on frozen features, folded in."""
+"""The loss over shared and own outputs; the head's success rows, fitted on frozen features."""
 
 import math
 
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
+from torch.nn import functional
 
-from roi_agents.train.fit import SUCCESS_L2, _fit_success_rows
+from roi_agents.train.fit import SUCCESS_L2, _fit_success_rows, _loss, _outputs_loss
 
 
 def _rows(n, seed):
@@ -59,3 +60,17 @@ def test_pure_noise_gets_the_strongest_penalty_and_a_flat_row():
     assert float(logits.std()) < 0.3
     assert float(logits.mean()) == pytest.approx(math.log(0.7 / 0.3), abs=0.25)
     assert SUCCESS_L2[0] > SUCCESS_L2[-1]
+
+
+def test_loss_adds_only_the_outputs_a_row_has_of_its_own():
+    # Outputs: success, token mean and spread, then option "a"'s own success logit (column 3).
+    logits = torch.tensor([[0.2, 3.0, 0.1, -1.5], [1.0, 2.0, -0.3, 0.4]])
+    targets = torch.tensor([[1.0, 2.5], [0.0, 2.2]])
+    present = torch.ones(2, 2)
+    shared = [0, 1, 2]
+    own = torch.tensor([[3, 1, 2], shared])  # row 0 is option "a"'s, row 1 another option's
+    alone = _outputs_loss(logits[:, :3], targets, present)
+    assert float(_loss(logits, targets, present, torch.tensor([shared, shared]))) == float(alone)
+    # Option "a"'s success logit on its one row, and nothing of the costs a second time.
+    extra = functional.binary_cross_entropy_with_logits(logits[0, 3], targets[0, 0])
+    assert float(_loss(logits, targets, present, own)) == pytest.approx(float(alone + extra))
