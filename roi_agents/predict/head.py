@@ -148,18 +148,29 @@ def _cost(
     shift: float,
     ceiling: float,
     residuals: ResidualQuantiles | None,
+    *,
+    count: bool = False,
 ) -> CostForecast:
+    """The cost forecast of outputs ``mu`` and ``log_sigma`` of ``log(cost + offset)``.
+
+    A ``count`` (tokens) is whole: its quantiles are rounded to the nearest whole number, so a
+    cost the model pins near one token has a p99 of exactly one token, not 0.99 of one, which as
+    a hard cap would cut off every such call.
+    """
     sigma = spread(log_sigma)
 
+    def value(z: float) -> float:
+        return min(max(math.exp(min(mu + z * sigma, 700.0)) - offset, 0.0), ceiling)
+
     def at(z: float) -> float:
-        return shift + min(max(math.exp(min(mu + z * sigma, 700.0)) - offset, 0.0), ceiling)
+        return shift + (round(value(z)) if count else value(z))
 
     if residuals is None:
         mean = shift + min(max(math.exp(mu + sigma**2 / 2) - offset, 0.0), ceiling)
         return CostForecast(mean=mean, p50=at(0.0), p90=at(_Z90), p99=at(_Z99))
     grid = residuals.midpoints()
     return CostForecast(
-        mean=sum(at(z) for z in grid) / len(grid),
+        mean=shift + sum(value(z) for z in grid) / len(grid),
         p50=at(residuals.at(0.5)),
         p90=at(residuals.at(0.9)),
         p99=at(residuals.at(0.99)),
@@ -200,7 +211,7 @@ def _forecast(
         p_success = calibration.success.p(key, step.group, logits)
         tokens_z, usd_z = maps.tokens, maps.usd
     shift = float(step.input_tokens or 0)
-    tokens = _cost(values[1], values[2], 1.0, shift, ceiling, tokens_z)
+    tokens = _cost(values[1], values[2], 1.0, shift, ceiling, tokens_z, count=True)
     usd = None
     if option.priced and step.input_tokens is not None:
         usd = option.usd_forecast(tokens, step.input_tokens)

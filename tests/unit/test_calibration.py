@@ -199,7 +199,7 @@ def test_the_most_specific_maps_apply():
     assert calibration.maps("fast", "math").tokens == shared.tokens
     step = Step(id="s", text="t", group="math", options=(Option(name="x", tags=("deep",)),))
     (grouped,) = forecasts([step], [[0.0, 4.0, 0.0]], source="local", calibration=calibration)
-    assert grouped.tokens.p50 == pytest.approx(math.exp(6.0) - 1, rel=1e-3)
+    assert grouped.tokens.p50 == round(math.exp(6.0) - 1)  # whole tokens
 
 
 def test_forecasts_through_the_calibration():
@@ -210,8 +210,9 @@ def test_forecasts_through_the_calibration():
     (raw,) = forecasts([step], row, source="local")
     assert raw.p_success == pytest.approx(0.5)
     assert calibrated.p_success == pytest.approx(0.2)
-    # Residuals shifted up by 1: the median is e^(4 + 1) - 1 output tokens, plus the prompt.
-    assert calibrated.tokens.p50 == pytest.approx(10 + math.exp(5.0) - 1, rel=1e-3)
+    # Residuals shifted up by 1: the median is e^(4 + 1) - 1 output tokens (whole), plus the
+    # prompt.
+    assert calibrated.tokens.p50 == 10 + round(math.exp(5.0) - 1)
     assert calibrated.tokens.p50 <= calibrated.tokens.p90 <= calibrated.tokens.p99 <= 510
     assert calibrated.tokens.p99 == pytest.approx(510)  # capped at the option's max_tokens
 
@@ -310,9 +311,18 @@ def test_a_priced_option_with_a_known_prompt_prices_the_token_forecast():
     # Outputs 3 and 4 (a USD guess from the cut text) say 1 USD; the price list wins.
     rows = [[0.0, 4.0, -5.0, 0.0, -5.0]] * 2
     by_prices, from_head = forecasts([step], rows, source="local")
-    output = math.exp(4.0) - 1
-    assert by_prices.usd.p50 == pytest.approx((1000 * 10 + output * 30) / 1e6, rel=1e-3)
+    output = round(math.exp(4.0) - 1)  # whole tokens
+    assert by_prices.usd.p50 == pytest.approx((1000 * 10 + output * 30) / 1e6, rel=1e-9)
     assert from_head.usd.p50 == pytest.approx(1.0, rel=1e-3)
     # Without the prompt's size the head's guess stands.
     unsized = Step(id="s", text="t", options=(priced,))
     assert forecasts([unsized], rows[:1], source="local")[0].usd.p50 == pytest.approx(1, rel=1e-3)
+
+
+def test_token_quantiles_are_whole_and_a_pinned_count_is_exact():
+    step = Step(id="s", text="t", input_tokens=40, options=(Option(name="o"),))
+    # log(1 + 1) with a spread so small that every raw quantile is within 0.05 of one output token.
+    for mu in (math.log(2.0) - 0.005, math.log(2.0) + 0.0003):
+        (forecast,) = forecasts([step], [[0.0, mu, -8.0]], source="local")
+        assert (forecast.tokens.p50, forecast.tokens.p90, forecast.tokens.p99) == (41, 41, 41)
+        assert forecast.tokens.mean == pytest.approx(40 + math.exp(mu) - 1, rel=1e-3)
