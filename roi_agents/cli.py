@@ -8,6 +8,7 @@ Run ``roi-agents COMMAND --help`` for each command's flags.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -436,12 +437,15 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
         msg = "serving needs roi-agents-vllm: pip install -e integrations/vllm"
         raise InvalidValueError("serve", msg) from error
     server = VLLMServer(args.checkpoint, served_model_name=args.name, runner=args.runner)
-    with console.status(f"starting vLLM for {args.checkpoint} (log: {server.log_path})"):
-        server.start()
-    console.print(
-        f"serving {args.name!r} at {server.url} (POST {server.url}/classify); Ctrl-C stops it"
-    )
+    # A process manager stops with SIGTERM: exit through `finally`, so the server (in a
+    # session of its own) stops too instead of outliving us, even while it starts.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
+        with console.status(f"starting vLLM for {args.checkpoint} (log: {server.log_path})"):
+            server.start()
+        console.print(
+            f"serving {args.name!r} at {server.url} (POST {server.url}/classify); Ctrl-C stops it"
+        )
         while server.running:
             time.sleep(1.0)
     except KeyboardInterrupt:
