@@ -44,6 +44,7 @@ __all__ = [
     "forecasts",
     "head_labels",
     "input_text",
+    "lognormal_cost",
     "model_input",
     "option_key",
     "own_columns",
@@ -141,23 +142,26 @@ def success_probability(logit: float) -> float:
     return 1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0
 
 
-def _cost(
+def lognormal_cost(
     mu: float,
-    log_sigma: float,
+    sigma: float,
     offset: float,
-    shift: float,
-    ceiling: float,
-    residuals: ResidualQuantiles | None,
+    shift: float = 0.0,
+    ceiling: float = math.inf,
+    residuals: ResidualQuantiles | None = None,
     *,
     count: bool = False,
 ) -> CostForecast:
-    """The cost forecast of outputs ``mu`` and ``log_sigma`` of ``log(cost + offset)``.
+    """The forecast of a cost whose ``log(cost + offset)`` has mean ``mu`` and spread ``sigma``.
 
-    A ``count`` (tokens) is whole: its quantiles are rounded to the nearest whole number, so a
-    cost the model pins near one token has a p99 of exactly one token, not 0.99 of one, which as
-    a hard cap would cut off every such call.
+    The cost is ``shift`` (a part known exactly, such as the prompt's tokens) plus the modelled
+    part, which is clamped to ``[0, ceiling]``. Its quantiles are those of the log-normal, or at
+    the standardised ``residuals`` of a calibration when given. A ``count`` (tokens) is whole:
+    its quantiles are rounded to the nearest whole number, so a cost pinned near one token has
+    a p99 of exactly one token, not 0.99 of one, which as a hard cap would cut off every such
+    call. The mean is not rounded; E[min(X, c)] <= min(E[X], c), so the clamped log-normal mean
+    errs high, as a cost forecast should.
     """
-    sigma = spread(log_sigma)
 
     def value(z: float) -> float:
         return min(max(math.exp(min(mu + z * sigma, 700.0)) - offset, 0.0), ceiling)
@@ -166,7 +170,7 @@ def _cost(
         return shift + (round(value(z)) if count else value(z))
 
     if residuals is None:
-        mean = shift + min(max(math.exp(mu + sigma**2 / 2) - offset, 0.0), ceiling)
+        mean = shift + min(max(math.exp(min(mu + sigma**2 / 2, 700.0)) - offset, 0.0), ceiling)
         return CostForecast(mean=mean, p50=at(0.0), p90=at(_Z90), p99=at(_Z99))
     grid = residuals.midpoints()
     return CostForecast(
@@ -211,12 +215,12 @@ def _forecast(
         p_success = calibration.success.p(key, step.group, logits)
         tokens_z, usd_z = maps.tokens, maps.usd
     shift = float(step.input_tokens or 0)
-    tokens = _cost(values[1], values[2], 1.0, shift, ceiling, tokens_z, count=True)
+    tokens = lognormal_cost(values[1], spread(values[2]), 1.0, shift, ceiling, tokens_z, count=True)
     usd = None
     if option.priced and step.input_tokens is not None:
         usd = option.usd_forecast(tokens, step.input_tokens)
     elif len(values) >= 5:
-        usd = _cost(values[3], values[4], 1e-6, 0.0, math.inf, usd_z)
+        usd = lognormal_cost(values[3], spread(values[4]), 1e-6, residuals=usd_z)
     return Forecast(
         step_id=step.id,
         option=option.name,

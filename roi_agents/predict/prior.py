@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from roi_agents.errors import InvalidValueError
+from roi_agents.predict.head import lognormal_cost
 from roi_agents.types import SKIP, CostForecast, Forecast, Option, Spend, Step
 
 __all__ = ["PRIOR_STRENGTH", "PriorPredictor"]
@@ -21,9 +22,6 @@ __all__ = ["PRIOR_STRENGTH", "PriorPredictor"]
 # Pseudo-observations behind the estimate a group (or an option) is shrunk towards.
 PRIOR_STRENGTH = 10.0
 
-# Standard normal quantiles.
-_Z90 = 1.2815515655446004
-_Z99 = 2.3263478740408408
 # Log-costs are of (cost + offset), so that zero costs have a finite log.
 _OFFSET = {"output_tokens": 1.0, "tokens": 1.0, "usd": 1e-6}
 
@@ -174,16 +172,6 @@ class PriorPredictor:
             var = (k * var0 + max(own.n - 1, 0) * own.var) / (k + max(own.n - 1, 0))
             return mu, math.sqrt(var)
 
-        def quantiles(
-            mu: float, sigma: float, offset: float, shift: float = 0.0, ceiling: float = math.inf
-        ) -> CostForecast:
-            def at(z: float) -> float:
-                return shift + min(max(math.exp(mu + z * sigma) - offset, 0.0), ceiling)
-
-            # E[min(X, c)] <= min(E[X], c): an upper bound, as a cost forecast should err.
-            mean = shift + min(max(math.exp(mu + sigma**2 / 2) - offset, 0.0), ceiling)
-            return CostForecast(mean=mean, p50=at(0.0), p90=at(_Z90), p99=at(_Z99))
-
         # An option's max_tokens caps its output: no forecast goes past it.
         ceiling = float(option.max_tokens) if option.max_tokens is not None else math.inf
 
@@ -192,18 +180,17 @@ class PriorPredictor:
         total = lognormal("tokens")
         assert output is not None
         if known_input is not None or total is None:
-            tokens = quantiles(
-                *output, _OFFSET["output_tokens"], shift=float(known_input or 0), ceiling=ceiling
-            )
+            shift = float(known_input or 0)
+            tokens = lognormal_cost(*output, _OFFSET["output_tokens"], shift, ceiling, count=True)
         else:
-            tokens = quantiles(*total, _OFFSET["tokens"])
+            tokens = lognormal_cost(*total, _OFFSET["tokens"], count=True)
         usd: CostForecast | None = None
         if known_input is not None and option.priced:
             usd = option.usd_forecast(tokens, known_input)
         else:
             fit = lognormal("usd")
             if fit is not None:
-                usd = quantiles(*fit, _OFFSET["usd"])
+                usd = lognormal_cost(*fit, _OFFSET["usd"])
         return Forecast(
             step_id=step.id,
             option=option.name,
