@@ -107,18 +107,34 @@ def test_plan_uses_the_chosen_quantile_and_caps_within_budget():
     assert chosen.count("fast") == 4
     assert plan.expected_cost("tokens") == pytest.approx(1600)
     assert plan.expected_value == pytest.approx(0.9 + 4 * 0.6)
-    # Caps: each >= planned; a later one plus the planned costs after it fits the budget; the
-    # step about to run gets its p99 whenever the budget has it, later plans or not.
+    # Caps: each >= planned; a later one plus the planned costs after it fits the budget.
     planned = [d.expected_cost["tokens"] for d in plan.decisions]
     for i, decision in enumerate(plan.decisions):
         assert decision.cap.tokens >= int(planned[i])
         assert decision.cap.tokens + sum(planned[i + 1 :]) <= 2400 or i == 0
-    first = plan.decisions[0]
-    assert first.cap.tokens == TABLE[first.option][3]
-    tight = allocate(steps, fixed_forecasts(steps, TABLE), Budget(tokens=1600))
-    assert tight.decisions[0].option == "deep"  # planned at 1000 with 600 for the rest
-    assert tight.decisions[0].cap.tokens == 1600  # its p99 (2000), bounded by all that is left
+    # The step about to run (deep) keeps back 150 for each of the 4 fast steps after it.
+    assert plan.decisions[0].option == "deep"
+    assert plan.decisions[0].cap.tokens == 2400 - 4 * 150
     assert plan.decisions[0].reason.startswith(plan.decisions[0].option)
+
+
+def test_the_step_about_to_run_keeps_back_the_cheapest_option_of_each_later_step():
+    # s0 weighs double, so it is the one of the two deep steps that runs first.
+    steps = _steps(5)
+    steps[0] = steps[0].model_copy(update={"weight": 2.0})
+    table = {"fast": (0.6, 100, 150, 300), "deep": (0.9, 800, 1000, 3000)}
+    plan = allocate(steps, fixed_forecasts(steps, table), Budget(tokens=2600))
+    chosen = [d.option for d in plan.decisions]
+    assert chosen[0] == "deep"
+    assert sorted(chosen[1:]) == ["deep", "fast", "fast", "fast"]
+    # Not 2600 (all that is left: the later steps could be left nothing to run) nor 1150 (the
+    # later plan at its p90: 1000 + 3 * 150): 2600 less the cheapest option (fast, 150) of each
+    # of the 4 later steps.
+    assert plan.decisions[0].cap.tokens == 2600 - 4 * 150
+    # A later decision keeps back the plan after it, as before.
+    later = next(d for d in plan.decisions[1:] if d.option == "deep")
+    after = plan.decisions[plan.decisions.index(later) + 1 :]
+    assert later.cap.tokens == min(3000, 2600 - sum(d.expected_cost["tokens"] for d in after))
 
 
 def test_p50_quantile_plans_more_steps_than_p99():
