@@ -163,14 +163,17 @@ def lognormal_cost(
     errs high, as a cost forecast should.
     """
 
+    def modelled(log: float) -> float:
+        return min(max(math.exp(min(log, 700.0)) - offset, 0.0), ceiling)
+
     def value(z: float) -> float:
-        return min(max(math.exp(min(mu + z * sigma, 700.0)) - offset, 0.0), ceiling)
+        return modelled(mu + z * sigma)
 
     def at(z: float) -> float:
         return shift + (round(value(z)) if count else value(z))
 
     if residuals is None:
-        mean = shift + min(max(math.exp(min(mu + sigma**2 / 2, 700.0)) - offset, 0.0), ceiling)
+        mean = shift + modelled(mu + sigma**2 / 2)
         return CostForecast(mean=mean, p50=at(0.0), p90=at(_Z90), p99=at(_Z99))
     grid = residuals.midpoints()
     return CostForecast(
