@@ -215,7 +215,7 @@ def _forecast(
     if calibration is not None:
         key = option_key(option)
         maps = calibration.maps(key, step.group)
-        p_success = calibration.success.p(key, step.group, logits)
+        p_success = calibration.success.p(key, step.group, logits, step.input_tokens)
         tokens_z, usd_z = maps.tokens, maps.usd
     shift = float(step.input_tokens or 0)
     tokens = lognormal_cost(values[1], spread(values[2]), 1.0, shift, ceiling, tokens_z, count=True)

@@ -34,6 +34,7 @@ class Example:
         success: the score in [0, 1].
         log_tokens: ``log(output_tokens + 1)``, ``None`` when not recorded.
         log_usd: ``log(cost_usd + 1e-6)``, ``None`` when not recorded.
+        input_tokens: the prompt's size, ``None`` when not recorded.
     """
 
     query_id: str
@@ -43,6 +44,7 @@ class Example:
     success: float
     log_tokens: float | None
     log_usd: float | None
+    input_tokens: int | None = None
 
 
 def to_examples(records: Iterable[ReplayRecord]) -> list[Example]:
@@ -56,6 +58,7 @@ def to_examples(records: Iterable[ReplayRecord]) -> list[Example]:
             success=r.score,
             log_tokens=None if r.output_tokens is None else math.log(r.output_tokens + 1),
             log_usd=None if r.cost_usd is None else math.log(r.cost_usd + 1e-6),
+            input_tokens=r.input_tokens,
         )
         for r in records
     ]

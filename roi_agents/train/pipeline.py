@@ -20,6 +20,7 @@ complete, so a failed run leaves no half checkpoint behind.
 
 from __future__ import annotations
 
+import math
 import random
 import shutil
 import time
@@ -38,6 +39,7 @@ from roi_agents.errors import InvalidValueError
 from roi_agents.predict.calibration import (
     MIN_ROWS,
     OWN,
+    PROMPT,
     Calibration,
     Maps,
     SuccessCalibration,
@@ -235,12 +237,27 @@ def _fit_success(
             if group in group_rates
         },
     )
-    centred = [levels.centred(e.dataset, logits[e.query_id]) for e in rows]
+    sizes: dict[str | None, list[float]] = {}
+    for e in rows:
+        if e.input_tokens is not None:
+            sizes.setdefault(e.dataset, []).append(math.log(e.input_tokens + 1))
+    if sizes:
+        levels = levels.model_copy(
+            update={
+                "prompt_centre": float(np.mean([x for xs in sizes.values() for x in xs])),
+                "group_prompt_centres": {
+                    group: float(np.mean(xs)) for group, xs in sizes.items() if group is not None
+                },
+            }
+        )
+    centred = [levels.centred(e.dataset, logits[e.query_id], e.input_tokens) for e in rows]
+    read = [PROMPT] if sizes else []
 
     def fit(index: Sequence[int], keys: Sequence[str]) -> SuccessMap:
         # `OWN` reads each row's own option; a set's maps read every option's logit by name.
         columns = {
-            key: [centred[i][rows[i].option if key == OWN else key] for i in index] for key in keys
+            key: [centred[i][rows[i].option if key == OWN else key] for i in index]
+            for key in [*keys, *read]
         }
         return fit_success(
             columns,
@@ -373,7 +390,9 @@ def evaluate(
             of the fine-tuning rows are the Brier score's baseline.
     """
     logits = _query_logits(rows, outputs)
-    p = [calibration.success.p(e.option, e.dataset, logits[e.query_id]) for e in rows]
+    p = [
+        calibration.success.p(e.option, e.dataset, logits[e.query_id], e.input_tokens) for e in rows
+    ]
     overall = _quality(rows, outputs, p, calibration)
     groups: dict[str, dict[str, list[int]]] = {"dataset": {}, "option": {}}
     for i, e in enumerate(rows):

@@ -84,11 +84,12 @@ def test_local_forecasts_are_calibrated_and_ordered(trained_checkpoint):
     raw = LocalPredictor(trained_checkpoint, calibrated=False).predict(steps)
     calibration = Calibration.load(trained_checkpoint)
     assert calibration is not None
+    assert calibration.success.prompt_centre is not None  # the replay rows have prompt sizes
     logits: dict[str, dict[str, float]] = {}
     for r in raw:
         logits.setdefault(r.step_id, {})[r.option] = math.log(r.p_success / (1 - r.p_success))
     for c, r in zip(calibrated, raw, strict=True):
-        expected = calibration.success.p(c.option, None, logits[c.step_id])
+        expected = calibration.success.p(c.option, None, logits[c.step_id], input_tokens=40)
         assert c.p_success == pytest.approx(expected)
         assert c.p_success != pytest.approx(r.p_success)
         assert 40 <= c.tokens.p50 <= c.tokens.p90 <= c.tokens.p99

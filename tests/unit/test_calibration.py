@@ -13,6 +13,7 @@ from roi_agents.errors import InvalidValueError
 from roi_agents.predict.calibration import (
     LEVELS,
     OWN,
+    PROMPT,
     Calibration,
     Maps,
     ResidualQuantiles,
@@ -177,7 +178,14 @@ def test_base_rates_and_centres_fall_back_from_group_to_option():
         "deep": -2.0,
         "fast": 2.0,
         "new": 1.0,
+        PROMPT: 0.0,  # no prompt centre: the prompt size is not read
     }
+    sized = success.model_copy(update={"prompt_centre": 3.0, "group_prompt_centres": {"math": 5.0}})
+    # log(402 + 1) less the group's centre, or the overall one for a step without a group.
+    assert sized.centred("math", {}, input_tokens=402)[PROMPT] == math.log(403) - 5.0
+    assert sized.centred(None, {}, input_tokens=402)[PROMPT] == math.log(403) - 3.0
+    assert sized.centred("law", {}, input_tokens=402)[PROMPT] == 0.0  # a group never held out
+    assert sized.centred("math", {}, input_tokens=None)[PROMPT] == 0.0
     assert success.centre("deep", None) == 2.0
     unfitted = SuccessCalibration()  # the raw probability
     assert unfitted.base_rate("new", "math") == 0.5

@@ -1,5 +1,7 @@
 """Seeded id-based splits shared by train and bench; the forecast cache."""
 
+import math
+
 from roi_agents import Option, PriorPredictor, Step
 from roi_agents.bench.simulate import split_queries
 from roi_agents.data import load_replay
@@ -198,3 +200,44 @@ def test_a_group_never_fine_tuned_on_starts_from_the_held_out_rate():
         np.mean([(0.2 - e.success) ** 2 for e in rows]), abs=0.03
     )
     assert quality.brier < quality.brier_base - 0.2
+
+
+def test_calibration_reads_the_prompt_size_that_the_logits_miss():
+    from dataclasses import replace
+
+    import numpy as np
+    import pytest
+
+    from roi_agents.predict.calibration import PROMPT
+    from roi_agents.train.examples import Example
+    from roi_agents.train.pipeline import calibrate, evaluate
+
+    rng = np.random.default_rng(2)
+    rows, outputs = [], []
+    for q in range(600):
+        # The cheap option fails on long prompts; its logit is noise, as a mean-pooled encoder's
+        # is about length. The dear option does not care.
+        size = int(rng.lognormal(5.0, 0.5))
+        hard = math.log(size + 1) - 5.0
+        for option in ("cheap", "dear"):
+            rate = 1 / (1 + np.exp(3 * hard)) if option == "cheap" else 0.8
+            success = float(rng.uniform() < rate)
+            rows.append(Example(f"q{q}", "g", option, "t", success, 3.0, None, size))
+            outputs.append([float(rng.normal()), 3.0, 0.0])
+    calibration = calibrate(rows, outputs)
+    success = calibration.success
+    assert success.prompt_centre == pytest.approx(5.0, abs=0.1)
+    assert success.by_option["cheap"].weights[PROMPT] < -1.0
+    assert abs(success.by_option["dear"].weights[PROMPT]) < 0.3
+    short, long = (round(math.exp(x)) for x in (4.5, 5.5))
+    assert (
+        success.p("cheap", "g", {"cheap": 0.0}, short)
+        > success.p("cheap", "g", {"cheap": 0.0}, long) + 0.3
+    )
+    # Rows without prompt sizes fit maps that read none, and forecast worse.
+    blind = calibrate([replace(e, input_tokens=None) for e in rows], outputs)
+    assert blind.success.prompt_centre is None
+    assert PROMPT not in blind.success.by_option["cheap"].weights
+    assert evaluate(rows, outputs, calibration)[0].brier < (
+        evaluate(rows, outputs, blind)[0].brier - 0.02
+    )
