@@ -98,3 +98,37 @@ def test_forecasts_never_exceed_the_options_max_tokens():
     assert quick.tokens.p99 == pytest.approx(40 + 64)
     assert quick.tokens.mean <= 40 + 64
     assert open_ended.tokens.p99 > 40 + 512
+
+
+def test_a_heavy_tail_raises_the_p99_once_there_are_enough_costs():
+    import numpy as np
+
+    from roi_agents.predict.prior import TAIL_ROWS
+
+    rng = np.random.default_rng(0)
+    # 90% answer in about 100 tokens, 10% think 30 times longer: far from a log-normal.
+    outputs = [
+        int(100 * rng.lognormal(0, 0.2) * (30 if rng.uniform() < 0.1 else 1)) for _ in range(2000)
+    ]
+    prior = PriorPredictor(group_by=False)
+    for i, out in enumerate(outputs):
+        if i == TAIL_ROWS - 1:
+            few = prior.predict([_step(input_tokens=0)])[0].tokens
+        prior.observe(_step(), "fast", Spend(output_tokens=out), success=1)
+    many = prior.predict([_step(input_tokens=0)])[0].tokens
+    logs = np.log(np.asarray(outputs) + 1.0)
+    lognormal_p99 = math.exp(logs.mean() + 2.3263478740408408 * logs.std(ddof=1)) - 1
+    # Below TAIL_ROWS costs the p99 is the log-normal's; then it covers the tail.
+    assert few.p99 == pytest.approx(
+        math.exp(
+            np.mean(logs[: TAIL_ROWS - 1])
+            + 2.3263478740408408 * np.std(logs[: TAIL_ROWS - 1], ddof=1)
+        )
+        - 1,
+        abs=1,
+    )
+    assert many.p99 > 1.5 * lognormal_p99
+    assert np.mean(np.asarray(outputs) > many.p99) <= 0.011
+    assert np.mean(np.asarray(outputs) > lognormal_p99) > 0.05
+    # Only the p99: the plan's p90 and the mean stay the log-normal's.
+    assert many.p90 == round(math.exp(logs.mean() + 1.2815515655446004 * logs.std(ddof=1)) - 1)
