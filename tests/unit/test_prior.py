@@ -132,3 +132,4 @@ def test_a_heavy_tail_raises_the_p99_once_there_are_enough_costs():
     assert np.mean(np.asarray(outputs) > lognormal_p99) > 0.05
     # Only the p99: the plan's p90 and the mean stay the log-normal's.
     assert many.p90 == round(math.exp(logs.mean() + 1.2815515655446004 * logs.std(ddof=1)) - 1)
+    assert many.mean == pytest.approx(math.exp(logs.mean() + logs.var(ddof=1) / 2) - 1)
