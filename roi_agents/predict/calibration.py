@@ -99,7 +99,8 @@ class ResidualQuantiles(BaseModel):
 
     def midpoints(self) -> list[float]:
         """The quantiles at the 100 midpoint levels, whose average is the mean."""
-        return [self.at(level) for level in _MIDPOINTS]
+        midpoints: list[float] = np.interp(_MIDPOINTS, LEVELS, self.z).tolist()
+        return midpoints
 
 
 class Maps(BaseModel):

@@ -45,6 +45,7 @@ __all__ = [
     "head_labels",
     "input_text",
     "lognormal_cost",
+    "lognormal_quantile",
     "model_input",
     "option_key",
     "own_columns",
@@ -163,25 +164,39 @@ def lognormal_cost(
     errs high, as a cost forecast should.
     """
 
-    def modelled(log: float) -> float:
-        return min(max(math.exp(min(log, 700.0)) - offset, 0.0), ceiling)
-
-    def value(z: float) -> float:
-        return modelled(mu + z * sigma)
-
     def at(z: float) -> float:
-        return shift + (round(value(z)) if count else value(z))
+        return lognormal_quantile(mu, sigma, offset, z, shift, ceiling, count=count)
 
     if residuals is None:
-        mean = shift + modelled(mu + sigma**2 / 2)
+        mean = shift + _modelled(mu + sigma**2 / 2, offset, ceiling)
         return CostForecast(mean=mean, p50=at(0.0), p90=at(_Z90), p99=at(_Z99))
     grid = residuals.midpoints()
     return CostForecast(
-        mean=shift + sum(value(z) for z in grid) / len(grid),
+        mean=shift + sum(_modelled(mu + z * sigma, offset, ceiling) for z in grid) / len(grid),
         p50=at(residuals.at(0.5)),
         p90=at(residuals.at(0.9)),
         p99=at(residuals.at(0.99)),
     )
+
+
+def lognormal_quantile(
+    mu: float,
+    sigma: float,
+    offset: float,
+    z: float,
+    shift: float = 0.0,
+    ceiling: float = math.inf,
+    *,
+    count: bool = False,
+) -> float:
+    """One quantile of `lognormal_cost`'s forecast: the cost at standardised log-cost ``z``."""
+    value = _modelled(mu + z * sigma, offset, ceiling)
+    return shift + (round(value) if count else value)
+
+
+def _modelled(log: float, offset: float, ceiling: float) -> float:
+    """The modelled part of a cost whose ``log(cost + offset)`` is ``log``, clamped."""
+    return min(max(math.exp(min(log, 700.0)) - offset, 0.0), ceiling)
 
 
 def _checked(outputs: Sequence[float]) -> list[float]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.calibration import ResidualQuantiles, conformal_quantiles
-from roi_agents.predict.head import lognormal_cost
+from roi_agents.predict.head import lognormal_cost, lognormal_quantile
 from roi_agents.types import SKIP, CostForecast, Forecast, Option, Spend, Step
 
 __all__ = ["PRIOR_STRENGTH", "TAIL_ROWS", "PriorPredictor"]
@@ -249,5 +249,5 @@ def _cost(
     fit = lognormal_cost(mu, sigma, offset, shift, ceiling, count=count)
     if tail is None:
         return fit
-    p99 = lognormal_cost(mu, sigma, offset, shift, ceiling, tail, count=count).p99
+    p99 = lognormal_quantile(mu, sigma, offset, tail.at(0.99), shift, ceiling, count=count)
     return fit if p99 <= fit.p99 else fit.model_copy(update={"p99": p99})
