@@ -95,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
         help="prior predictor history groups",
     )
     bench.add_argument("--train-fraction", type=float, default=0.5)
+    bench.add_argument(
+        "--online",
+        action="store_true",
+        help="feed ours each step's outcome: the prior learns; a learned predictor is guarded "
+        "by the prior (GuardedPredictor)",
+    )
     bench.add_argument("--json", type=Path, help="write the result as JSON here")
     bench.add_argument("--plot", type=Path, help="write a PNG of value against budget here")
     bench.set_defaults(run=_bench)
@@ -237,6 +243,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         quantile=args.quantile,
         resolution=args.resolution,
         group_by=args.group_by == "dataset",
+        online=args.online,
     )
     label = ", ".join(p.name for p in paths)
     total, done = config.episodes * len(config.budgets), 0

@@ -24,6 +24,7 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
         f"steps, seed {result.config.seed}, budget in {unit} as a fraction of always "
         f"[italic]{result.dearest}[/]; {result.train_queries} training / "
         f"{result.test_queries} test queries; ours plans at {result.config.quantile}"
+        + (", learning online" if result.config.online else "")
     )
     if result.prices:
         listed = ", ".join(f"{n} {i:g} / {o:g}" for n, (i, o) in sorted(result.prices.items()))

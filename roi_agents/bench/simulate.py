@@ -14,7 +14,11 @@ Policies:
   equal to the budget (training means), else the cheapest.
 * ``threshold``: RouteLLM-style router: the most expensive option when the predicted gain in
   success over the cheapest is at least a threshold, tuned on the training part to the budget.
-* ``ours``: the predictor and the `Controller`, re-planning after every step.
+* ``ours``: the predictor and the `Controller`, re-planning after every step. With ``online``,
+  each step's outcome (unless cut off: a censored cost) is fed back to the predictor, as in a
+  deployment that learns from its own traffic: the prior learns it, and a learned predictor is
+  wrapped in a `GuardedPredictor` over the prior fitted on the training part. Each budget starts
+  again from the fitted predictor, so no budget learns from another's episodes.
 * ``oracle``: the exact knapsack on the true outcomes (HiGHS): the ceiling.
 
 Options carry list prices where the training part's recorded USD costs are exactly prices times
@@ -36,7 +40,8 @@ from roi_agents.allocate._milp import solve_milp
 from roi_agents.data.replay import ReplayQuery, split_id
 from roi_agents.data.split import split_by
 from roi_agents.errors import DataError, InvalidValueError
-from roi_agents.predict.base import Predictor
+from roi_agents.predict.base import Learner, Predictor
+from roi_agents.predict.guard import GuardedPredictor
 from roi_agents.predict.prior import PriorPredictor
 from roi_agents.types import SKIP, Budget, Decision, Option, Quantile, Resource, Step
 
@@ -76,6 +81,7 @@ class BenchConfig:
     resolution: float = 0.01
     solver: SolverName = "auto"
     group_by: bool = True
+    online: bool = False
 
     def validate(self) -> None:
         """Raise `InvalidValueError` naming the first bad setting."""
@@ -140,6 +146,7 @@ class BenchResult:
             "seed": self.config.seed,
             "resource": self.resource,
             "quantile": self.config.quantile,
+            "online": self.config.online,
             "options": self.options,
             "cheapest": self.cheapest,
             "most_expensive": self.dearest,
@@ -271,6 +278,7 @@ def _play(
     budget: float,
     resource: Resource,
     decide: Decide,
+    learner: Learner | None = None,
 ) -> _Run:
     run = _Run()
     for i, query in enumerate(episode):
@@ -293,6 +301,8 @@ def _play(
         run.value += value
         run.truncated += cut_off
         run.steps.append(StepOutcome(option, cap, spend, value, cut_off))
+        if learner is not None and not cut_off:
+            learner.observe(steps[i], option, record.spend, record.score)
     return run
 
 
@@ -336,7 +346,7 @@ def run_bench(
     """
     setup = prepare(queries, config, predictor=predictor)
     resource, cheapest, dearest, means = setup.resource, setup.cheapest, setup.dearest, setup.means
-    model, controller, train = setup.predictor, setup.controller, setup.train
+    model, train = setup.predictor, setup.train
     episodes, full, options = setup.episodes, setup.full, sorted(means)
     steps = [[_step(q, config.group_by, setup.prices) for q in episode] for episode in episodes]
     unlimited = {
@@ -367,12 +377,15 @@ def run_bench(
         policies: dict[str, Decide] = {f"fixed:{o}": _fixed(o) for o in options}
         policies["random-mix"] = _random_mix(mix, cheapest, dearest, mix_rng)
         policies["threshold"] = _threshold(model, threshold, cheapest, dearest)
-        policies["ours"] = _ours(controller, resource)
+        ours = setup.fit() if config.online else model
+        policies["ours"] = _ours(_controller(ours, resource, config), resource)
+        learner = ours if config.online and isinstance(ours, Learner) else None
         runs: dict[str, list[_Run]] = {name: [] for name in [*policies, "oracle"]}
         for episode, episode_steps, total in zip(episodes, steps, full, strict=True):
             budget = fraction * total
             for name, decide in policies.items():
-                runs[name].append(_play(episode, episode_steps, budget, resource, decide))
+                learns = learner if name == "ours" else None
+                runs[name].append(_play(episode, episode_steps, budget, resource, decide, learns))
             runs["oracle"].append(
                 _play(episode, episode_steps, budget, resource, _oracle(episode, budget, resource))
             )
@@ -391,6 +404,8 @@ class Setup:
         full: per episode, the cost of always taking the most expensive option; an episode's
             budget at fraction ``f`` is ``f * full[i]``.
         prices: the options' list prices (`list_prices` of the training part).
+        fit: fits the predictor again from the training part (as `predictor`, but guarded and
+            fresh for online learning when the config is ``online``).
     """
 
     train: list[ReplayQuery]
@@ -404,6 +419,7 @@ class Setup:
     episodes: list[list[ReplayQuery]]
     full: list[float]
     prices: Prices
+    fit: Callable[[], Predictor]
 
 
 def prepare(
@@ -430,14 +446,15 @@ def prepare(
         raise DataError("replay", None, "no option has a recorded cost in the training part")
     cheapest = min(means, key=lambda o: means[o])
     dearest = max(means, key=lambda o: means[o])
-    model = (predictor or fit_prior(config.group_by))(train)
-    controller = Controller(
-        predictor=model,
-        resource=resource,
-        quantile=config.quantile,
-        resolution=config.resolution,
-        solver=config.solver,
-    )
+    build = predictor or fit_prior(config.group_by)
+
+    def fit() -> Predictor:
+        model = build(train)
+        if config.online and not isinstance(model, Learner):
+            return GuardedPredictor(model, fit_prior(config.group_by)(train))
+        return model
+
+    model = fit()
     episodes = [
         [test[i] for i in rng.choice(len(test), size=config.steps, replace=False)]
         for _ in range(config.episodes)
@@ -451,17 +468,28 @@ def prepare(
         cheapest,
         dearest,
         model,
-        controller,
+        _controller(model, resource, config),
         episodes,
         full,
         list_prices(train),
+        fit,
     )
 
 
-def fit_prior(group_by: bool) -> Callable[[list[ReplayQuery]], Predictor]:
+def _controller(model: Predictor, resource: Resource, config: BenchConfig) -> Controller:
+    return Controller(
+        predictor=model,
+        resource=resource,
+        quantile=config.quantile,
+        resolution=config.resolution,
+        solver=config.solver,
+    )
+
+
+def fit_prior(group_by: bool) -> Callable[[list[ReplayQuery]], PriorPredictor]:
     """A factory that fits a `PriorPredictor` on training queries."""
 
-    def build(train: list[ReplayQuery]) -> Predictor:
+    def build(train: list[ReplayQuery]) -> PriorPredictor:
         prior = PriorPredictor(group_by=group_by)
         for query in train:
             for record in query.outcomes.values():

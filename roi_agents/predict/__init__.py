@@ -1,17 +1,31 @@
 """Predictors: forecast each (step, option)'s success probability and cost.
 
 `PriorPredictor` (history), `LocalPredictor` (the learned checkpoint in-process, extra
-``[train]``) and `VLLMPredictor` (the same checkpoint behind a vLLM pooling server).
+``[train]``), `VLLMPredictor` (the same checkpoint behind a vLLM pooling server) and
+`GuardedPredictor` (a learned predictor overruled by the prior where it scores worse).
 """
 
-from roi_agents.predict.base import Predictor
+from roi_agents.predict.base import Learner, Predictor
 from roi_agents.predict.prior import PriorPredictor
 
-__all__ = ["LocalPredictor", "Predictor", "PriorPredictor", "VLLMPredictor"]
+__all__ = [
+    "GuardedPredictor",
+    "Learner",
+    "LocalPredictor",
+    "Predictor",
+    "PriorPredictor",
+    "Trust",
+    "VLLMPredictor",
+]
 
 
 def __getattr__(name: str) -> object:
-    # Imported on first use: LocalPredictor pulls in torch, VLLMPredictor httpx and tenacity.
+    # Imported on first use: LocalPredictor pulls in torch, VLLMPredictor httpx and tenacity;
+    # the guard (as VLLMPredictor) the telemetry names, whose package imports roi_agents.
+    if name in ("GuardedPredictor", "Trust"):
+        from roi_agents.predict import guard
+
+        return getattr(guard, name)
     if name == "LocalPredictor":
         from roi_agents.predict.local import LocalPredictor
 

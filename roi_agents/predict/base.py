@@ -1,13 +1,13 @@
-"""The `Predictor` protocol every forecaster implements."""
+"""The `Predictor` protocol every forecaster implements; `Learner`, for those that learn online."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from roi_agents.types import Forecast, Step
+from roi_agents.types import Forecast, Spend, Step
 
-__all__ = ["Predictor"]
+__all__ = ["Learner", "Predictor"]
 
 
 @runtime_checkable
@@ -25,4 +25,13 @@ class Predictor(Protocol):
 
     async def apredict(self, steps: Sequence[Step]) -> list[Forecast]:
         """Async `predict`."""
+        ...
+
+
+@runtime_checkable
+class Learner(Protocol):
+    """A predictor that learns from the outcomes of the steps it forecast."""
+
+    def observe(self, step: Step, option: str, spend: Spend, success: float) -> None:
+        """Record that ``option`` ran on ``step``, spent ``spend`` and scored ``success``."""
         ...

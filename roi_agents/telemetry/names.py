@@ -65,6 +65,12 @@ FORECAST_ERROR = "roi.forecast.error"
 EVENT_FALLBACK = "roi.predictor.fallback"
 EVENT_REFUSED = "roi.budget.refused"
 EVENT_REASON = "roi.event.reason"
+EVENT_GUARD = "roi.predictor.guard"
+"""`GuardedPredictor` starts or stops serving the prior's forecast of a part."""
+EVENT_PART = "roi.guard.part"
+"""``success`` or ``cost``."""
+EVENT_TRUSTED = "roi.guard.trusted"
+"""Whether the learned forecast of that part is served from now on."""
 
 # Metrics
 METRIC_DECISIONS = "roi.decisions"

@@ -48,6 +48,7 @@ def _graph(
     async_client=None,
     on_exhausted="skip",
     tracer_provider=None,
+    learner=None,
 ):
     chat = budgeted(runaway_chat(server, async_client=async_client))
     control = BudgetControllerNode(
@@ -56,6 +57,7 @@ def _graph(
         scope=scope,
         on_exhausted=on_exhausted,
         tracer_provider=tracer_provider,
+        learner=learner,
     )
     calls = []
 
@@ -69,10 +71,12 @@ def _graph(
         calls.append(step.id)
         spend = Spend(input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"])
         thread = config["configurable"]["thread_id"]
-        return control.settle(state, spend, call_id=f"{thread}:{step.id}")
+        # With a learner, every answer is graded: the tiny random model's are gibberish.
+        success = 0.0 if learner is not None else None
+        return control.settle(state, spend, call_id=f"{thread}:{step.id}", success=success)
 
     graph = StateGraph(BudgetState)
-    add_budget_loop(graph, MetaCognitiveNode(_prior()), control, execute)
+    add_budget_loop(graph, MetaCognitiveNode(learner or _prior()), control, execute)
     compiled = graph.compile(checkpointer=checkpointer, interrupt_before=interrupt_before)
     return compiled, chat, calls
 
@@ -145,6 +149,20 @@ def test_a_replayed_call_is_charged_once():
     assert update["pending"] == [{}]
     update = control.settle(state, Spend(output_tokens=10), call_id="t:s1")
     assert update["spent"]["output_tokens"] == 10
+
+
+def test_the_controller_node_tells_its_learner_each_graded_outcome(tiny_chat_server):
+    prior = _prior()  # forecasts, and learns from what the graph runs
+    graph, _chat, calls = _graph(tiny_chat_server, learner=prior)
+    final = graph.invoke(_start(1200, n=5), _config())
+    ran = [d["option"] for d in final["decisions"] if d["option"] != "skip"]
+    assert len(ran) == len(calls) >= 2
+    forecasts = {f.option: f for f in prior.predict([Step(id="x", options=OPTIONS)])}
+    # 10 pseudo-observations at the default 0.5, 10 warm-up outcomes (5 and 9 successes), then
+    # one failure per call the graph made with the option.
+    for option, warm in (("fast", 5), ("deep", 9)):
+        expected = (5 + warm) / (20 + ran.count(option))
+        assert forecasts[option].p_success == pytest.approx(expected)
 
 
 def test_graph_spends_from_a_shared_ledger_scope(tiny_chat_server):

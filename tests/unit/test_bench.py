@@ -159,3 +159,49 @@ def test_a_budget_met_to_the_last_cent_is_not_overrun(shared_data):
     policies = result.budgets[0.25]
     assert all(r.overruns == 0 for r in policies.values())
     assert all(r.spend <= r.budget * (1 + 1e-9) for r in policies.values())
+
+
+class _Flat:
+    """A learned predictor sure of every option alike (p_success 0.95): it never upgrades."""
+
+    def __init__(self, prior):
+        self.prior = prior
+
+    def predict(self, steps):
+        return [
+            f.model_copy(update={"p_success": 0.95, "source": "flat"})
+            for f in self.prior.predict(steps)
+        ]
+
+    async def apredict(self, steps):
+        return self.predict(steps)
+
+
+def test_online_the_prior_learns_and_a_learned_predictor_is_guarded(gsm8k):
+    from roi_agents.bench.simulate import fit_prior, prepare
+    from roi_agents.predict import GuardedPredictor, PriorPredictor
+
+    def flat(train):
+        return _Flat(fit_prior(True)(train))
+
+    config = BenchConfig(budgets=(0.25, 0.5), episodes=8, steps=12, seed=3)
+    online = BenchConfig(budgets=(0.25, 0.5), episodes=8, steps=12, seed=3, online=True)
+    guarded = prepare(gsm8k, online, predictor=flat).fit()
+    assert isinstance(guarded, GuardedPredictor)
+    assert isinstance(guarded.learned, _Flat)
+    assert isinstance(prepare(gsm8k, online).fit(), PriorPredictor)  # a learner stays itself
+    setup = prepare(gsm8k, online)
+    assert setup.fit() is not setup.fit()  # fresh per budget
+    blind = run_bench(gsm8k, config, predictor=flat)
+    learning = run_bench(gsm8k, online, predictor=flat)
+    assert learning.to_json()["online"] is True
+    for fraction in online.budgets:
+        ours, before = learning.budgets[fraction]["ours"], blind.budgets[fraction]["ours"]
+        assert ours.overruns == 0
+        # Blind, it takes the cheap model every time; guarded, the prior soon overrules the
+        # cheap model's 0.95 (it solves 0.64 of GSM8K) and ours upgrades the steps it can pay.
+        assert before.value == blind.budgets[fraction]["fixed:mixtral-8x7b-instruct-v0.1"].value
+        assert ours.value > before.value
+        # The other policies do not learn and replay exactly as before.
+        for name in ("fixed:gpt-4-1106-preview", "random-mix", "threshold", "oracle"):
+            assert learning.budgets[fraction][name].value == blind.budgets[fraction][name].value

@@ -23,7 +23,7 @@ from opentelemetry import metrics, trace
 from roi_agents.allocate import Controller
 from roi_agents.errors import BudgetExceeded, InvalidValueError
 from roi_agents.ledger.base import Amount, Ledger, check_scope, check_ttl
-from roi_agents.predict.base import Predictor
+from roi_agents.predict.base import Learner, Predictor
 from roi_agents.telemetry.tracing import RunTrace
 from roi_agents.types import Budget, Decision, Forecast, Spend, Step
 from roi_agents_langgraph.state import BudgetState, current_step, remaining
@@ -83,6 +83,8 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         tracer_provider: where the ``roi.decision`` span of each settled or skipped step goes
             (a child of the current span; default: the global provider, a no-op without SDK).
         meter_provider: where the metrics go (default: the global provider).
+        learner: told each settled step's outcome when `settle` is given its ``success``
+            (the `PriorPredictor` or `GuardedPredictor` the forecast node asks).
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         on_exhausted: Literal["skip", "ask"] = "skip",
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
+        learner: Learner | None = None,
         name: str = "control",
     ) -> None:
         if on_exhausted not in ("skip", "ask"):
@@ -108,6 +111,7 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         self.on_exhausted = on_exhausted
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
+        self.learner = learner
         super().__init__(self._decide, name=name)
 
     def _left(self, state: BudgetState) -> Budget:
@@ -179,7 +183,8 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
 
         A ``call_id`` already charged (a retried node, a replay) adds nothing; with a ledger the
         reservation is committed with the real spend. The step's ``roi.decision`` span (with
-        ``success``, when known) is emitted here.
+        ``success``, when known) is emitted here, and the node's ``learner`` is told the outcome
+        when ``success`` is known.
         """
         pending = state.get("pending") or []
         update: dict[str, Any] = {"pending": pending[1:], "decision": None, "reservation": None}
@@ -189,6 +194,10 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         if self.ledger is not None and hold:
             self.ledger.commit(hold, Amount.of(spend))
         self._trace(state, spend, success)
+        current = current_step(state)
+        if self.learner is not None and success is not None and current is not None:
+            step, decision = current
+            self.learner.observe(step, decision.option, spend, success)
         return {**update, "spent": spend.model_dump(), "charged": [call_id]}
 
     def _trace(self, state: BudgetState, spend: Spend, success: float | None) -> None:

@@ -1,0 +1,177 @@
+"""GuardedPredictor: the prior overrules a learned predictor only where it scores worse."""
+
+import numpy as np
+import pytest
+from forecasts import fixed_forecasts
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from roi_agents import Option, PriorPredictor, Spend, Step
+from roi_agents.errors import InvalidValueError
+from roi_agents.predict import GuardedPredictor, Learner, Predictor
+from roi_agents.telemetry import names
+
+OPTIONS = (Option(name="fast"), Option(name="deep"))
+
+
+class Fixed:
+    """A learned predictor that never learns: the same forecast per (group, option) always."""
+
+    def __init__(self, table_by_group):
+        self.table_by_group = table_by_group
+
+    def predict(self, steps):
+        out = []
+        for step in steps:
+            out += fixed_forecasts([step], self.table_by_group[step.group])
+        return [f.model_copy(update={"source": "learned"}) for f in out]
+
+    async def apredict(self, steps):
+        return self.predict(steps)
+
+
+def _step(group, k=0):
+    return Step(id=f"{group}-{k}", text="a question", group=group, options=OPTIONS)
+
+
+def _feed(guard, group, option, n, p, tokens, seed=0):
+    """``n`` outcomes of ``option`` on ``group``: success with probability ``p``."""
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        spend = Spend(output_tokens=int(tokens * rng.lognormal(0, 0.3)))
+        guard.observe(_step(group, k), option, spend, success=float(rng.random() < p))
+
+
+RIGHT = {"fast": (0.3, 100, 150, 200), "deep": (0.9, 400, 600, 800)}
+
+
+def test_a_learned_predictor_that_scores_better_is_served_as_it_is():
+    guard = GuardedPredictor(Fixed({"math": RIGHT}))
+    assert isinstance(guard, Predictor)
+    assert isinstance(guard, Learner)
+    _feed(guard, "math", "deep", 120, p=0.9, tokens=400)
+    (trust,) = [t for t in guard.trust() if t.group == "math"]
+    assert trust.outcomes == 120
+    assert trust.success_trusted
+    assert trust.cost_trusted
+    assert trust.success_excess < 0  # the learned forecast was better than the prior learning
+    forecasts = guard.predict([_step("math")])
+    assert [f.source for f in forecasts] == ["learned", "learned"]
+    assert forecasts[1].p_success == 0.9
+
+
+def test_a_wrong_part_is_overruled_by_the_prior_and_only_that_part():
+    # Right about cost, badly overconfident about success.
+    wrong_p = {"fast": RIGHT["fast"], "deep": (0.99, 400, 600, 800)}
+    guard = GuardedPredictor(Fixed({"math": wrong_p}), min_outcomes=30)
+    _feed(guard, "math", "deep", 29, p=0.2, tokens=400)
+    assert guard.predict([_step("math")])[1].p_success == 0.99  # not enough outcomes yet
+    _feed(guard, "math", "deep", 30, p=0.2, tokens=400, seed=1)
+    step = _step("math")
+    served = guard.predict([step])[1]
+    prior = guard.prior.predict([step])[1]
+    assert served.p_success == prior.p_success < 0.4
+    assert served.tokens == Fixed({"math": wrong_p}).predict([step])[1].tokens
+    assert served.source == "prior (success) + learned (cost)"
+    # The option it was never told about is still the learned predictor's.
+    assert guard.predict([step])[0].source == "learned"
+
+
+def test_costs_far_off_are_overruled():
+    short = {"fast": RIGHT["fast"], "deep": (0.9, 5, 6, 8)}  # worked answers priced as one token
+    guard = GuardedPredictor(Fixed({"math": short}))
+    _feed(guard, "math", "deep", 40, p=0.9, tokens=400)
+    served = guard.predict([_step("math")])[1]
+    assert served.source == "learned (success) + prior (cost)"
+    assert served.tokens.p90 > 300
+    (trust,) = [t for t in guard.trust() if t.group == "math"]
+    assert trust.cost_excess > 1
+    assert not trust.cost_trusted
+    assert trust.success_trusted
+
+
+def test_groups_are_judged_apart_and_a_new_group_borrows_its_option_verdict():
+    table = {"mmlu": RIGHT, "gsm8k": {"fast": RIGHT["fast"], "deep": (0.2, 5, 6, 8)}}
+    guard = GuardedPredictor(Fixed({**table, "new": table["gsm8k"]}))
+    _feed(guard, "mmlu", "deep", 40, p=0.9, tokens=400)
+    _feed(guard, "gsm8k", "deep", 100, p=0.9, tokens=400)
+    trust = {t.group: t for t in guard.trust()}
+    assert trust["mmlu"].success_trusted
+    assert trust["mmlu"].cost_trusted
+    assert not trust["gsm8k"].success_trusted
+    assert not trust["gsm8k"].cost_trusted
+    # 140 outcomes pooled, most of them gsm8k's: a group with too few outcomes of its own
+    # gets the prior's forecasts.
+    assert not trust[None].success_trusted
+    assert not trust[None].cost_trusted
+    assert guard.predict([_step("mmlu")])[1].source == "learned"
+    assert guard.predict([_step("new")])[1].source == "prior"
+
+
+def test_trust_comes_back_when_the_recent_outcomes_agree_with_the_learned_predictor():
+    guard = GuardedPredictor(Fixed({"math": RIGHT}), window=60)
+    _feed(guard, "math", "deep", 60, p=0.1, tokens=400)  # a bad spell
+    assert not guard.trust()[0].success_trusted
+    _feed(guard, "math", "deep", 60, p=0.9, tokens=400, seed=2)  # the spell has passed
+    assert guard.trust()[0].success_trusted
+
+
+def test_each_change_of_trust_is_an_event_on_the_current_span():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    guard = GuardedPredictor(Fixed({"math": {"fast": RIGHT["fast"], "deep": (0.99, 5, 6, 8)}}))
+    with provider.get_tracer("test").start_as_current_span("run"):
+        _feed(guard, "math", "deep", 40, p=0.2, tokens=400)
+    (span,) = exporter.get_finished_spans()
+    events = [dict(e.attributes) for e in span.events if e.name == names.EVENT_GUARD]
+    # Overruled once per part, at the group and at the option level.
+    assert sorted((e[names.STEP_GROUP], e[names.EVENT_PART]) for e in events) == [
+        ("", "cost"),
+        ("", "success"),
+        ("math", "cost"),
+        ("math", "success"),
+    ]
+    assert all(e[names.OPTION] == "deep" and e[names.EVENT_TRUSTED] is False for e in events)
+    provider.shutdown()
+
+
+async def test_the_async_path_serves_the_same_forecasts():
+    guard = GuardedPredictor(Fixed({"math": {"fast": RIGHT["fast"], "deep": (0.99, 5, 6, 8)}}))
+    _feed(guard, "math", "deep", 40, p=0.2, tokens=400)
+    steps = [_step("math", k) for k in range(3)]
+    assert await guard.apredict(steps) == guard.predict(steps)
+
+
+def test_the_prior_learns_every_outcome_after_it_is_scored():
+    prior = PriorPredictor()
+    guard = GuardedPredictor(Fixed({"math": RIGHT}), prior)
+    _feed(guard, "math", "fast", 5, p=1.0, tokens=100)
+    assert prior.predict([_step("math")])[0].p_success > 0.6  # it saw five successes
+    guard.observe(_step("math"), "skip", Spend(), success=0.0)  # a skip teaches nothing
+    assert len(guard.trust()) == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"min_outcomes": 1}, "min_outcomes"),
+        ({"min_outcomes": 50, "window": 40}, "window"),
+        ({"z": float("nan")}, "z"),
+        ({"z": -1.0}, "z"),
+    ],
+)
+def test_bad_settings_are_named(kwargs, name):
+    with pytest.raises(InvalidValueError) as raised:
+        GuardedPredictor(Fixed({}), **kwargs)
+    assert raised.value.field == name
+
+
+def test_bad_outcomes_are_refused():
+    guard = GuardedPredictor(Fixed({"math": RIGHT}))
+    with pytest.raises(InvalidValueError):
+        guard.observe(_step("math"), "deep", Spend(), success=1.5)
+    with pytest.raises(InvalidValueError):
+        guard.observe(_step("math"), "nope", Spend(), success=1.0)
+    assert guard.trust() == []
