@@ -15,10 +15,11 @@ Policies:
 * ``threshold``: RouteLLM-style router: the most expensive option when the predicted gain in
   success over the cheapest is at least a threshold, tuned on the training part to the budget.
 * ``ours``: the predictor and the `Controller`, re-planning after every step. With ``online``,
-  each step's outcome (unless cut off: a censored cost) is fed back to the predictor, as in a
-  deployment that learns from its own traffic: the prior learns it, and a learned predictor is
-  wrapped in a `GuardedPredictor` over the prior fitted on the training part. Each budget starts
-  again from the fitted predictor, so no budget learns from another's episodes.
+  each step's outcome is fed back to the predictor, as in a deployment that learns from its own
+  traffic (a step cut off at its cap as ``truncated``, with what it spent up to the cap): the
+  prior learns it, and a learned predictor is wrapped in a `GuardedPredictor` over the prior
+  fitted on the training part. Each budget starts again from the fitted predictor, so no budget
+  learns from another's episodes.
 * ``oracle``: the exact knapsack on the true outcomes (HiGHS): the ceiling.
 
 Options carry list prices where the training part's recorded USD costs are exactly prices times
@@ -43,7 +44,7 @@ from roi_agents.errors import DataError, InvalidValueError
 from roi_agents.predict.base import Learner, Predictor
 from roi_agents.predict.guard import GuardedPredictor
 from roi_agents.predict.prior import PriorPredictor
-from roi_agents.types import SKIP, Budget, Decision, Option, Quantile, Resource, Step
+from roi_agents.types import SKIP, Budget, Decision, Option, Quantile, Resource, Spend, Step
 
 __all__ = [
     "BenchConfig",
@@ -301,9 +302,19 @@ def _play(
         run.value += value
         run.truncated += cut_off
         run.steps.append(StepOutcome(option, cap, spend, value, cut_off))
-        if learner is not None and not cut_off:
-            learner.observe(steps[i], option, record.spend, record.score)
+        if learner is not None:
+            seen = _up_to(record.spend, spend / cost) if cut_off else record.spend
+            learner.observe(steps[i], option, seen, value, truncated=cut_off)
     return run
+
+
+def _up_to(spend: Spend, share: float) -> Spend:
+    """What a step cut off at ``share`` of its recorded cost spent: its prompt, output pro rata."""
+    return Spend(
+        input_tokens=spend.input_tokens,
+        output_tokens=math.floor(spend.output_tokens * share),
+        usd=spend.usd * share,
+    )
 
 
 def play_episode(

@@ -32,6 +32,11 @@ class Predictor(Protocol):
 class Learner(Protocol):
     """A predictor that learns from the outcomes of the steps it forecast."""
 
-    def observe(self, step: Step, option: str, spend: Spend, success: float) -> None:
-        """Record that ``option`` ran on ``step``, spent ``spend`` and scored ``success``."""
+    def observe(
+        self, step: Step, option: str, spend: Spend, success: float, *, truncated: bool = False
+    ) -> None:
+        """Record that ``option`` ran on ``step``, spent ``spend`` and scored ``success``.
+
+        ``truncated``: the step was cut off at its cap, so its cost was at least ``spend``.
+        """
         ...

@@ -12,10 +12,13 @@ the learned one has scored worse on the recent outcomes there by more than their
   hard cap's), summed over tokens and, when both forecasts and the spend have it, USD.
 
 The test is one-sided and paired: over the last ``window`` outcomes of a key, the learned part is
-distrusted while the mean excess of its loss is more than ``z`` standard errors above zero, and
-trusted again when that no longer holds. A key with fewer than ``min_outcomes`` outcomes uses its
-option's outcomes over all groups; an option with fewer trusts the learned predictor. Every change
-of trust is logged and recorded as a ``roi.predictor.guard`` event on the current span.
+overruled once the mean excess of its loss is more than ``z`` standard errors above zero, and
+trusted again once it is back at zero. A forecast for an (option, group) with fewer than
+``min_outcomes`` outcomes takes the verdict of the group over all its options (a checkpoint that
+misjudges a kind of step for the options that ran misjudges it for the rest, and an option the
+plan never picks is never found out on its own), else of the option over all groups, else
+trusts the learned predictor. Every change of trust is logged and recorded as a
+``roi.predictor.guard`` event on the current span.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict
@@ -35,7 +39,7 @@ from roi_agents.predict.prior import PriorPredictor
 from roi_agents.telemetry import names
 from roi_agents.types import SKIP, Forecast, Quantile, Resource, Spend, Step
 
-__all__ = ["GuardedPredictor", "Trust"]
+__all__ = ["GuardedPredictor", "Part", "Trust"]
 
 logger = logging.getLogger("roi_agents.predict")
 
@@ -43,70 +47,96 @@ logger = logging.getLogger("roi_agents.predict")
 _LEVELS: tuple[tuple[Quantile, float], ...] = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
 _OFFSET: dict[Resource, float] = {"tokens": 1.0, "usd": 1e-6}
 
-_Key = tuple[str, str | None]
+Part = Literal["success", "cost"]
+# (option, group, part); a None option stands for every option of the group, a None group for
+# every group of the option.
+_Key = tuple[str | None, str | None, Part]
 
 
 class Trust(BaseModel):
-    """Where the guard stands on one (option, group): ``group`` is None for the option overall.
+    """Where the guard stands on one part of one (option, group).
 
     Attributes:
+        option: the option; None for every option of the group.
+        group: the steps' group; None for the option over all groups.
+        part: ``success`` or ``cost``.
         outcomes: outcomes scored (at most the guard's ``window``).
-        success_excess: the learned p_success's mean Brier score less the prior's (> 0: worse).
-        cost_excess: the same for the cost quantiles' pinball loss of log-cost.
-        success_trusted: whether the learned p_success is served.
-        cost_trusted: whether the learned cost forecast is served.
+        excess: the learned forecast's mean loss less the prior's (> 0: the learned is worse).
+        trusted: whether the learned forecast of this part is served.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    option: str
+    option: str | None
     group: str | None
+    part: Part
     outcomes: int
-    success_excess: float
-    cost_excess: float
-    success_trusted: bool
-    cost_trusted: bool
+    excess: float
+    trusted: bool
 
 
 @dataclass(slots=True)
-class _Scores:
-    """The recent paired excess losses of one key, and the verdicts they give."""
+class _Scored:
+    """The recent paired excess losses of one part of one key, and the verdict they give."""
 
-    success: deque[float]
-    cost: deque[float]
-    success_trusted: bool = True
-    cost_trusted: bool = True
+    excess: deque[float]
+    trusted: bool = True
 
 
-def _pinball(y: float, q: float, level: float) -> float:
+def _pinball(y: float, q: float, level: float, censored: bool) -> float:
+    """The pinball loss of quantile ``q``; of a censored ``y`` (at least ``y``), a lower bound."""
+    if censored:
+        return level * max(y - q, 0.0)
     return max(level * (y - q), (level - 1) * (y - q))
 
 
-def _cost_loss(forecast: Forecast, spend: Spend, resources: Sequence[Resource]) -> float:
+def _cost_loss(
+    forecast: Forecast, spend: Spend, resources: Sequence[Resource], censored: bool
+) -> float:
     loss = 0.0
     for resource in resources:
         cost = forecast.tokens if resource == "tokens" else forecast.usd
         assert cost is not None
         y = math.log(spend.get(resource) + _OFFSET[resource])
         for name, level in _LEVELS:
-            loss += _pinball(y, math.log(cost.at(name) + _OFFSET[resource]), level)
+            loss += _pinball(y, math.log(cost.at(name) + _OFFSET[resource]), level, censored)
     return loss
 
 
-def _excess(values: deque[float], z: float) -> bool:
-    """Whether the mean of ``values`` is more than ``z`` standard errors above zero."""
+def _verdict(values: deque[float], z: float, trusted: bool) -> bool:
+    """Whether to trust the learned part, given its recent excess losses and the verdict so far.
+
+    Overruled once the mean excess is more than ``z`` standard errors above zero; trusted again
+    only once it is back at zero or below, so that a verdict does not flip back and forth on
+    the noise at the threshold.
+    """
     n = len(values)
     mean = sum(values) / n
+    if not trusted:
+        return mean <= 0
     var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
-    return mean > z * math.sqrt(var / n) and mean > 0
+    return not (mean > 0 and mean > z * math.sqrt(var / n))
+
+
+def _keys(option: str, group: str | None, part: Part) -> list[_Key]:
+    """The keys an outcome is scored under, in the order a forecast consults them."""
+    if group is None:
+        return [(option, None, part)]
+    return [(option, group, part), (None, group, part), (option, None, part)]
 
 
 class GuardedPredictor:
     """A learned predictor, overruled per (option, group) by the prior where it scores worse.
 
     Feed it every outcome with `observe` (the LangGraph `BudgetControllerNode` does, given a
-    ``learner`` and a ``success``); it passes each on to the prior after scoring. Until an
-    (option, group) has ``min_outcomes`` outcomes, the learned forecasts are served as they are.
+    ``learner`` and a ``success``); it passes each on to the prior after scoring. Until a part of
+    an (option, group) has ``min_outcomes`` outcomes, its option's verdict over all groups holds;
+    until the option has as many, the learned forecast is served as it is.
+
+    A step cut off at its cap (``truncated``) says only that the cost was at least what it
+    spent: its cost is scored with the pinball loss's lower bound (each quantile below the spend
+    is charged for falling short, none above it), its success, which the forecast made for a
+    step run to the end, is not scored, and the prior learns nothing from it.
 
     Args:
         learned: the predictor to guard (a `LocalPredictor`, a `VLLMPredictor`, ...).
@@ -123,8 +153,8 @@ class GuardedPredictor:
         >>> step = Step(id="q", group="math", options=[Option(name="fast")])
         >>> for k in range(30):
         ...     guard.observe(step, "fast", Spend(output_tokens=100), success=float(k % 5 == 0))
-        >>> [(t.group, t.success_trusted) for t in guard.trust()]
-        [(None, False), ('math', False)]
+        >>> [(t.part, t.trusted) for t in guard.trust() if t.option and t.group]  # priced at 512
+        [('cost', False), ('success', False)]
         >>> round(guard.predict([step])[0].p_success, 2)  # the prior's (6 in 30, shrunk to 0.5)
         0.22
     """
@@ -149,15 +179,15 @@ class GuardedPredictor:
         self.min_outcomes = min_outcomes
         self.window = window
         self.z = z
-        self._scores: dict[_Key, _Scores] = {}
+        self._scored: dict[_Key, _Scored] = {}
 
-    def _verdict(self, option: str, group: str | None) -> _Scores | None:
-        """The scores that decide for (option, group): its own, else its option's, else none."""
-        for key in ((option, group), (option, None)):
-            scores = self._scores.get(key)
-            if scores is not None and len(scores.success) >= self.min_outcomes:
-                return scores
-        return None
+    def _trusted(self, option: str, group: str | None, part: Part) -> bool:
+        """The first verdict with enough outcomes: own, group's, option's; else trust."""
+        for key in _keys(option, group, part):
+            scored = self._scored.get(key)
+            if scored is not None and len(scored.excess) >= self.min_outcomes:
+                return scored.trusted
+        return True
 
     def _merge(
         self, steps: Sequence[Step], learned: list[Forecast], prior: list[Forecast]
@@ -168,12 +198,11 @@ class GuardedPredictor:
             raise InvalidValueError("forecasts", msg)
         out = []
         for (step, option), mine, fallback in zip(pairs, learned, prior, strict=True):
-            scores = self._verdict(option.name, step.group)
-            if scores is None or (scores.success_trusted and scores.cost_trusted):
+            p_from = mine if self._trusted(option.name, step.group, "success") else fallback
+            cost_from = mine if self._trusted(option.name, step.group, "cost") else fallback
+            if p_from is mine and cost_from is mine:
                 out.append(mine)
                 continue
-            p_from = mine if scores.success_trusted else fallback
-            cost_from = mine if scores.cost_trusted else fallback
             source = (
                 p_from.source
                 if p_from is cost_from
@@ -200,7 +229,9 @@ class GuardedPredictor:
         learned = await self.learned.apredict(steps)
         return self._merge(steps, learned, self.prior.predict(steps))
 
-    def observe(self, step: Step, option: str, spend: Spend, success: float) -> None:
+    def observe(
+        self, step: Step, option: str, spend: Spend, success: float, *, truncated: bool = False
+    ) -> None:
         """Score both forecasts of one outcome, then let the prior learn from it.
 
         Args:
@@ -208,6 +239,7 @@ class GuardedPredictor:
             option: the option it ran with.
             spend: the real spend.
             success: 1 for success, 0 for failure, or a graded score in [0, 1].
+            truncated: the step was cut off at its cap: its cost was at least ``spend``.
 
         Raises:
             InvalidValueError: on a success outside [0, 1] or an unknown option.
@@ -222,61 +254,60 @@ class GuardedPredictor:
         resources: list[Resource] = ["tokens"]
         if mine.usd is not None and fallback.usd is not None and spend.usd > 0:
             resources.append("usd")
-        success_excess = (mine.p_success - success) ** 2 - (fallback.p_success - success) ** 2
-        cost_excess = _cost_loss(mine, spend, resources) - _cost_loss(fallback, spend, resources)
-        for key in {(option, step.group), (option, None)}:
-            scores = self._scores.setdefault(
-                key, _Scores(deque(maxlen=self.window), deque(maxlen=self.window))
-            )
-            scores.success.append(success_excess)
-            scores.cost.append(cost_excess)
-            if len(scores.success) >= self.min_outcomes:
-                self._judge(key, scores)
-        self.prior.observe(step, option, spend, success)
+        cost_excess = _cost_loss(mine, spend, resources, truncated) - _cost_loss(
+            fallback, spend, resources, truncated
+        )
+        self._score(option, step.group, "cost", cost_excess)
+        if not truncated:
+            success_excess = (mine.p_success - success) ** 2 - (fallback.p_success - success) ** 2
+            self._score(option, step.group, "success", success_excess)
+        self.prior.observe(step, option, spend, success, truncated=truncated)
 
-    def _judge(self, key: _Key, scores: _Scores) -> None:
-        success = not _excess(scores.success, self.z)
-        cost = not _excess(scores.cost, self.z)
-        for part, was, now in (
-            ("success", scores.success_trusted, success),
-            ("cost", scores.cost_trusted, cost),
-        ):
-            if was == now:
+    def _score(self, option: str, group: str | None, part: Part, excess: float) -> None:
+        for key in _keys(option, group, part):
+            scored = self._scored.setdefault(key, _Scored(deque(maxlen=self.window)))
+            scored.excess.append(excess)
+            if len(scored.excess) < self.min_outcomes:
                 continue
-            option, group = key
-            state = "trusts" if now else "overrules"
-            logger.info(
-                "GuardedPredictor %s the learned %s forecast of option %r, group %r (%d outcomes)",
-                state,
-                part,
-                option,
-                group,
-                len(scores.success),
-            )
-            trace.get_current_span().add_event(
-                names.EVENT_GUARD,
-                {
-                    names.OPTION: option,
-                    names.STEP_GROUP: group or "",
-                    names.EVENT_PART: part,
-                    names.EVENT_TRUSTED: now,
-                },
-            )
-        scores.success_trusted, scores.cost_trusted = success, cost
+            trusted = _verdict(scored.excess, self.z, scored.trusted)
+            if trusted != scored.trusted:
+                logger.info(
+                    "GuardedPredictor %s the learned %s forecast of option %r, group %r "
+                    "(%d outcomes)",
+                    "trusts" if trusted else "overrules",
+                    part,
+                    key[0],
+                    key[1],
+                    len(scored.excess),
+                )
+                trace.get_current_span().add_event(
+                    names.EVENT_GUARD,
+                    {
+                        names.OPTION: key[0] or "",
+                        names.STEP_GROUP: key[1] or "",
+                        names.EVENT_PART: part,
+                        names.EVENT_TRUSTED: trusted,
+                    },
+                )
+            scored.trusted = trusted
 
     def trust(self) -> list[Trust]:
-        """Where the guard stands on every (option, group) it has scored, option level first."""
+        """Where the guard stands on every part of every (option, group) it has scored.
+
+        Sorted by option (every option of a group first), then group (the option over all
+        groups first), then part.
+        """
         return [
             Trust(
                 option=option,
                 group=group,
-                outcomes=len(scores.success),
-                success_excess=sum(scores.success) / len(scores.success),
-                cost_excess=sum(scores.cost) / len(scores.cost),
-                success_trusted=scores.success_trusted,
-                cost_trusted=scores.cost_trusted,
+                part=part,
+                outcomes=len(scored.excess),
+                excess=sum(scored.excess) / len(scored.excess),
+                trusted=scored.trusted,
             )
-            for (option, group), scores in sorted(
-                self._scores.items(), key=lambda item: (item[0][0], item[0][1] or "")
+            for (option, group, part), scored in sorted(
+                self._scored.items(),
+                key=lambda item: (item[0][0] or "", item[0][1] or "", item[0][2]),
             )
         ]

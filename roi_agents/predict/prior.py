@@ -128,7 +128,9 @@ class PriorPredictor:
         self.default_log_sigma = default_log_sigma
         self._stats: dict[tuple[str, str | None], _Stats] = {}
 
-    def observe(self, step: Step, option: str, spend: Spend, success: float) -> None:
+    def observe(
+        self, step: Step, option: str, spend: Spend, success: float, *, truncated: bool = False
+    ) -> None:
         """Record one outcome: what running ``option`` on ``step`` cost and how well it did.
 
         Args:
@@ -136,6 +138,8 @@ class PriorPredictor:
             option: the option's name.
             spend: the real spend.
             success: 1 for success, 0 for failure, or a graded score in [0, 1].
+            truncated: the step was cut off at its cap. Its cost is only a lower bound and its
+                success is not the option's, so it is not recorded.
 
         Raises:
             InvalidValueError: on a success outside [0, 1] or an unknown option.
@@ -143,7 +147,8 @@ class PriorPredictor:
         if not 0 <= success <= 1:
             raise InvalidValueError("success", f"must be in [0, 1], got {success}")
         step.option(option)
-        self.record(option, step.group, spend, success)
+        if not truncated:
+            self.record(option, step.group, spend, success)
 
     def record(self, option: str, group: str | None, spend: Spend, success: float) -> None:
         """`observe` without a step: for training from recorded outcomes."""

@@ -20,6 +20,7 @@ from roi_agents_langgraph import (
 from roi_agents import Budget, Controller, Option, PriorPredictor, Spend, Step
 from roi_agents.errors import BudgetExceeded
 from roi_agents.ledger import MemoryLedger, ScopeBudget
+from roi_agents.predict import GuardedPredictor
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +74,10 @@ def _graph(
         thread = config["configurable"]["thread_id"]
         # With a learner, every answer is graded: the tiny random model's are gibberish.
         success = 0.0 if learner is not None else None
-        return control.settle(state, spend, call_id=f"{thread}:{step.id}", success=success)
+        truncated = message.response_metadata.get("finish_reason") == "length"
+        return control.settle(
+            state, spend, call_id=f"{thread}:{step.id}", success=success, truncated=truncated
+        )
 
     graph = StateGraph(BudgetState)
     add_budget_loop(graph, MetaCognitiveNode(learner or _prior()), control, execute)
@@ -152,17 +156,41 @@ def test_a_replayed_call_is_charged_once():
 
 
 def test_the_controller_node_tells_its_learner_each_graded_outcome(tiny_chat_server):
-    prior = _prior()  # forecasts, and learns from what the graph runs
-    graph, _chat, calls = _graph(tiny_chat_server, learner=prior)
+    """The runaway model stops at every cap: each call is a truncated outcome for the guard."""
+    guard = GuardedPredictor(_prior(), _prior(), min_outcomes=2)
+    graph, _chat, calls = _graph(tiny_chat_server, learner=guard)
     final = graph.invoke(_start(1200, n=5), _config())
     ran = [d["option"] for d in final["decisions"] if d["option"] != "skip"]
     assert len(ran) == len(calls) >= 2
-    forecasts = {f.option: f for f in prior.predict([Step(id="x", options=OPTIONS)])}
-    # 10 pseudo-observations at the default 0.5, 10 warm-up outcomes (5 and 9 successes), then
-    # one failure per call the graph made with the option.
-    for option, warm in (("fast", 5), ("deep", 9)):
-        expected = (5 + warm) / (20 + ran.count(option))
-        assert forecasts[option].p_success == pytest.approx(expected)
+    scored = {(t.option, t.part): t.outcomes for t in guard.trust() if t.group is None}
+    # Truncated: the cost is scored as a lower bound, the success not at all.
+    assert scored == {(option, "cost"): ran.count(option) for option in set(ran)}
+    # And the prior learned nothing from them: its forecasts are the warm-up's.
+    assert guard.prior.predict([Step(id="x", options=OPTIONS)]) == _prior().predict(
+        [Step(id="x", options=OPTIONS)]
+    )
+
+
+def test_settle_tells_the_learner_a_finished_step_once():
+    prior = _prior()
+    control = BudgetControllerNode(Controller(), learner=prior)
+    step = Step(id="s0", text="a step", options=OPTIONS)
+    decision = Controller().plan([step], Budget(tokens=1000), forecasts=prior.predict([step])).next
+    state = {
+        "budget": Budget(tokens=1000).model_dump(),
+        "pending": [step.model_dump()],
+        "decision": decision.model_dump(),
+    }
+    before = {f.option: f.p_success for f in prior.predict([step])}
+    spend = Spend(input_tokens=40, output_tokens=10)
+    update = control.settle(state, spend, call_id="t:s0", success=1.0)
+    control.settle({**state, **update}, spend, call_id="t:s0", success=1.0)  # a replay
+    control.settle(state, spend, call_id="t:s1")  # not graded: nothing to learn
+    after = {f.option: f.p_success for f in prior.predict([step])}
+    # 10 pseudo-observations at 0.5 and 10 warm-up outcomes, then one success.
+    warm = {"fast": 5, "deep": 9}[decision.option]
+    assert before[decision.option] == pytest.approx((5 + warm) / 20)
+    assert after[decision.option] == pytest.approx((5 + warm + 1) / 21)
 
 
 def test_graph_spends_from_a_shared_ledger_scope(tiny_chat_server):

@@ -43,6 +43,10 @@ def _feed(guard, group, option, n, p, tokens, seed=0):
         guard.observe(_step(group, k), option, spend, success=float(rng.random() < p))
 
 
+def _trust(guard, option="deep"):
+    return {(t.group, t.part): t for t in guard.trust() if t.option == option}
+
+
 RIGHT = {"fast": (0.3, 100, 150, 200), "deep": (0.9, 400, 600, 800)}
 
 
@@ -51,11 +55,11 @@ def test_a_learned_predictor_that_scores_better_is_served_as_it_is():
     assert isinstance(guard, Predictor)
     assert isinstance(guard, Learner)
     _feed(guard, "math", "deep", 120, p=0.9, tokens=400)
-    (trust,) = [t for t in guard.trust() if t.group == "math"]
-    assert trust.outcomes == 120
-    assert trust.success_trusted
-    assert trust.cost_trusted
-    assert trust.success_excess < 0  # the learned forecast was better than the prior learning
+    trust = _trust(guard)
+    assert set(trust) == {(None, "cost"), (None, "success"), ("math", "cost"), ("math", "success")}
+    assert all(t.outcomes == 120 and t.trusted for t in trust.values())
+    # The learned forecast was better than the prior's, which learns as it goes.
+    assert trust["math", "success"].excess < 0
     forecasts = guard.predict([_step("math")])
     assert [f.source for f in forecasts] == ["learned", "learned"]
     assert forecasts[1].p_success == 0.9
@@ -64,7 +68,7 @@ def test_a_learned_predictor_that_scores_better_is_served_as_it_is():
 def test_a_wrong_part_is_overruled_by_the_prior_and_only_that_part():
     # Right about cost, badly overconfident about success.
     wrong_p = {"fast": RIGHT["fast"], "deep": (0.99, 400, 600, 800)}
-    guard = GuardedPredictor(Fixed({"math": wrong_p}), min_outcomes=30)
+    guard = GuardedPredictor(Fixed({"math": wrong_p, "algebra": wrong_p}), min_outcomes=30)
     _feed(guard, "math", "deep", 29, p=0.2, tokens=400)
     assert guard.predict([_step("math")])[1].p_success == 0.99  # not enough outcomes yet
     _feed(guard, "math", "deep", 30, p=0.2, tokens=400, seed=1)
@@ -74,8 +78,15 @@ def test_a_wrong_part_is_overruled_by_the_prior_and_only_that_part():
     assert served.p_success == prior.p_success < 0.4
     assert served.tokens == Fixed({"math": wrong_p}).predict([step])[1].tokens
     assert served.source == "prior (success) + learned (cost)"
-    # The option it was never told about is still the learned predictor's.
-    assert guard.predict([step])[0].source == "learned"
+    # The option it was never told about takes its group's verdict: that group's steps are
+    # misjudged. In a group never seen, the option that ran takes its verdict over all groups,
+    # and the other has none: the learned forecast stands.
+    assert guard.predict([step])[0].source == "prior (success) + learned (cost)"
+    assert {(t.option, t.group, t.part): t.trusted for t in guard.trust()}[
+        None, "math", "success"
+    ] is False
+    fast, deep = guard.predict([_step("algebra")])
+    assert (fast.source, deep.source) == ("learned", "prior (success) + learned (cost)")
 
 
 def test_costs_far_off_are_overruled():
@@ -85,10 +96,28 @@ def test_costs_far_off_are_overruled():
     served = guard.predict([_step("math")])[1]
     assert served.source == "learned (success) + prior (cost)"
     assert served.tokens.p90 > 300
-    (trust,) = [t for t in guard.trust() if t.group == "math"]
-    assert trust.cost_excess > 1
-    assert not trust.cost_trusted
-    assert trust.success_trusted
+    trust = _trust(guard)
+    assert trust["math", "cost"].excess > 1
+    assert not trust["math", "cost"].trusted
+    assert trust["math", "success"].trusted
+
+
+def test_a_cut_off_step_scores_cost_as_a_lower_bound_and_not_success():
+    short = {"fast": RIGHT["fast"], "deep": (0.2, 5, 6, 8)}  # and far too doubtful of success
+    prior = PriorPredictor()
+    guard = GuardedPredictor(Fixed({"math": short}), prior)
+    # Every step stops at a cap of 40 tokens: the learned quantiles all fall short of it.
+    for k in range(40):
+        guard.observe(_step("math", k), "deep", Spend(output_tokens=40), 0.0, truncated=True)
+    trust = _trust(guard)
+    assert set(trust) == {(None, "cost"), ("math", "cost")}  # success never scored
+    assert not trust["math", "cost"].trusted
+    # log(41 / 6) at 0.5 + 0.9 + 0.99 for each quantile short of the spend, less nothing for the
+    # prior's (its default of 512 tokens lies above the spend).
+    assert trust["math", "cost"].excess == pytest.approx(
+        0.5 * np.log(41 / 6) + 0.9 * np.log(41 / 7) + 0.99 * np.log(41 / 9)
+    )
+    assert prior.predict([_step("math")])[1].p_success == 0.5  # the prior learned nothing
 
 
 def test_groups_are_judged_apart_and_a_new_group_borrows_its_option_verdict():
@@ -96,15 +125,15 @@ def test_groups_are_judged_apart_and_a_new_group_borrows_its_option_verdict():
     guard = GuardedPredictor(Fixed({**table, "new": table["gsm8k"]}))
     _feed(guard, "mmlu", "deep", 40, p=0.9, tokens=400)
     _feed(guard, "gsm8k", "deep", 100, p=0.9, tokens=400)
-    trust = {t.group: t for t in guard.trust()}
-    assert trust["mmlu"].success_trusted
-    assert trust["mmlu"].cost_trusted
-    assert not trust["gsm8k"].success_trusted
-    assert not trust["gsm8k"].cost_trusted
+    trust = _trust(guard)
+    assert trust["mmlu", "success"].trusted
+    assert trust["mmlu", "cost"].trusted
+    assert not trust["gsm8k", "success"].trusted
+    assert not trust["gsm8k", "cost"].trusted
     # 140 outcomes pooled, most of them gsm8k's: a group with too few outcomes of its own
     # gets the prior's forecasts.
-    assert not trust[None].success_trusted
-    assert not trust[None].cost_trusted
+    assert not trust[None, "success"].trusted
+    assert not trust[None, "cost"].trusted
     assert guard.predict([_step("mmlu")])[1].source == "learned"
     assert guard.predict([_step("new")])[1].source == "prior"
 
@@ -112,9 +141,9 @@ def test_groups_are_judged_apart_and_a_new_group_borrows_its_option_verdict():
 def test_trust_comes_back_when_the_recent_outcomes_agree_with_the_learned_predictor():
     guard = GuardedPredictor(Fixed({"math": RIGHT}), window=60)
     _feed(guard, "math", "deep", 60, p=0.1, tokens=400)  # a bad spell
-    assert not guard.trust()[0].success_trusted
+    assert not _trust(guard)["math", "success"].trusted
     _feed(guard, "math", "deep", 60, p=0.9, tokens=400, seed=2)  # the spell has passed
-    assert guard.trust()[0].success_trusted
+    assert _trust(guard)["math", "success"].trusted
 
 
 def test_each_change_of_trust_is_an_event_on_the_current_span():
@@ -126,14 +155,16 @@ def test_each_change_of_trust_is_an_event_on_the_current_span():
         _feed(guard, "math", "deep", 40, p=0.2, tokens=400)
     (span,) = exporter.get_finished_spans()
     events = [dict(e.attributes) for e in span.events if e.name == names.EVENT_GUARD]
-    # Overruled once per part, at the group and at the option level.
-    assert sorted((e[names.STEP_GROUP], e[names.EVENT_PART]) for e in events) == [
-        ("", "cost"),
-        ("", "success"),
-        ("math", "cost"),
-        ("math", "success"),
+    # Overruled once per part: the option in the group, the group, the option.
+    assert sorted((e[names.OPTION], e[names.STEP_GROUP], e[names.EVENT_PART]) for e in events) == [
+        ("", "math", "cost"),
+        ("", "math", "success"),
+        ("deep", "", "cost"),
+        ("deep", "", "success"),
+        ("deep", "math", "cost"),
+        ("deep", "math", "success"),
     ]
-    assert all(e[names.OPTION] == "deep" and e[names.EVENT_TRUSTED] is False for e in events)
+    assert all(e[names.EVENT_TRUSTED] is False for e in events)
     provider.shutdown()
 
 
@@ -150,7 +181,7 @@ def test_the_prior_learns_every_outcome_after_it_is_scored():
     _feed(guard, "math", "fast", 5, p=1.0, tokens=100)
     assert prior.predict([_step("math")])[0].p_success > 0.6  # it saw five successes
     guard.observe(_step("math"), "skip", Spend(), success=0.0)  # a skip teaches nothing
-    assert len(guard.trust()) == 2
+    assert len(guard.trust()) == 6  # both parts of (fast, math), (every option, math), fast
 
 
 @pytest.mark.parametrize(

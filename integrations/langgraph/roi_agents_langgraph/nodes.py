@@ -178,13 +178,15 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         *,
         call_id: str,
         success: float | None = None,
+        truncated: bool = False,
     ) -> dict[str, Any]:
         """The state update after the next step ran and spent ``spend``.
 
         A ``call_id`` already charged (a retried node, a replay) adds nothing; with a ledger the
         reservation is committed with the real spend. The step's ``roi.decision`` span (with
         ``success``, when known) is emitted here, and the node's ``learner`` is told the outcome
-        when ``success`` is known.
+        when ``success`` is known; say ``truncated`` when the step stopped at its cap (a
+        ``finish_reason`` of ``"length"``), so that its spend counts as a lower bound.
         """
         pending = state.get("pending") or []
         update: dict[str, Any] = {"pending": pending[1:], "decision": None, "reservation": None}
@@ -197,7 +199,7 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         current = current_step(state)
         if self.learner is not None and success is not None and current is not None:
             step, decision = current
-            self.learner.observe(step, decision.option, spend, success)
+            self.learner.observe(step, decision.option, spend, success, truncated=truncated)
         return {**update, "spent": spend.model_dump(), "charged": [call_id]}
 
     def _trace(self, state: BudgetState, spend: Spend, success: float | None) -> None:
