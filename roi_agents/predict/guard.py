@@ -144,7 +144,9 @@ class GuardedPredictor:
             pass one fitted on recorded history so it starts informed).
         min_outcomes: outcomes before a key (else its option) has a say.
         window: the most recent outcomes per key that are scored.
-        z: standard errors of excess loss that overrule the learned part.
+        z: standard errors of excess loss that overrule the learned part. The test is repeated
+            after every outcome, so the default is stricter than a single test's 2: an
+            in-domain checkpoint, no worse than the prior, was overruled by noise at 2.
 
     Example:
         >>> from roi_agents.types import Option, Spend, Step
@@ -166,7 +168,7 @@ class GuardedPredictor:
         *,
         min_outcomes: int = 30,
         window: int = 200,
-        z: float = 2.0,
+        z: float = 3.0,
     ) -> None:
         if min_outcomes < 2:
             raise InvalidValueError("min_outcomes", f"must be >= 2, got {min_outcomes}")

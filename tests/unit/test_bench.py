@@ -184,8 +184,8 @@ def test_online_the_prior_learns_and_a_learned_predictor_is_guarded(gsm8k):
     def flat(train):
         return _Flat(fit_prior(True)(train))
 
-    config = BenchConfig(budgets=(0.25, 0.5), episodes=8, steps=12, seed=3)
-    online = BenchConfig(budgets=(0.25, 0.5), episodes=8, steps=12, seed=3, online=True)
+    config = BenchConfig(budgets=(0.25, 0.5), episodes=12, steps=15, seed=3)
+    online = BenchConfig(budgets=(0.25, 0.5), episodes=12, steps=15, seed=3, online=True)
     guarded = prepare(gsm8k, online, predictor=flat).fit()
     assert isinstance(guarded, GuardedPredictor)
     assert isinstance(guarded.learned, _Flat)

@@ -206,3 +206,16 @@ def test_bad_outcomes_are_refused():
     with pytest.raises(InvalidValueError):
         guard.observe(_step("math"), "nope", Spend(), success=1.0)
     assert guard.trust() == []
+
+
+def test_a_verdict_needs_z_standard_errors_to_overrule_and_a_mean_back_at_zero_to_trust():
+    from collections import deque
+
+    from roi_agents.predict.guard import _verdict
+
+    slightly_worse = deque([0.1 + (1 if k % 2 else -1) for k in range(30)])  # mean 0.1, se 0.19
+    assert _verdict(slightly_worse, 3.0, trusted=True) is True  # not enough to overrule
+    assert _verdict(slightly_worse, 3.0, trusted=False) is False  # nor to trust again
+    assert _verdict(deque(v - 0.2 for v in slightly_worse), 3.0, trusted=False) is True
+    clearly_worse = deque([0.5 + (0.1 if k % 2 else -0.1) for k in range(30)])
+    assert _verdict(clearly_worse, 3.0, trusted=True) is False
