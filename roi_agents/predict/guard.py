@@ -130,8 +130,9 @@ class GuardedPredictor:
 
     Feed it every outcome with `observe` (the LangGraph `BudgetControllerNode` does, given a
     ``learner`` and a ``success``); it passes each on to the prior after scoring. Until a part of
-    an (option, group) has ``min_outcomes`` outcomes, its option's verdict over all groups holds;
-    until the option has as many, the learned forecast is served as it is.
+    an (option, group) has ``min_outcomes`` outcomes, the group's verdict over every option
+    holds, then the option's over every group; until one of them has as many, the learned
+    forecast is served as it is.
 
     A step cut off at its cap (``truncated``) says only that the cost was at least what it
     spent: its cost is scored with the pinball loss's lower bound (each quantile below the spend
@@ -142,7 +143,7 @@ class GuardedPredictor:
         learned: the predictor to guard (a `LocalPredictor`, a `VLLMPredictor`, ...).
         prior: the fallback that learns from the outcomes (default: an empty `PriorPredictor`;
             pass one fitted on recorded history so it starts informed).
-        min_outcomes: outcomes before a key (else its option) has a say.
+        min_outcomes: outcomes before a key has a say.
         window: the most recent outcomes per key that are scored.
         z: standard errors of excess loss that overrule the learned part. The test is repeated
             after every outcome, so at 2 noise sometimes overrules a checkpoint no worse than
