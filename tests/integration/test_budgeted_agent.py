@@ -65,3 +65,32 @@ def test_agent_spends_from_a_shared_ledger_scope(tiny_chat_server):
     balance = ledger.balance("acme")
     assert balance.committed.tokens == ran <= 400  # the tenant's budget held, not the run's
     assert balance.reserved.tokens == 0
+
+
+def test_a_graded_agent_tells_its_predictor_every_answer(tiny_chat_server):
+    from roi_agents import PriorPredictor
+    from roi_agents.predict import GuardedPredictor
+
+    guard = GuardedPredictor(PriorPredictor(), min_outcomes=2)
+    graded = []
+
+    def grade(step, answer):
+        graded.append((step.id, answer))
+        return 0.0  # the tiny random model's answers are gibberish
+
+    agent = create_budgeted_agent(
+        runaway_chat(tiny_chat_server),
+        budget=Budget(tokens=1500),
+        planner=lambda task: [f"part {i}: a paragraph" for i in range(4)],
+        predictor=guard,
+        grade=grade,
+    )
+    final = agent.invoke({"task": "four parts"}, {"recursion_limit": 200})
+    ran = [r for r in final["results"] if "answer" in r]
+    assert len(ran) >= 2
+    assert graded == [(r["step"], r["answer"]) for r in ran]
+    assert all(r["success"] == 0.0 for r in ran)
+    # The runaway model stops at every cap: truncated answers, scored for cost only.
+    scored = {(t.option, t.part): t.outcomes for t in guard.trust() if t.group is None}
+    options = [r["option"] for r in ran]
+    assert scored == {(option, "cost"): options.count(option) for option in set(options)}

@@ -26,7 +26,7 @@ from langgraph.graph.state import CompiledStateGraph
 from roi_agents.allocate import Controller
 from roi_agents.errors import BudgetExceeded
 from roi_agents.ledger.base import Ledger
-from roi_agents.predict.base import Predictor
+from roi_agents.predict.base import Learner, Predictor
 from roi_agents.predict.prior import PriorPredictor
 from roi_agents.types import Budget, Cap, Decision, Option, Spend, Step
 from roi_agents_langgraph.chat import budgeted, prompt_token_bound
@@ -79,6 +79,7 @@ def create_budgeted_agent(
     ledger: Ledger | None = None,
     scope: str | None = None,
     checkpointer: BaseCheckpointSaver[Any] | None = None,
+    grade: Callable[[Step, str], float | None] | None = None,
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
     """Build the agent. Invoke it with ``{"task": "..."}``; the budget is fixed here.
 
@@ -97,12 +98,19 @@ def create_budgeted_agent(
         ledger: a shared ledger to reserve and commit in, with ``scope``.
         scope: the ledger scope.
         checkpointer: any LangGraph checkpointer.
+        grade: (step, answer) -> success in [0, 1], or None when unknown. Each graded step is
+            told to the predictor when it learns (a `PriorPredictor`, a `GuardedPredictor`),
+            an answer cut off at its cap as ``truncated``; the grade is in the step's result.
 
     Returns:
         A compiled graph whose final state holds ``results`` and a ``report``.
     """
     chat = budgeted(model.bind_tools(list(tools)) if tools else model)  # type: ignore[arg-type]
-    control = BudgetControllerNode(controller or Controller(), ledger=ledger, scope=scope)
+    forecaster = predictor or PriorPredictor()
+    learner = forecaster if grade is not None and isinstance(forecaster, Learner) else None
+    control = BudgetControllerNode(
+        controller or Controller(), ledger=ledger, scope=scope, learner=learner
+    )
     tool_node = BudgetedToolNode(tools) if tools else None
     option_list = tuple(options or (DEFAULT_TOOL_OPTIONS if tools else DEFAULT_OPTIONS))
 
@@ -172,13 +180,22 @@ def create_budgeted_agent(
             messages += ran["messages"]
             spend = spend + Spend.model_validate(ran["spent"])
         thread = (config.get("configurable") or {}).get("thread_id", uuid.uuid4().hex)
-        settled = control.settle(state, spend, call_id=f"{thread}:{step.id}")
+        answer = str(reply.content)
+        success = grade(step, answer) if grade is not None else None
+        settled = control.settle(
+            state,
+            spend,
+            call_id=f"{thread}:{step.id}",
+            success=success,
+            truncated=reply.response_metadata.get("finish_reason") == "length",
+        )
         result = {
             "step": step.id,
             "option": decision.option,
-            "answer": str(reply.content),
+            "answer": answer,
             "tokens": spend.tokens,
             "tool_calls": spend.tool_calls,
+            "success": success,
         }
         return {**settled, "messages": messages, "results": [result]}
 
@@ -204,7 +221,7 @@ def create_budgeted_agent(
     graph.add_edge(START, "plan")
     add_budget_loop(
         graph,
-        MetaCognitiveNode(predictor or PriorPredictor()),
+        MetaCognitiveNode(forecaster),
         control,
         execute,
         start="plan",
