@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict
 
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.base import Predictor
-from roi_agents.predict.prior import PriorPredictor
+from roi_agents.predict.prior import LOG_OFFSET, PriorPredictor
 from roi_agents.telemetry import names
 from roi_agents.types import SKIP, Forecast, Quantile, Resource, Spend, Step
 
@@ -43,9 +43,8 @@ __all__ = ["GuardedPredictor", "Part", "Trust"]
 
 logger = logging.getLogger("roi_agents.predict")
 
-# The quantile levels scored, and the offsets of the logs (zero costs have a finite log).
+# The quantile levels scored.
 _LEVELS: tuple[tuple[Quantile, float], ...] = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
-_OFFSET: dict[Resource, float] = {"tokens": 1.0, "usd": 1e-6}
 
 Part = Literal["success", "cost"]
 # (option, group, part); a None option stands for every option of the group, a None group for
@@ -97,9 +96,10 @@ def _cost_loss(
     for resource in resources:
         cost = forecast.tokens if resource == "tokens" else forecast.usd
         assert cost is not None
-        y = math.log(spend.get(resource) + _OFFSET[resource])
+        offset = LOG_OFFSET[resource]
+        y = math.log(spend.get(resource) + offset)
         for name, level in _LEVELS:
-            loss += _pinball(y, math.log(cost.at(name) + _OFFSET[resource]), level, censored)
+            loss += _pinball(y, math.log(cost.at(name) + offset), level, censored)
     return loss
 
 

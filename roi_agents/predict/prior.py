@@ -30,7 +30,7 @@ from roi_agents.predict.calibration import ResidualQuantiles, conformal_quantile
 from roi_agents.predict.head import lognormal_cost, lognormal_quantile
 from roi_agents.types import SKIP, CostForecast, Forecast, Option, Spend, Step
 
-__all__ = ["PRIOR_STRENGTH", "TAIL_ROWS", "PriorPredictor"]
+__all__ = ["LOG_OFFSET", "PRIOR_STRENGTH", "TAIL_ROWS", "PriorPredictor"]
 
 # Pseudo-observations behind the estimate a group (or an option) is shrunk towards.
 PRIOR_STRENGTH = 10.0
@@ -40,8 +40,9 @@ TAIL_ROWS = 100
 # The most recent costs kept per option (and group) for it.
 _RECENT = 2048
 
-# Log-costs are of (cost + offset), so that zero costs have a finite log.
-_OFFSET = {"output_tokens": 1.0, "tokens": 1.0, "usd": 1e-6}
+# Log-costs are of (cost + offset), so that zero costs have a finite log (the learned head's
+# offsets too; `GuardedPredictor` scores log-costs with them).
+LOG_OFFSET = {"output_tokens": 1.0, "tokens": 1.0, "usd": 1e-6}
 
 
 @dataclass(slots=True)
@@ -160,7 +161,7 @@ class PriorPredictor:
         observed: dict[str, float] = {"output_tokens": spend.output_tokens, "tokens": spend.tokens}
         if spend.usd > 0:
             observed["usd"] = spend.usd
-        logs = {name: math.log(amount + _OFFSET[name]) for name, amount in observed.items()}
+        logs = {name: math.log(amount + LOG_OFFSET[name]) for name, amount in observed.items()}
         for key in keys:
             stats = self._stats.setdefault(key, _Stats())
             stats.n += 1
@@ -220,16 +221,16 @@ class PriorPredictor:
         assert output is not None
         if known_input is not None or total is None:
             shift = float(known_input or 0)
-            tokens = _cost(*output, _OFFSET["output_tokens"], shift, ceiling, count=True)
+            tokens = _cost(*output, LOG_OFFSET["output_tokens"], shift, ceiling, count=True)
         else:
-            tokens = _cost(*total, _OFFSET["tokens"], count=True)
+            tokens = _cost(*total, LOG_OFFSET["tokens"], count=True)
         usd: CostForecast | None = None
         if known_input is not None and option.priced:
             usd = option.usd_forecast(tokens, known_input)
         else:
             fit = lognormal("usd")
             if fit is not None:
-                usd = _cost(*fit, _OFFSET["usd"])
+                usd = _cost(*fit, LOG_OFFSET["usd"])
         return Forecast(
             step_id=step.id,
             option=option.name,

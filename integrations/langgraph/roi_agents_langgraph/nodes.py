@@ -195,19 +195,23 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         hold = state.get("reservation")
         if self.ledger is not None and hold:
             self.ledger.commit(hold, Amount.of(spend))
-        self._trace(state, spend, success)
         current = current_step(state)
-        if self.learner is not None and success is not None and current is not None:
+        if current is not None:
             step, decision = current
-            self.learner.observe(step, decision.option, spend, success, truncated=truncated)
+            self._trace(state, step, decision, spend, success)
+            if self.learner is not None and success is not None:
+                self.learner.observe(step, decision.option, spend, success, truncated=truncated)
         return {**update, "spent": spend.model_dump(), "charged": [call_id]}
 
-    def _trace(self, state: BudgetState, spend: Spend, success: float | None) -> None:
+    def _trace(
+        self,
+        state: BudgetState,
+        step: Step,
+        decision: Decision,
+        spend: Spend,
+        success: float | None,
+    ) -> None:
         """One finished ``roi.decision`` span for the next step: decision and outcome."""
-        current = current_step(state)
-        if current is None:
-            return
-        step, decision = current
         run = RunTrace(
             Budget.model_validate(state["budget"]),
             resource=self.controller.resource,
@@ -225,7 +229,9 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         hold = state.get("reservation")
         if self.ledger is not None and hold:
             self.ledger.release(hold)
-        self._trace(state, Spend(), None)
+        current = current_step(state)
+        if current is not None:
+            self._trace(state, *current, Spend(), None)
         pending = state.get("pending") or []
         return {"pending": pending[1:], "decision": None, "reservation": None}
 
