@@ -68,3 +68,28 @@ def test_no_budget_ends_without_calling_the_model(tiny_chat_server):
         _agent(tiny_chat_server, 20, on_exhausted="error").invoke(
             {"messages": [HumanMessage("plan a trip")]}
         )
+
+
+def test_a_call_cut_off_at_its_cap_is_not_learned_as_the_cost(tiny_chat_server):
+    deep = DEEP.model_copy(update={"model": "tiny"})
+    prior = PriorPredictor(group_by=False)
+    step = Step(id="q", options=(deep,))
+    untaught = prior.predict([step])
+    middleware = BudgetMiddleware(
+        budget=Budget(tokens=2000), options=(deep,), predictor=prior, expected_calls=1
+    )
+    agent = create_agent(model=runaway_chat(tiny_chat_server), tools=[], middleware=[middleware])
+    result = agent.invoke({"messages": [HumanMessage("plan a trip")]})
+    answer = _answer(result)
+    assert answer.response_metadata["finish_reason"] == "length"
+    assert answer.response_metadata["model_name"] == "tiny"
+    assert result["roi_spent"]["output_tokens"] == answer.usage_metadata["output_tokens"] > 0
+    assert prior.predict([step]) == untaught  # charged, but not learned from
+    # The same reply, had it stopped on its own, is learned from.
+    finished = answer.model_copy(
+        update={"response_metadata": {**answer.response_metadata, "finish_reason": "stop"}}
+    )
+    middleware.after_model({"messages": [finished]}, None)
+    (taught,) = prior.predict([step])
+    assert taught.p_success > untaught[0].p_success == 0.5  # one call seen, as a success
+    assert taught.tokens != untaught[0].tokens

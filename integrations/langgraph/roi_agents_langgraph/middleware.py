@@ -48,8 +48,11 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         options: the ways of answering, e.g. a strong and a cheap model, or effort levels.
         models: chat models by the options' ``model`` names; an option without one keeps the
             agent's model.
-        predictor: forecasts per call and option (default: a `PriorPredictor` that learns from
-            this middleware's own calls).
+        predictor: forecasts per call and option (default: a `PriorPredictor` that learns the
+            cost of this middleware's own calls, of those with an option's ``model``, as
+            successes: nothing grades them. A call cut off at its ``max_tokens``, with a
+            ``finish_reason`` of ``"length"``, is not learned from: its cost is only a lower
+            bound, and learning it as the cost would lower the next caps again and again).
         controller: allocation settings.
         expected_calls: how many model calls the plan assumes are still to come, this one
             included: the budget is spread over them.
@@ -182,14 +185,16 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         if call_id and call_id in (state.get("roi_charged") or []):
             return None  # already charged (a replay)
         usage = last.usage_metadata
-        model = (last.response_metadata or {}).get("model_name")
+        metadata = last.response_metadata or {}
+        model = metadata.get("model_name")
         option = next((o for o in self.options if o.model and o.model == model), None)
         spend = Spend(
             input_tokens=usage["input_tokens"],
             output_tokens=usage["output_tokens"],
             usd=option.usd(usage["input_tokens"], usage["output_tokens"]) if option else 0.0,
         )
-        if isinstance(self.prior, PriorPredictor) and option is not None:
+        truncated = metadata.get("finish_reason") == "length"
+        if isinstance(self.prior, PriorPredictor) and option is not None and not truncated:
             self.prior.record(option.name, None, spend, 1.0)
         return {"roi_spent": spend.model_dump(), "roi_charged": [call_id] if call_id else []}
 
