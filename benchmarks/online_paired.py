@@ -1,12 +1,12 @@
 """What learning online changes, episode by episode: ours offline against ours with ``--online``.
 
 Run: ``.venv/bin/python benchmarks/online_paired.py --data FILE [--predictor SPEC] [--guard
-success|cost|both]``. Replays ``ours`` on the bench's seeded episodes twice, as ``roi-agents
+success|cost|both] [--z Z]``. Replays ``ours`` on the bench's seeded episodes twice, as ``roi-agents
 bench`` and as ``roi-agents bench --online`` (a learned predictor guarded by the prior), and
 prints the mean per-episode difference in value at each budget with its paired standard error:
 the bench's own figures come with unpaired errors, too wide to tell a small change from noise.
 ``--guard success`` (or ``cost``) lets the guard overrule that part alone, the other always
-trusted, to tell which verdict a change comes from.
+trusted, to tell which verdict a change comes from; ``--z`` sets the guard's threshold.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--predictor", default="prior", help="as the bench's --predictor")
     parser.add_argument("--guard", choices=["success", "cost", "both"], default="both")
+    parser.add_argument("--z", type=float, default=2.0, help="the guard's z")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.guard != "both":
@@ -46,23 +47,32 @@ def main() -> None:
     learning = prepare(queries, online, predictor=factory)
     resource = setup.resource
     steps = [[_step(q, True, setup.prices) for q in episode] for episode in setup.episodes]
-    print(f"{args.data.name}, {args.predictor}, guarding {args.guard}: online - offline value")
+    guard = f"guarding {args.guard} at z {args.z:g}"
+    print(f"{args.data.name}, {args.predictor}, {guard}: online - offline value")
     for fraction in offline.budgets:
         model = learning.fit()
+        if isinstance(model, GuardedPredictor):
+            model.z = args.z
         before = _ours(_controller(setup.predictor, resource, offline), resource)
         after = _ours(_controller(model, resource, online), resource)
         learner = model if isinstance(model, Learner) else None
-        differences = np.array(
+        values = np.array(
             [
-                _play(episode, episode_steps, fraction * full, resource, after, learner).value
-                - _play(episode, episode_steps, fraction * full, resource, before).value
+                (
+                    _play(episode, episode_steps, fraction * full, resource, after, learner).value,
+                    _play(episode, episode_steps, fraction * full, resource, before).value,
+                )
                 for episode, episode_steps, full in zip(
                     setup.episodes, steps, setup.full, strict=True
                 )
             ]
         )
+        differences = values[:, 0] - values[:, 1]
         se = differences.std(ddof=1) / math.sqrt(len(differences))
-        print(f"  budget {fraction:g}: {differences.mean():+.3f} ± {se:.3f} per episode")
+        print(
+            f"  budget {fraction:g}: {differences.mean():+.3f} ± {se:.3f} per episode "
+            f"(value {values[:, 0].mean():.2f} online, {values[:, 1].mean():.2f} offline)"
+        )
 
 
 if __name__ == "__main__":
