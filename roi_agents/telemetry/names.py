@@ -58,6 +58,8 @@ REASON = "roi.reason"
 ACTUAL_USD = "roi.actual.usd"
 ACTUAL_TOOL_CALLS = "roi.actual.tool_calls"
 SUCCESS = "roi.outcome.success"
+TRUNCATED = "roi.outcome.truncated"
+"""The step stopped at its cap: its cost is a lower bound, its success not the option's."""
 FORECAST_ERROR = "roi.forecast.error"
 """log(actual / planned cost) of the resource planned for."""
 

@@ -32,13 +32,14 @@ def read_spans(path: str | Path) -> Iterator[dict[str, Any]]:
 
 
 def replay_records(path: str | Path) -> list[ReplayRecord]:
-    """Every decision that ran and whose success is known, as a replay record.
+    """Every decision that ran to its end and whose success is known, as a replay record.
 
     The step within its trace (``trace_id:step_id``: steps of different runs never merge) is the
     query, the option the option, the step's group the dataset, its recorded text
     (``roi.step.text``) the text; token counts and USD are the recorded usage. This is how a
     deployment learns from its own traffic: the records train a predictor exactly like a replay
-    file.
+    file. A step cut off at its cap (``roi.outcome.truncated``) is left out: its cost is only a
+    lower bound, and learning it as the cost would price the option lower than it is.
     """
     out = []
     for span in read_spans(path):
@@ -46,6 +47,8 @@ def replay_records(path: str | Path) -> list[ReplayRecord]:
         if span["name"] != names.SPAN_DECISION or a.get(names.OPTION) in (None, SKIP):
             continue
         if names.SUCCESS not in a or names.GEN_AI_USAGE_INPUT_TOKENS not in a:
+            continue
+        if a.get(names.TRUNCATED):
             continue
         out.append(
             ReplayRecord(

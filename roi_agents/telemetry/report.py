@@ -45,6 +45,8 @@ class OptionReport(BaseModel):
     option: str
     model: str | None
     decisions: int
+    cut_off: int
+    """Decisions that stopped at their cap (``roi.outcome.truncated``)."""
     tokens: int
     usd: float
     success_rate: float | None
@@ -126,6 +128,7 @@ def build_report(path: str | Path) -> Report:
                 option=option,
                 model=model,
                 decisions=len(rows),
+                cut_off=sum(bool(r.get(names.TRUNCATED)) for r in rows),
                 tokens=sum(_tokens(r) for r in rows),
                 usd=sum(float(r.get(names.ACTUAL_USD, 0.0)) for r in rows),
                 success_rate=_mean(outcomes),
@@ -144,7 +147,10 @@ def build_report(path: str | Path) -> Report:
     pairs = [
         (float(a[names.P_SUCCESS]), float(a[names.SUCCESS]))
         for a in decisions
-        if names.SUCCESS in a and names.P_SUCCESS in a and a.get(names.OPTION) != SKIP
+        if names.SUCCESS in a
+        and names.P_SUCCESS in a
+        and a.get(names.OPTION) != SKIP
+        and not a.get(names.TRUNCATED)
     ]
     bins = []
     ece = 0.0
@@ -225,6 +231,7 @@ def print_report(report: Report, console: Console | None = None) -> None:
         "option",
         "model",
         "decisions",
+        "cut off",
         "tokens",
         "USD",
         "success",
@@ -237,6 +244,7 @@ def print_report(report: Report, console: Console | None = None) -> None:
             o.option,
             o.model or "-",
             str(o.decisions),
+            str(o.cut_off),
             f"{o.tokens:,}",
             f"{o.usd:.4g}",
             _fmt(o.success_rate, "{:.2f}"),
@@ -246,8 +254,9 @@ def print_report(report: Report, console: Console | None = None) -> None:
     console.print(options)
     c = report.calibration
     console.print(
-        f"calibration of p_success over {c.count} outcomes: Brier {_fmt(c.brier)}, "
-        f"ECE {_fmt(c.ece)}; forecast error is log(actual / planned cost)"
+        f"calibration of p_success over {c.count} outcomes (steps cut off at their cap left "
+        f"out): Brier {_fmt(c.brier)}, ECE {_fmt(c.ece)}; forecast error is "
+        "log(actual / planned cost)"
     )
 
 

@@ -319,8 +319,16 @@ class DecisionTrace:
         self.planned = planned
         self._ended = False
 
-    def record(self, spend: Spend, *, success: float | None = None) -> None:
-        """The step's real usage (and success, when known); ends the span."""
+    def record(
+        self, spend: Spend, *, success: float | None = None, truncated: bool = False
+    ) -> None:
+        """The step's real usage (and success, when known); ends the span.
+
+        ``truncated``: the step stopped at its cap (a ``finish_reason`` of ``"length"``). Its
+        cost is then only a lower bound and its success is not the option's: the span says so
+        (``roi.outcome.truncated``), and `replay_records` and the report's calibration leave it
+        out.
+        """
         if self._ended:
             return
         run, span = self.run, self.span
@@ -330,6 +338,7 @@ class DecisionTrace:
             names.GEN_AI_USAGE_OUTPUT_TOKENS: spend.output_tokens,
             names.ACTUAL_USD: spend.usd,
             names.ACTUAL_TOOL_CALLS: spend.tool_calls,
+            names.TRUNCATED: truncated,
             **run._left_attributes(after=True),
         }
         if success is not None:

@@ -344,6 +344,11 @@ def test_the_nodes_trace_every_decision_with_its_real_usage(tiny_chat_server):
         for s in spans
     )
     assert traced == chat.spent.tokens
+    # The runaway model stops at every cap: each step that ran is traced as cut off (one whose
+    # prompt did not fit was never sent).
+    ran = [s.attributes.get(names.GEN_AI_USAGE_OUTPUT_TOKENS, 0) > 0 for s in spans]
+    assert any(ran)
+    assert [s.attributes[names.TRUNCATED] for s in spans] == ran
     assert all(s.parent is not None for s in spans)
     assert {s.context.trace_id for s in spans} == {outer.get_span_context().trace_id}
     provider.shutdown()

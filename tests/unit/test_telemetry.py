@@ -14,6 +14,7 @@ from roi_agents import (
     Budget,
     BudgetExceeded,
     Controller,
+    Spend,
     Step,
 )
 from roi_agents.cli import main
@@ -197,6 +198,30 @@ def test_jsonl_round_trip_report_and_training_records(tmp_path):
     )
     assert json.loads((tmp_path / "r.json").read_text())["runs"][0]["run_id"] == "run-0"
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_step_cut_off_at_its_cap_is_traced_as_such_and_not_learned_from(tmp_path):
+    path = tmp_path / "traces.jsonl"
+    telemetry = configure("jsonl", path=path, set_global=False)
+    steps = [Step(id=f"s{k}", group="demo", options=OPTIONS) for k in range(2)]
+    run = RunTrace(Budget(tokens=5_000), tracer_provider=telemetry.tracer_provider)
+    with run:
+        for k, cut_off in enumerate((True, False)):
+            left = fixed_forecasts(steps[k:], TABLE)
+            plan = Controller().plan(steps[k:], run.remaining, forecasts=left)
+            with run.decision(steps[k], plan, left) as step:
+                step.record(
+                    Spend(input_tokens=20, output_tokens=64), success=0.0, truncated=cut_off
+                )
+    telemetry.shutdown()
+    decisions = [s["attributes"] for s in read_spans(path) if s["name"] == names.SPAN_DECISION]
+    assert [d[names.TRUNCATED] for d in decisions] == [True, False]
+    (record,) = replay_records(path)  # the cut-off step's cost is only a lower bound
+    assert record.query_id.endswith(":s1")
+    report = build_report(path)
+    assert report.calibration.count == 1
+    assert sum(o.cut_off for o in report.options) == 1
+    assert sum(o.decisions for o in report.options) == 2
 
 
 def test_configure_refuses_bad_arguments():

@@ -186,7 +186,8 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         reservation is committed with the real spend. The step's ``roi.decision`` span (with
         ``success``, when known) is emitted here, and the node's ``learner`` is told the outcome
         when ``success`` is known; say ``truncated`` when the step stopped at its cap (a
-        ``finish_reason`` of ``"length"``), so that its spend counts as a lower bound.
+        ``finish_reason`` of ``"length"``), so that its spend counts as a lower bound (for the
+        learner, and on the span: `replay_records` then leaves it out).
         """
         pending = state.get("pending") or []
         update: dict[str, Any] = {"pending": pending[1:], "decision": None, "reservation": None}
@@ -198,7 +199,7 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         current = current_step(state)
         if current is not None:
             step, decision = current
-            self._trace(state, step, decision, spend, success)
+            self._trace(state, step, decision, spend, success, truncated)
             if self.learner is not None and success is not None:
                 self.learner.observe(step, decision.option, spend, success, truncated=truncated)
         return {**update, "spent": spend.model_dump(), "charged": [call_id]}
@@ -210,6 +211,7 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         decision: Decision,
         spend: Spend,
         success: float | None,
+        truncated: bool = False,
     ) -> None:
         """One finished ``roi.decision`` span for the next step: decision and outcome."""
         run = RunTrace(
@@ -222,7 +224,7 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         run.spent = Spend.model_validate(state.get("spent") or {})
         forecasts = [Forecast.model_validate(f) for f in state.get("forecasts") or []]
         with run.decision(step, forecasts=forecasts, decision=decision) as traced:
-            traced.record(spend, success=success)
+            traced.record(spend, success=success, truncated=truncated)
 
     def skip(self, state: BudgetState) -> dict[str, Any]:
         """The state update that skips the next step (its hold, if any, is released)."""
