@@ -1,5 +1,6 @@
 """BudgetMiddleware in langchain's create_agent, against the real vLLM server (runaway model)."""
 
+import httpx
 import pytest
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage
@@ -93,3 +94,72 @@ def test_a_call_cut_off_at_its_cap_is_not_learned_as_the_cost(tiny_chat_server):
     (taught,) = prior.predict([step])
     assert taught.p_success > untaught[0].p_success == 0.5  # one call seen, as a success
     assert taught.tokens != untaught[0].tokens
+
+
+def test_each_call_is_a_decision_span_with_its_real_usage(tiny_chat_server):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from roi_agents.telemetry import names
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    spans = {}
+    for tokens in (2000, 200):
+        middleware = BudgetMiddleware(
+            budget=Budget(tokens=tokens),
+            options=(DEEP, FAST),
+            predictor=_prior(),
+            expected_calls=1,
+            tracer_provider=provider,
+        )
+        agent = create_agent(
+            model=runaway_chat(tiny_chat_server), tools=[], middleware=[middleware]
+        )
+        result = agent.invoke({"messages": [HumanMessage("plan a trip")]})
+        (span,) = exporter.get_finished_spans()
+        exporter.clear()
+        spans[tokens] = (span.attributes, _answer(result).usage_metadata)
+    for tokens, option, cap in ((2000, "deep", 300), (200, "fast", 40)):
+        attributes, usage = spans[tokens]
+        assert attributes[names.OPTION] == option
+        assert attributes[names.GEN_AI_USAGE_INPUT_TOKENS] == usage["input_tokens"]
+        assert attributes[names.GEN_AI_USAGE_OUTPUT_TOKENS] == usage["output_tokens"] <= cap
+        assert attributes[names.TRUNCATED] is True  # the runaway model stops at every cap
+        assert attributes[f"{names.BUDGET_BEFORE}.tokens"] == tokens
+    provider.shutdown()
+
+
+async def test_an_async_call_is_traced_the_same(tiny_chat_server):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from roi_agents.telemetry import names
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    middleware = BudgetMiddleware(
+        budget=Budget(tokens=2000),
+        options=(DEEP, FAST),
+        predictor=_prior(),
+        expected_calls=1,
+        tracer_provider=provider,
+    )
+    client = httpx.AsyncClient(timeout=120)  # one per event loop
+    model = runaway_chat(tiny_chat_server, async_client=client)
+    agent = create_agent(model=model, tools=[], middleware=[middleware])
+    try:
+        result = await agent.ainvoke({"messages": [HumanMessage("plan a trip")]})
+    finally:
+        await client.aclose()
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes[names.OPTION] == "deep"
+    assert (
+        span.attributes[names.GEN_AI_USAGE_OUTPUT_TOKENS]
+        == (_answer(result).usage_metadata["output_tokens"])
+    )
+    provider.shutdown()

@@ -8,7 +8,9 @@ Beside langchain's ``ModelCallLimitMiddleware`` (counts calls) and ``ToolCallLim
 call and the ones expected after it over what is left, sends the call with the chosen option's
 model and ``max_tokens`` (the cap minus the prompt's size), and after it adds the real
 ``usage_metadata`` to the thread's spend. When no option fits, the agent ends with a message
-that says why (``on_exhausted="end"``) or raises `BudgetExceeded` (``"error"``).
+that says why (``on_exhausted="end"``) or raises `BudgetExceeded` (``"error"``). Each call is a
+``roi.decision`` span, as in the budget loop's nodes: the decision, and once the call returned
+its real usage and whether it stopped at its cap.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from langchain.agents.middleware.types import hook_config
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import TracerProvider
 
 from roi_agents.allocate import Controller
 from roi_agents.errors import BudgetExceeded, InvalidValueError
 from roi_agents.predict.base import Predictor
 from roi_agents.predict.prior import PriorPredictor
-from roi_agents.types import Budget, Decision, Option, Spend, Step
+from roi_agents.telemetry.tracing import DecisionTrace, RunTrace
+from roi_agents.types import Budget, Decision, Forecast, Option, Spend, Step
 from roi_agents_langgraph.chat import prompt_token_bound
 from roi_agents_langgraph.state import add_spend, union
 
@@ -57,6 +62,8 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         expected_calls: how many model calls the plan assumes are still to come, this one
             included: the budget is spread over them.
         on_exhausted: ``"end"`` the run with a message, or raise (``"error"``).
+        tracer_provider: where each call's ``roi.decision`` span goes (default: the global one).
+        meter_provider: where the decision and token metrics go (default: the global one).
     """
 
     state_schema = BudgetMiddlewareState
@@ -71,6 +78,8 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         controller: Controller | None = None,
         expected_calls: int = 3,
         on_exhausted: Literal["end", "error"] = "end",
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         super().__init__()
         if not options:
@@ -86,11 +95,13 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         self.controller = controller or Controller()
         self.expected_calls = expected_calls
         self.on_exhausted = on_exhausted
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
 
     def _remaining(self, state: Any) -> Budget:
         return self.budget.left_after(Spend.model_validate(state.get("roi_spent") or {}))
 
-    def _decide(self, request: ModelRequest[Any]) -> tuple[Decision, Step]:
+    def _decide(self, request: ModelRequest[Any]) -> tuple[Decision, Step, list[Forecast]]:
         messages = list(request.messages)
         if request.system_message is not None:
             messages = [request.system_message, *messages]
@@ -108,7 +119,7 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         remaining = self._remaining(request.state)
         decision = self.controller.plan(steps, remaining, forecasts=forecasts).next
         assert decision is not None
-        return decision, steps[0]
+        return decision, steps[0], forecasts
 
     def _exhausted(self, state: Any) -> dict[str, Any] | None:
         left = self._remaining(state)
@@ -135,8 +146,40 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         """Async `before_model`."""
         return self._exhausted(state)
 
-    def _apply(self, request: ModelRequest[Any]) -> ModelRequest[Any] | AIMessage:
-        decision, step = self._decide(request)
+    def _open(self, request: ModelRequest[Any]) -> tuple[Decision, Step, DecisionTrace]:
+        """Decide the call and open its ``roi.decision`` span."""
+        decision, step, forecasts = self._decide(request)
+        run = RunTrace(
+            self.budget,
+            resource=self.controller.resource,
+            quantile=self.controller.quantile,
+            tracer_provider=self.tracer_provider,
+            meter_provider=self.meter_provider,
+        )
+        run.spent = Spend.model_validate(request.state.get("roi_spent") or {})
+        return decision, step, run.decision(step, forecasts=forecasts, decision=decision)
+
+    def _close(
+        self, traced: DecisionTrace, option: Option, response: ModelResponse[Any] | AIMessage
+    ) -> None:
+        """Record the call's real usage on its span (none for a call not sent)."""
+        messages = [response] if isinstance(response, AIMessage) else response.result
+        reply = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
+        usage = reply.usage_metadata if reply is not None else None
+        if reply is None or usage is None:
+            traced.record(Spend())
+            return
+        spend = Spend(
+            input_tokens=usage["input_tokens"],
+            output_tokens=usage["output_tokens"],
+            usd=option.usd(usage["input_tokens"], usage["output_tokens"]),
+        )
+        truncated = (reply.response_metadata or {}).get("finish_reason") == "length"
+        traced.record(spend, truncated=truncated)
+
+    def _apply(
+        self, request: ModelRequest[Any], decision: Decision, step: Step
+    ) -> ModelRequest[Any] | AIMessage:
         if decision.skipped:
             reason = f"Stopped: {decision.reason}"
             if self.on_exhausted == "error":
@@ -163,9 +206,13 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         request: ModelRequest[Any],
         handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
     ) -> ModelResponse[Any] | AIMessage:
-        """Send the call with the chosen option's model and ``max_tokens``."""
-        applied = self._apply(request)
-        return applied if isinstance(applied, AIMessage) else handler(applied)
+        """Send the call with the chosen option's model and ``max_tokens``, traced."""
+        decision, step, traced = self._open(request)
+        with traced:
+            applied = self._apply(request, decision, step)
+            response = applied if isinstance(applied, AIMessage) else handler(applied)
+            self._close(traced, step.option(decision.option), response)
+        return response
 
     async def awrap_model_call(
         self,
@@ -173,8 +220,12 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
     ) -> ModelResponse[Any] | AIMessage:
         """Async `wrap_model_call`."""
-        applied = self._apply(request)
-        return applied if isinstance(applied, AIMessage) else await handler(applied)
+        decision, step, traced = self._open(request)
+        with traced:
+            applied = self._apply(request, decision, step)
+            response = applied if isinstance(applied, AIMessage) else await handler(applied)
+            self._close(traced, step.option(decision.option), response)
+        return response
 
     def _account(self, state: Any) -> dict[str, Any] | None:
         messages = state.get("messages") or []
