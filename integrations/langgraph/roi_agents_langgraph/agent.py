@@ -29,7 +29,7 @@ from roi_agents.ledger.base import Ledger
 from roi_agents.predict.base import Learner, Predictor
 from roi_agents.predict.prior import PriorPredictor
 from roi_agents.types import Budget, Cap, Decision, Option, Spend, Step
-from roi_agents_langgraph.chat import budgeted, prompt_token_bound
+from roi_agents_langgraph.chat import budgeted, prompt_token_bound, stopped_at_cap
 from roi_agents_langgraph.nodes import BudgetControllerNode, MetaCognitiveNode, add_budget_loop
 from roi_agents_langgraph.state import BudgetState, current_step, remaining
 from roi_agents_langgraph.tools import BudgetedToolNode
@@ -187,7 +187,7 @@ def create_budgeted_agent(
             spend,
             call_id=f"{thread}:{step.id}",
             success=success,
-            truncated=reply.response_metadata.get("finish_reason") == "length",
+            truncated=stopped_at_cap(reply),
         )
         result = {
             "step": step.id,

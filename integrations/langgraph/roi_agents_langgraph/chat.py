@@ -13,11 +13,19 @@ from langchain_core.prompt_values import PromptValue
 from roi_agents.errors import BudgetExceeded, InvalidValueError
 from roi_agents.types import Budget, Cap, Decision, Option, Spend
 
-__all__ = ["BudgetedChatModel", "budgeted", "prompt_token_bound"]
+__all__ = ["BudgetedChatModel", "budgeted", "prompt_token_bound", "stopped_at_cap"]
 
 # Tokens a chat template may add per message (role, separators, special tokens), and once.
 _PER_MESSAGE = 16
 _PER_PROMPT = 16
+
+
+def stopped_at_cap(reply: AIMessage) -> bool:
+    """Whether the reply stopped at its ``max_tokens`` (a ``finish_reason`` of ``"length"``).
+
+    Its cost is then only a lower bound, and its success is not the option's.
+    """
+    return (reply.response_metadata or {}).get("finish_reason") == "length"
 
 
 def prompt_token_bound(messages: Sequence[BaseMessage]) -> int:

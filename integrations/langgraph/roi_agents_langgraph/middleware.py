@@ -32,7 +32,7 @@ from roi_agents.predict.base import Predictor
 from roi_agents.predict.prior import PriorPredictor
 from roi_agents.telemetry.tracing import DecisionTrace, RunTrace
 from roi_agents.types import Budget, Decision, Forecast, Option, Spend, Step
-from roi_agents_langgraph.chat import prompt_token_bound
+from roi_agents_langgraph.chat import prompt_token_bound, stopped_at_cap
 from roi_agents_langgraph.state import add_spend, union
 
 __all__ = ["BudgetMiddleware", "BudgetMiddlewareState"]
@@ -159,23 +159,27 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         run.spent = Spend.model_validate(request.state.get("roi_spent") or {})
         return decision, step, run.decision(step, forecasts=forecasts, decision=decision)
 
-    def _close(
-        self, traced: DecisionTrace, option: Option, response: ModelResponse[Any] | AIMessage
-    ) -> None:
-        """Record the call's real usage on its span (none for a call not sent)."""
-        messages = [response] if isinstance(response, AIMessage) else response.result
-        reply = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
-        usage = reply.usage_metadata if reply is not None else None
-        if reply is None or usage is None:
-            traced.record(Spend())
-            return
+    def _spent(self, reply: AIMessage) -> tuple[Spend, Option | None]:
+        """A reply's real spend, priced by the option whose ``model`` answered (else no USD)."""
+        usage = reply.usage_metadata
+        assert usage is not None
+        model = (reply.response_metadata or {}).get("model_name")
+        option = next((o for o in self.options if o.model and o.model == model), None)
         spend = Spend(
             input_tokens=usage["input_tokens"],
             output_tokens=usage["output_tokens"],
-            usd=option.usd(usage["input_tokens"], usage["output_tokens"]),
+            usd=option.usd(usage["input_tokens"], usage["output_tokens"]) if option else 0.0,
         )
-        truncated = (reply.response_metadata or {}).get("finish_reason") == "length"
-        traced.record(spend, truncated=truncated)
+        return spend, option
+
+    def _close(self, traced: DecisionTrace, response: ModelResponse[Any] | AIMessage) -> None:
+        """Record the call's real usage on its span (none for a call not sent)."""
+        messages = [response] if isinstance(response, AIMessage) else response.result
+        reply = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
+        if reply is None or reply.usage_metadata is None:
+            traced.record(Spend())
+            return
+        traced.record(self._spent(reply)[0], truncated=stopped_at_cap(reply))
 
     def _apply(
         self, request: ModelRequest[Any], decision: Decision, step: Step
@@ -211,7 +215,7 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         with traced:
             applied = self._apply(request, decision, step)
             response = applied if isinstance(applied, AIMessage) else handler(applied)
-            self._close(traced, step.option(decision.option), response)
+            self._close(traced, response)
         return response
 
     async def awrap_model_call(
@@ -224,7 +228,7 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         with traced:
             applied = self._apply(request, decision, step)
             response = applied if isinstance(applied, AIMessage) else await handler(applied)
-            self._close(traced, step.option(decision.option), response)
+            self._close(traced, response)
         return response
 
     def _account(self, state: Any) -> dict[str, Any] | None:
@@ -235,17 +239,12 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         call_id = last.id or ""
         if call_id and call_id in (state.get("roi_charged") or []):
             return None  # already charged (a replay)
-        usage = last.usage_metadata
-        metadata = last.response_metadata or {}
-        model = metadata.get("model_name")
-        option = next((o for o in self.options if o.model and o.model == model), None)
-        spend = Spend(
-            input_tokens=usage["input_tokens"],
-            output_tokens=usage["output_tokens"],
-            usd=option.usd(usage["input_tokens"], usage["output_tokens"]) if option else 0.0,
-        )
-        truncated = metadata.get("finish_reason") == "length"
-        if isinstance(self.prior, PriorPredictor) and option is not None and not truncated:
+        spend, option = self._spent(last)
+        if (
+            isinstance(self.prior, PriorPredictor)
+            and option is not None
+            and not stopped_at_cap(last)
+        ):
             self.prior.record(option.name, None, spend, 1.0)
         return {"roi_spent": spend.model_dump(), "roi_charged": [call_id] if call_id else []}
 
