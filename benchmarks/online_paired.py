@@ -1,13 +1,13 @@
 """What learning online changes, episode by episode: ours offline against ours with ``--online``.
 
 Run: ``.venv/bin/python benchmarks/online_paired.py --data FILE [--predictor SPEC] [--guard
-success|cost|both] [--z Z]``. Replays ``ours`` on the bench's seeded episodes twice, as ``roi-agents
-bench`` and as ``roi-agents bench --online`` (a learned predictor guarded by the prior), and
-prints the mean per-episode difference in value at each budget with its paired standard error:
-the bench's own figures come with unpaired errors, too wide to tell a small change from noise.
-``--guard success`` (or ``cost``) lets the guard overrule that part alone, the other always
-trusted, to tell which verdict a change comes from; ``--z`` sets the guard's threshold.
-"""
+success|cost|both] [--alpha A]``. Replays ``ours`` on the bench's seeded episodes twice, as
+``roi-agents bench`` and as ``roi-agents bench --online`` (a learned predictor guarded by the
+prior), and prints the mean per-episode difference in value at each budget with its paired
+standard error: the bench's own figures come with unpaired errors, too wide to tell a small
+change from noise. ``--guard success`` (or ``cost``) lets the guard overrule that part alone, the
+other always trusted, to tell which verdict a change comes from; ``--alpha`` sets the guard's
+level."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--predictor", default="prior", help="as the bench's --predictor")
     parser.add_argument("--guard", choices=["success", "cost", "both"], default="both")
-    parser.add_argument("--z", type=float, default=2.0, help="the guard's z")
+    parser.add_argument("--alpha", type=float, default=0.01, help="the guard's alpha")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.guard != "both":
@@ -47,12 +47,12 @@ def main() -> None:
     learning = prepare(queries, online, predictor=factory)
     resource = setup.resource
     steps = [[_step(q, True, setup.prices) for q in episode] for episode in setup.episodes]
-    guard = f"guarding {args.guard} at z {args.z:g}"
+    guard = f"guarding {args.guard} at alpha {args.alpha:g}"
     print(f"{args.data.name}, {args.predictor}, {guard}: online - offline value")
     for fraction in offline.budgets:
         model = learning.fit()
         if isinstance(model, GuardedPredictor):
-            model.z = args.z
+            model.alpha = args.alpha
         before = _ours(_controller(setup.predictor, resource, offline), resource)
         after = _ours(_controller(model, resource, online), resource)
         learner = model if isinstance(model, Learner) else None
