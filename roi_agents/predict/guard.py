@@ -5,7 +5,7 @@ A checkpoint forecasts well the kinds of steps it learned from and can be badly 
 base rate, and its 90% cost interval covers none of GSM8K's worked answers). The guard scores
 both forecasts of every outcome it is told of, per (option, group), before the prior learns
 from that outcome (prequential), and serves the prior's forecast of a part, success or cost, where
-the learned one has scored worse on the recent outcomes there by more than their noise:
+the outcomes there give strong evidence (below) that the learned one scores worse:
 
 - success: the Brier score, ``(p - y)^2``;
 - cost: the pinball loss of the log-cost at the p50, p90 and p99 (the plan's quantile and the

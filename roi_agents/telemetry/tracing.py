@@ -120,6 +120,8 @@ class RunTrace:
         quantile: the cost quantile plans budget at.
         run_id: an id for the run (a thread id, a request id).
         scope: the ledger scope the run spends from, if any.
+        spent: what the run had spent before this trace began (a graph's or an agent's
+            thread state, traced a step at a time).
         tracer_provider: defaults to the global one.
         meter_provider: defaults to the global one.
         record_text: put each step's text on its decision span (``roi.step.text``, cut as the
@@ -135,6 +137,7 @@ class RunTrace:
         quantile: Quantile = "p90",
         run_id: str | None = None,
         scope: str | None = None,
+        spent: Spend | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
         record_text: bool = True,
@@ -145,7 +148,7 @@ class RunTrace:
         self.quantile: Quantile = quantile
         self.run_id = run_id
         self.scope = scope
-        self.spent = Spend()
+        self.spent = spent if spent is not None else Spend()
         self.decisions = 0
         self.skips = 0
         self._tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer(

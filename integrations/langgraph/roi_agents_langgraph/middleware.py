@@ -153,10 +153,10 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
             self.budget,
             resource=self.controller.resource,
             quantile=self.controller.quantile,
+            spent=Spend.model_validate(request.state.get("roi_spent") or {}),
             tracer_provider=self.tracer_provider,
             meter_provider=self.meter_provider,
         )
-        run.spent = Spend.model_validate(request.state.get("roi_spent") or {})
         return decision, step, run.decision(step, forecasts=forecasts, decision=decision)
 
     def _spent(self, reply: AIMessage) -> tuple[Spend, Option | None]:

@@ -218,10 +218,10 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
             Budget.model_validate(state["budget"]),
             resource=self.controller.resource,
             quantile=self.controller.quantile,
+            spent=Spend.model_validate(state.get("spent") or {}),
             tracer_provider=self.tracer_provider,
             meter_provider=self.meter_provider,
         )
-        run.spent = Spend.model_validate(state.get("spent") or {})
         forecasts = [Forecast.model_validate(f) for f in state.get("forecasts") or []]
         with run.decision(step, forecasts=forecasts, decision=decision) as traced:
             traced.record(spend, success=success, truncated=truncated)
