@@ -37,7 +37,7 @@ from roi_agents.cli import _predictor_factory
 from roi_agents.data import ReplayQuery, load_replay
 from roi_agents.predict.base import Learner
 from roi_agents.predict.guard import GuardedPredictor
-from roi_agents.types import Quantile
+from roi_agents.types import Quantile, Step
 
 ONLINE = "+online"
 
@@ -50,6 +50,7 @@ class Side:
     setup: Setup
     config: BenchConfig
     alpha: float
+    steps: list[list[Step]]  # each episode's steps, as the bench builds them
 
     @classmethod
     def build(
@@ -58,9 +59,9 @@ class Side:
         predictor = spec.removesuffix(ONLINE)
         config = BenchConfig(seed=seed, quantile=quantile, online=spec.endswith(ONLINE))
         name = spec if quantile == "p90" else f"{spec} at {quantile}"
-        return cls(
-            name, prepare(queries, config, predictor=_predictor_factory(predictor)), config, alpha
-        )
+        setup = prepare(queries, config, predictor=_predictor_factory(predictor))
+        steps = [[_step(q, config.group_by, setup.prices) for q in ep] for ep in setup.episodes]
+        return cls(name, setup, config, alpha, steps)
 
     def values(self, fraction: float) -> list[float]:
         """The value of each episode at budget ``fraction``."""
@@ -71,15 +72,8 @@ class Side:
         learner = model if self.config.online and isinstance(model, Learner) else None
         decide = _ours(_controller(model, resource, self.config), resource)
         return [
-            _play(
-                episode,
-                [_step(q, True, setup.prices) for q in episode],
-                fraction * full,
-                resource,
-                decide,
-                learner,
-            ).value
-            for episode, full in zip(setup.episodes, setup.full, strict=True)
+            _play(episode, steps, fraction * full, resource, decide, learner).value
+            for episode, steps, full in zip(setup.episodes, self.steps, setup.full, strict=True)
         ]
 
 
