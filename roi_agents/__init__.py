@@ -11,9 +11,19 @@ Example:
     'fast'
 """
 
+__version__ = "0.1.0"
+
 from roi_agents.allocate import Controller, allocate
 from roi_agents.errors import BudgetExceeded, DataError, InvalidValueError, RoiAgentsError
 from roi_agents.predict import Predictor, PriorPredictor
+from roi_agents.prompt import (
+    PromptCount,
+    PromptCounter,
+    TokenizerCounter,
+    VLLMTokenCounter,
+    prompt_bound,
+)
+from roi_agents.session import BudgetReport, BudgetSession, Hold, OnExhausted, price
 from roi_agents.types import (
     SKIP,
     Budget,
@@ -29,28 +39,36 @@ from roi_agents.types import (
     Step,
 )
 
-__version__ = "0.1.0"
-
 __all__ = [
     "SKIP",
     "Budget",
     "BudgetExceeded",
+    "BudgetReport",
+    "BudgetSession",
     "Cap",
     "Controller",
     "CostForecast",
     "DataError",
     "Decision",
     "Forecast",
+    "Hold",
     "InvalidValueError",
+    "OnExhausted",
     "Option",
     "Plan",
     "Predictor",
     "PriorPredictor",
+    "PromptCount",
+    "PromptCounter",
     "Quantile",
     "Resource",
     "RoiAgentsError",
     "Spend",
     "Step",
+    "TokenizerCounter",
+    "VLLMTokenCounter",
     "__version__",
     "allocate",
+    "price",
+    "prompt_bound",
 ]

@@ -336,6 +336,9 @@ class Decision(BaseModel):
         expected_cost: the planned cost per resource (at the plan's quantile).
         p_success: the forecast success probability of the chosen option.
         reason: one line saying why.
+        exhausted: the step is skipped because no option fits what is left (not because the
+            budget is worth more elsewhere): the run has run out, and its ``on_exhausted`` rule
+            applies.
     """
 
     model_config = _STRICT
@@ -347,6 +350,7 @@ class Decision(BaseModel):
     expected_cost: dict[Resource, NonNegativeFloat]
     p_success: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     reason: str
+    exhausted: bool = False
 
     @property
     def skipped(self) -> bool:
@@ -354,7 +358,7 @@ class Decision(BaseModel):
         return self.option == SKIP
 
     @classmethod
-    def skip(cls, step_id: str, reason: str) -> Decision:
+    def skip(cls, step_id: str, reason: str, *, exhausted: bool = False) -> Decision:
         """A decision not to run the step: zero caps, zero value."""
         return cls(
             step_id=step_id,
@@ -363,6 +367,7 @@ class Decision(BaseModel):
             expected_value=0.0,
             expected_cost={},
             reason=reason,
+            exhausted=exhausted,
         )
 
 

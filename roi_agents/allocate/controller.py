@@ -349,7 +349,7 @@ class _Table:
         planned_lists = {r: c.tolist() for r, c in planned.items()}
         values = self.values[rows, choice].tolist()
         p_success = self.p_success[rows, choice].tolist()
-        reasons = self._reasons(choice, remaining, primary, quantile)
+        reasons, exhausted = self._reasons(choice, remaining, primary, quantile)
         decisions = []
         for i, (step, j) in enumerate(zip(self.pending, choice.tolist(), strict=True)):
             if j:
@@ -367,6 +367,7 @@ class _Table:
                     expected_cost={r: c[i] for r, c in planned_lists.items()},
                     p_success=p_success[i],
                     reason=reasons[i],
+                    exhausted=exhausted[i],
                 )
             )
         return Plan(
@@ -382,7 +383,8 @@ class _Table:
 
     def _reasons(
         self, choice: IntArray, remaining: Budget, primary: Resource, quantile: Quantile
-    ) -> list[str]:
+    ) -> tuple[list[str], list[bool]]:
+        """Each decision's one-line reason, and whether it is a skip for want of budget."""
         costs = self.costs[primary]
         left = float(remaining.get(primary) or 0.0)
         fmt = _formatter(primary)
@@ -398,12 +400,14 @@ class _Table:
         p_success = self.p_success[rows, choice].tolist()
         planned = costs[rows, choice].tolist()
         reasons = []
+        exhausted = [False] * len(choice)
         for i, (j, k) in enumerate(zip(choice.tolist(), richest.tolist(), strict=True)):
             if j == 0:
                 if not can_run[i]:
                     reasons.append("skip: the step has no option to run")
                 elif not can_fit[i]:
                     reasons.append(f"skip: no option fits in {left_text} left")
+                    exhausted[i] = True
                 else:
                     reasons.append("skip: the budget is worth more on other steps")
                 continue
@@ -417,7 +421,7 @@ class _Table:
                     f"{fmt(extra[i])} more"
                 )
             reasons.append(text)
-        return reasons
+        return reasons, exhausted
 
 
 def _unknown(forecasts: Sequence[Forecast], index: int, pending: Sequence[Step]) -> NoReturn:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from roi_agents.ledger._sql import Execute, SQLLedger, iter_rows
+from roi_agents.ledger.base import Amount, Balance, Reservation
 
 __all__ = ["MemoryLedger", "SQLiteLedger"]
 
@@ -113,3 +114,23 @@ class MemoryLedger(SQLiteLedger):
     def close(self) -> None:
         """Drop the database."""
         self._shared.close()
+
+    # No I/O to wait for: the async twins run inline rather than on a worker thread.
+
+    async def areserve(
+        self, scope: str, amount: Amount, *, ttl: float, idempotency_key: str | None = None
+    ) -> Reservation:
+        """Async `reserve` (inline: memory has no I/O)."""
+        return self.reserve(scope, amount, ttl=ttl, idempotency_key=idempotency_key)
+
+    async def acommit(self, reservation: Reservation | str, actual: Amount) -> Reservation:
+        """Async `commit` (inline)."""
+        return self.commit(reservation, actual)
+
+    async def arelease(self, reservation: Reservation | str) -> Reservation:
+        """Async `release` (inline)."""
+        return self.release(reservation)
+
+    async def abalance(self, scope: str) -> Balance:
+        """Async `balance` (inline)."""
+        return self.balance(scope)

@@ -21,6 +21,8 @@ GEN_AI_USAGE_INPUT_TOKENS = _gen_ai.GEN_AI_USAGE_INPUT_TOKENS
 GEN_AI_USAGE_OUTPUT_TOKENS = _gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS
 GEN_AI_REQUEST_MODEL = _gen_ai.GEN_AI_REQUEST_MODEL
 GEN_AI_TOKEN_TYPE = _gen_ai.GEN_AI_TOKEN_TYPE
+GEN_AI_REQUEST_MAX_TOKENS = _gen_ai.GEN_AI_REQUEST_MAX_TOKENS
+"""The ``max_tokens`` a call was sent with (-1: nothing limited it)."""
 METRIC_TOKEN_USAGE = _gen_ai_metrics.GEN_AI_CLIENT_TOKEN_USAGE
 
 # Run (roi.plan) attributes
@@ -60,6 +62,10 @@ ACTUAL_TOOL_CALLS = "roi.actual.tool_calls"
 SUCCESS = "roi.outcome.success"
 TRUNCATED = "roi.outcome.truncated"
 """The step stopped at its cap: its cost is a lower bound, its success not the option's."""
+PROMPT_TOKENS = "roi.prompt.tokens"
+"""The prompt's size as counted before the call (tool schemas and tool-call arguments in)."""
+PROMPT_COUNTED_BY = "roi.prompt.counted_by"
+"""``vllm``, ``tokenizer``, ``bound`` (the byte bound) or ``caller``."""
 FORECAST_ERROR = "roi.forecast.error"
 """log(actual / planned cost) of the resource planned for."""
 
@@ -67,6 +73,8 @@ FORECAST_ERROR = "roi.forecast.error"
 EVENT_FALLBACK = "roi.predictor.fallback"
 EVENT_REFUSED = "roi.budget.refused"
 EVENT_REASON = "roi.event.reason"
+EVENT_USAGE_MISSING = "roi.usage.missing"
+"""A call charged at its reserved cap: it failed after it was sent, or its reply had no usage."""
 EVENT_GUARD = "roi.predictor.guard"
 """`GuardedPredictor` starts or stops serving the prior's forecast of a part."""
 EVENT_PART = "roi.guard.part"

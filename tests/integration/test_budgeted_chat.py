@@ -38,7 +38,7 @@ def _decision(cap_tokens, option=DEEP):
 
 
 def test_each_call_is_sent_with_the_caps_max_tokens_and_accounted(tiny_chat_server):
-    model = budgeted(runaway_chat(tiny_chat_server))
+    model = budgeted(runaway_chat(tiny_chat_server), budget=Budget(tokens=10_000))
     prompt = [("system", "answer briefly"), ("user", "plan the steps")]
     message = model.invoke(prompt, decision=_decision(150), option=DEEP)
     bound = prompt_token_bound(_as_messages(prompt))
@@ -55,7 +55,7 @@ def test_each_call_is_sent_with_the_caps_max_tokens_and_accounted(tiny_chat_serv
     # The option's own ceiling wins when it is lower than the cap.
     model.invoke("hello", decision=_decision(2000, FAST), option=FAST)
     assert model.last_max_tokens == 24
-    assert model.calls == 2
+    assert model.session.report().calls == 2
 
 
 def _as_messages(prompt):
@@ -65,11 +65,11 @@ def _as_messages(prompt):
 
 
 def test_a_call_without_room_is_never_sent(tiny_chat_server):
-    model = budgeted(runaway_chat(tiny_chat_server))
+    model = budgeted(runaway_chat(tiny_chat_server), budget=Budget(tokens=10_000))
     with pytest.raises(BudgetExceeded) as info:
         model.invoke("plan the steps, then answer", decision=_decision(20), option=DEEP)
     assert info.value.limit == 20
-    assert model.calls == 0
+    assert model.session.report().calls == 0
     assert model.spent == Spend()
     with pytest.raises(InvalidValueError, match="skipped"):
         model.invoke(
@@ -100,7 +100,9 @@ async def test_a_run_never_spends_more_than_its_budget_against_a_runaway_model(
     called, skipped = 0, 0
     while pending:
         step = pending[0]
-        plan = controller.plan(pending, model.remaining, forecasts=fixed_forecasts(pending, TABLE))
+        plan = controller.plan(
+            pending, model.session.remaining(), forecasts=fixed_forecasts(pending, TABLE)
+        )
         decision = plan.next
         if decision.skipped:
             skipped += 1
@@ -115,6 +117,6 @@ async def test_a_run_never_spends_more_than_its_budget_against_a_runaway_model(
         pending = pending[1:]
     await client.aclose()
     assert model.spent.tokens <= budget
-    assert model.calls == called
+    assert model.session.report().calls == called
     assert called + skipped == 8
     assert called >= 1

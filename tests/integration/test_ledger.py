@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from roi_agents import (
     Budget,
     BudgetExceeded,
+    BudgetSession,
     Controller,
     InvalidValueError,
     Option,
@@ -26,7 +27,6 @@ from roi_agents.errors import (
     UnknownScope,
 )
 from roi_agents.ledger import Amount, Ledger, ScopeBudget
-from roi_agents.ledger.run import LedgerRun
 
 pytestmark = pytest.mark.integration
 
@@ -280,14 +280,6 @@ def _steps(n):
     return [Step(id=f"s{i}", options=options) for i in range(n)]
 
 
-class _Fixed:
-    def predict(self, steps):
-        return fixed_forecasts(steps, TABLE)
-
-    async def apredict(self, steps):
-        return fixed_forecasts(steps, TABLE)
-
-
 def test_controller_runs_share_one_scope_through_the_ledger(backend):
     import threading
 
@@ -298,15 +290,19 @@ def test_controller_runs_share_one_scope_through_the_ledger(backend):
     spent = {"team/a": 0, "team/b": 0}
 
     def agent(scope):
-        run = LedgerRun(ledger, scope, Controller(predictor=_Fixed()), ttl=60)
+        session = BudgetSession(ledger=ledger, scope=scope, controller=Controller(), ttl=60)
         pending = _steps(12)
         while pending:
-            decision, hold = run.decide(pending)
-            if hold is not None:
-                # The step really spends its whole cap: the worst case.
-                used = decision.cap.tokens
-                run.settle(hold, Spend(output_tokens=used))
-                spent[scope] += used
+            step = pending[0]
+            decision = session.decide(pending, fixed_forecasts(pending, TABLE))
+            if not decision.skipped:
+                try:
+                    with session.call(decision, step.option(decision.option)) as call:
+                        # The step really spends its whole cap: the worst case.
+                        call.charge(Spend(output_tokens=call.max_tokens))
+                        spent[scope] += call.max_tokens
+                except BudgetExceeded:
+                    pass  # the other agent took what was left between plan and hold
             pending = pending[1:]
 
     workers = [threading.Thread(target=agent, args=(s,)) for s in spent]

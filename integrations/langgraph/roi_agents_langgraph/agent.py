@@ -10,37 +10,40 @@ from __future__ import annotations
 
 import operator
 import re
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import RetryPolicy
 
 from roi_agents.allocate import Controller
 from roi_agents.errors import BudgetExceeded
 from roi_agents.ledger.base import Ledger
 from roi_agents.predict.base import Learner, Predictor
 from roi_agents.predict.prior import PriorPredictor
+from roi_agents.prompt import PromptCounter
+from roi_agents.session import BudgetSession, OnExhausted
 from roi_agents.types import Budget, Cap, Decision, Option, Spend, Step
-from roi_agents_langgraph.chat import budgeted, prompt_token_bound, stopped_at_cap
+from roi_agents_langgraph.chat import (
+    BudgetedChatModel,
+    budgeted,
+    prompt_token_bound,
+    stopped_at_cap,
+)
+from roi_agents_langgraph.middleware import DEFAULT_OPTIONS
 from roi_agents_langgraph.nodes import BudgetControllerNode, MetaCognitiveNode, add_budget_loop
-from roi_agents_langgraph.state import BudgetState, current_step, remaining
+from roi_agents_langgraph.state import BudgetState, current_step
 from roi_agents_langgraph.tools import BudgetedToolNode
 
 __all__ = ["DEFAULT_OPTIONS", "DEFAULT_TOOL_OPTIONS", "AgentState", "create_budgeted_agent"]
 
-DEFAULT_OPTIONS = (
-    Option(name="fast", max_tokens=256, tags=("fast",)),
-    Option(name="deep", max_tokens=2048, tags=("deep",)),
-)
-"""Without tools: a short and a long answer."""
 DEFAULT_TOOL_OPTIONS = (
     Option(name="fast", max_tokens=256, tool_calls=1, tags=("fast",)),
     Option(name="deep", max_tokens=2048, tool_calls=4, tags=("deep",)),
@@ -77,73 +80,96 @@ def create_budgeted_agent(
     max_steps: int = 8,
     planning_tokens: int = 256,
     ledger: Ledger | None = None,
-    scope: str | None = None,
+    scope: str = "agent",
+    counter: PromptCounter | None = None,
+    on_exhausted: OnExhausted = "degrade",
     checkpointer: BaseCheckpointSaver[Any] | None = None,
     grade: Callable[[Step, str], float | None] | None = None,
+    retry_policy: RetryPolicy | None = None,
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
     """Build the agent. Invoke it with ``{"task": "..."}``; the budget is fixed here.
+
+    Every call (the planner's included) is counted, reserved and charged in the run's ledger
+    scope, ``{scope}/{thread_id}``, so the run never spends more than ``budget`` (nor than a
+    shared ledger's ``scope`` allows), and the report's spend is what the server counted.
 
     Args:
         model: the chat model every step calls (an option's ``model`` overrides its name).
         tools: tools the model may call; their calls count against ``budget.tool_calls``.
-        budget: the run's budget.
+        budget: the run's budget (tokens, USD at the options' prices, tool calls).
         predictor: forecasts per step and option (default: a `PriorPredictor`).
         options: the ways of doing a step (default: `DEFAULT_OPTIONS`, or
             `DEFAULT_TOOL_OPTIONS` when there are tools).
         controller: allocation settings (default: `Controller()`).
-        planner: task -> step texts; default: ask the model for at most ``max_steps`` lines
-            (under a cap of ``planning_tokens``, counted in the budget), or the task itself.
+        planner: task -> step texts; default: ask the model for at most ``max_steps`` lines,
+            under a cap of ``planning_tokens`` and at most a quarter of the budget (skipped,
+            the task being the one step, when its prompt does not fit in that).
         max_steps: most steps the default planner keeps.
-        planning_tokens: the default planner's token cap.
-        ledger: a shared ledger to reserve and commit in, with ``scope``.
-        scope: the ledger scope.
+        planning_tokens: the default planner's output-token cap.
+        ledger: a shared ledger to spend from (default: one in memory).
+        scope: the scope above the runs' scopes (a tenant or user in a shared ledger).
+        counter: the model's own prompt count (`roi_agents.VLLMTokenCounter`); default: the
+            byte bound.
+        on_exhausted: when no option of a step fits: ``"degrade"`` (skip it), ``"end"``,
+            ``"ask"`` (needs a checkpointer) or ``"error"``.
         checkpointer: any LangGraph checkpointer.
         grade: (step, answer) -> success in [0, 1], or None when unknown. Each graded step is
             told to the predictor when it learns (a `PriorPredictor`, a `GuardedPredictor`),
             an answer cut off at its cap as ``truncated``; the grade is in the step's result.
+        retry_policy: retries of a step that raised; every attempt's calls are charged.
 
     Returns:
-        A compiled graph whose final state holds ``results`` and a ``report``.
+        A compiled graph whose final state holds ``results`` and a ``report``: the budget,
+        what was spent (as the server counted it), what is left (negative on an overrun, which
+        ``overrun`` flags), the decisions.
     """
-    chat = budgeted(model.bind_tools(list(tools)) if tools else model)  # type: ignore[arg-type]
+    bound = model.bind_tools(list(tools)) if tools else model
     forecaster = predictor or PriorPredictor()
     learner = forecaster if grade is not None and isinstance(forecaster, Learner) else None
     control = BudgetControllerNode(
-        controller or Controller(), ledger=ledger, scope=scope, learner=learner
+        controller or Controller(),
+        ledger=ledger,
+        scope=scope,
+        learner=learner,
+        on_exhausted=on_exhausted,
     )
-    tool_node = BudgetedToolNode(tools) if tools else None
+    tool_node = BudgetedToolNode(tools, control=control) if tools else None
     option_list = tuple(options or (DEFAULT_TOOL_OPTIONS if tools else DEFAULT_OPTIONS))
+
+    def chat(session: BudgetSession) -> BudgetedChatModel:
+        return budgeted(bound, session=session, counter=counter)
 
     def plan(state: AgentState) -> dict[str, Any]:
         if state.get("pending"):
             return {}
         task = state["task"]
-        update: dict[str, Any] = {"budget": budget.model_dump()}
+        started = {**state, "budget": budget.model_dump()}
+        session = control.session(started)  # type: ignore[arg-type]
+        update: dict[str, Any] = {"budget": budget.model_dump(), "scope": session.scope}
+        texts = [task]
         if planner is not None:
             texts = planner(task)
         else:
-            texts = [task]
+            left = session.remaining().tokens
+            share = Cap(tokens=None if left is None else left // 4)
             decision = Decision(
                 step_id="plan",
                 option="plan",
-                cap=Cap(tokens=planning_tokens),
+                cap=share,
                 expected_value=0.0,
                 expected_cost={},
-                reason="planning",
+                reason="planning: at most a quarter of what is left",
             )
             try:
-                reply = chat.invoke(
+                reply = chat(session).invoke(
                     _PLAN_PROMPT.format(n=max_steps, task=task),
                     decision=decision,
                     option=Option(name="plan", max_tokens=planning_tokens),
                 )
                 texts = _lines(str(reply.content), max_steps) or [task]
-                usage = reply.usage_metadata or {"input_tokens": 0, "output_tokens": 0}
-                update["spent"] = Spend(
-                    input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"]
-                ).model_dump()
             except BudgetExceeded:
                 pass  # no room to plan: the task is the one step
+            update["spent"] = session.spent_on("plan").model_dump()
         steps = [
             Step(
                 id=f"step-{i}",
@@ -164,36 +190,29 @@ def create_budgeted_agent(
         assert current is not None
         step, decision = current
         try:
-            reply = chat.invoke(
+            reply = chat(control.session(state)).invoke(
                 [HumanMessage(content=step.text)],
                 decision=decision,
                 option=step.option(decision.option),
+                step=step,
             )
         except BudgetExceeded as refused:
             skipped = control.skip(state)
             return {**skipped, "results": [{"step": step.id, "skipped": str(refused)}]}
-        usage = reply.usage_metadata or {"input_tokens": 0, "output_tokens": 0}
-        spend = Spend(input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"])
         messages: list[Any] = [reply]
-        if tool_node is not None and isinstance(reply, AIMessage) and reply.tool_calls:
+        if tool_node is not None and reply.tool_calls:
             ran = tool_node.invoke({**state, "messages": [reply]}, config)
             messages += ran["messages"]
-            spend = spend + Spend.model_validate(ran["spent"])
-        thread = (config.get("configurable") or {}).get("thread_id", uuid.uuid4().hex)
         answer = str(reply.content)
         success = grade(step, answer) if grade is not None else None
-        settled = control.settle(
-            state,
-            spend,
-            call_id=f"{thread}:{step.id}",
-            success=success,
-            truncated=stopped_at_cap(reply),
-        )
+        settled = control.settle(state, success=success, truncated=stopped_at_cap(reply))
+        spend = Spend.model_validate(settled.get("spent") or {})
         result = {
             "step": step.id,
             "option": decision.option,
             "answer": answer,
             "tokens": spend.tokens,
+            "usd": spend.usd,
             "tool_calls": spend.tool_calls,
             "success": success,
         }
@@ -201,12 +220,15 @@ def create_budgeted_agent(
 
     def report(state: AgentState) -> dict[str, Any]:
         decisions = state.get("decisions") or []
-        spent = Spend.model_validate(state.get("spent") or {})
+        account = control.session(state).report()
         return {
             "report": {
-                "budget": budget.model_dump(exclude_none=True),
-                "spent": spent.model_dump(),
-                "remaining": remaining(state).model_dump(exclude_none=True),
+                "budget": account.budget.model_dump(exclude_none=True),
+                "spent": account.spent.model_dump(),
+                "remaining": {r: v for r, v in account.remaining.items() if v is not None},
+                "overrun": account.overrun,
+                "calls": account.calls,
+                "failed_calls": account.failed,
                 "steps": len(decisions),
                 "skipped": sum(d["option"] == "skip" for d in decisions),
                 "decisions": [
@@ -226,6 +248,7 @@ def create_budgeted_agent(
         execute,
         start="plan",
         finish="report",
+        retry_policy=retry_policy,
     )
     graph.add_node("report", report)
     graph.add_edge("report", END)

@@ -1,23 +1,42 @@
-"""Enforce a decision's cap on a real chat-model call, and account for what it really used."""
+"""Put a chat model's every call under a budget: counted, reserved, capped and charged.
+
+The translation between LangChain and the core budget turn (`roi_agents.session`): messages and
+bound tools become the OpenAI request a `PromptCounter` counts, ``usage_metadata`` becomes
+`Spend` by `roi_agents.session.price`, and the call runs inside `BudgetSession.call`.
+"""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, convert_to_messages
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    convert_to_messages,
+    convert_to_openai_messages,
+)
 from langchain_core.prompt_values import PromptValue
+from langchain_core.runnables import Runnable
+from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from roi_agents.errors import BudgetExceeded, InvalidValueError
-from roi_agents.types import Budget, Cap, Decision, Option, Spend
+from roi_agents.ledger.base import Ledger
+from roi_agents.prompt import PromptCount, PromptCounter, prompt_bound
+from roi_agents.session import BudgetSession, Call, price
+from roi_agents.types import Budget, Decision, Option, Spend, Step
 
-__all__ = ["BudgetedChatModel", "budgeted", "prompt_token_bound", "stopped_at_cap"]
+__all__ = [
+    "BudgetedChatModel",
+    "budgeted",
+    "count_prompt",
+    "prompt_token_bound",
+    "spend_of",
+    "stopped_at_cap",
+]
 
-# Tokens a chat template may add per message (role, separators, special tokens), and once.
-_PER_MESSAGE = 16
-_PER_PROMPT = 16
+_ANY = Option(name="call")
 
 
 def stopped_at_cap(reply: AIMessage) -> bool:
@@ -28,19 +47,12 @@ def stopped_at_cap(reply: AIMessage) -> bool:
     return (reply.response_metadata or {}).get("finish_reason") == "length"
 
 
-def prompt_token_bound(messages: Sequence[BaseMessage]) -> int:
-    """An upper bound on the prompt's tokens without the model's tokenizer.
-
-    A byte-level BPE token covers at least one byte, so the UTF-8 size of the text plus a
-    template allowance per message bounds the count from above. It overestimates (so the
-    output cap is conservative) but never under: the budget holds.
-    """
-    total = _PER_PROMPT
-    for message in messages:
-        content = message.content
-        text = content if isinstance(content, str) else str(content)
-        total += len(text.encode("utf-8")) + _PER_MESSAGE
-    return total
+def spend_of(reply: AIMessage, option: Option | None) -> Spend | None:
+    """A reply's spend from its ``usage_metadata`` (``None`` when it carries none)."""
+    usage = reply.usage_metadata
+    if usage is None:
+        return None
+    return price(option, usage["input_tokens"], usage["output_tokens"])
 
 
 def _messages(value: LanguageModelInput) -> list[BaseMessage]:
@@ -51,120 +63,165 @@ def _messages(value: LanguageModelInput) -> list[BaseMessage]:
     return convert_to_messages(value)
 
 
-class BudgetedChatModel:
-    """A chat model whose every call is capped by a `Decision` and accounted for.
+def _openai(
+    messages: Sequence[BaseMessage], tools: Sequence[Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    as_dicts = convert_to_openai_messages(list(messages))
+    return (
+        as_dicts if isinstance(as_dicts, list) else [as_dicts],
+        [dict(convert_to_openai_tool(t)) for t in tools],
+    )
 
-    Each call is sent with ``max_tokens`` = the decision's cap minus an upper bound on the
-    prompt's tokens (and never more than the option's own ``max_tokens``), and with the option's
-    model when it names one; a call whose cap leaves no room is never sent (`BudgetExceeded`).
-    What the server reports in ``usage_metadata`` is added to `spent`.
+
+def count_prompt(
+    counter: PromptCounter | None, messages: Sequence[BaseMessage], tools: Sequence[Any] = ()
+) -> PromptCount:
+    """The prompt of a request carrying ``messages`` and ``tools``, as the model will see it.
+
+    ``tools`` may be LangChain tools or OpenAI tool dicts; tool-call arguments in the messages
+    count too. Without a counter, the byte bound (`roi_agents.prompt.prompt_bound`).
+    """
+    request, schemas = _openai(messages, tools)
+    return (counter.count if counter else prompt_bound)(request, schemas)
+
+
+async def acount_prompt(
+    counter: PromptCounter | None, messages: Sequence[BaseMessage], tools: Sequence[Any] = ()
+) -> PromptCount:
+    """Async `count_prompt`."""
+    if counter is None:
+        return count_prompt(None, messages, tools)
+    request, schemas = _openai(messages, tools)
+    return await counter.acount(request, schemas)
+
+
+def prompt_token_bound(messages: Sequence[BaseMessage], tools: Sequence[Any] = ()) -> int:
+    """An upper bound on the prompt's tokens without the model's tokenizer (tools included)."""
+    return count_prompt(None, messages, tools).tokens
+
+
+class BudgetedChatModel:
+    """A chat model whose every call is counted, reserved, capped and charged by a session.
+
+    Before each call the whole request is counted (messages, the tools bound to the model,
+    tool-call arguments), the call's cap is reserved in the session's ledger, and the call is
+    sent with ``max_tokens`` = the cap less the prompt (never more than the option's own) and
+    the option's model. A call whose prompt alone does not fit is never sent
+    (`BudgetExceeded`). The reply's real usage is charged once; a call that raises after it was
+    sent is charged at its cap. Calls from many threads or tasks share the budget safely.
 
     Args:
-        model: any langchain-core chat model.
-        budget: the run's budget; calls are also capped by what it has left.
-        count_tokens: exact prompt counting, when the model's tokenizer is at hand.
+        model: any langchain-core chat model (tools bound with ``bind_tools`` are counted).
+        session: the budget to spend from.
+        counter: the model's own prompt count (`roi_agents.VLLMTokenCounter`, a tokenizer);
+            default: the byte bound.
+        option: the option of calls made without one.
     """
 
     def __init__(
         self,
-        model: BaseChatModel,
+        model: BaseChatModel | Runnable[Any, Any],
         *,
-        budget: Budget | None = None,
-        count_tokens: Callable[[Sequence[BaseMessage]], int] | None = None,
+        session: BudgetSession,
+        counter: PromptCounter | None = None,
+        option: Option = _ANY,
     ) -> None:
         self.model = model
-        self.budget = budget
-        self.count_tokens = count_tokens or prompt_token_bound
-        self.spent = Spend()
-        self.calls = 0
+        self.session = session
+        self.counter = counter
+        self.option = option
+        kwargs: Mapping[str, Any] = getattr(model, "kwargs", None) or {}
+        self.tools = list(kwargs.get("tools") or [])  # bound with bind_tools
         self.last_max_tokens: int | None = None
-        self._lock = threading.Lock()
 
     @property
-    def remaining(self) -> Budget | None:
-        """What the run's budget has left, if it has one."""
-        return None if self.budget is None else self.budget.remaining_after(self.spent)
+    def spent(self) -> Spend:
+        """What the session charged in all."""
+        return self.session.spent
 
-    def _prepare(
-        self, value: LanguageModelInput, decision: Decision, option: Option
-    ) -> tuple[list[BaseMessage], dict[str, Any]]:
-        if decision.skipped:
-            raise InvalidValueError("decision", f"step {decision.step_id!r} is skipped: no call")
-        if option.name != decision.option:
-            msg = f"decision chose {decision.option!r}, not {option.name!r}"
-            raise InvalidValueError("option", msg)
-        messages = _messages(value)
-        prompt = self.count_tokens(messages)
-        cap = decision.cap
-        left = self.remaining
-        if left is not None:
-            cap = Cap(
-                tokens=_least(cap.tokens, left.tokens),
-                usd=_least(cap.usd, left.usd),
-                tool_calls=cap.tool_calls,
-            )
-        max_tokens = cap.max_output_tokens(prompt, option)
-        if max_tokens <= 0:
-            limit = cap.tokens if cap.tokens is not None else 0
-            raise BudgetExceeded(resource="tokens", scope="call", limit=limit, requested=prompt + 1)
-        settings: dict[str, Any] = {"max_tokens": max_tokens}
-        if option.model is not None:
-            settings["model"] = option.model
-        self.last_max_tokens = max_tokens
-        return messages, settings
-
-    def _account(self, message: AIMessage, option: Option) -> AIMessage:
-        usage = message.usage_metadata
-        if usage is None:
-            msg = "the model reported no usage_metadata: the spend cannot be accounted for"
-            raise InvalidValueError("usage_metadata", msg)
-        spend = Spend(
-            input_tokens=usage["input_tokens"],
-            output_tokens=usage["output_tokens"],
-            usd=option.usd(usage["input_tokens"], usage["output_tokens"]),
-        )
-        with self._lock:
-            self.spent = self.spent + spend
-            self.calls += 1
-        return message
+    def _bind(self, call: Call) -> Runnable[Any, Any]:
+        settings: dict[str, Any] = {}
+        if call.max_tokens is not None:
+            settings["max_tokens"] = call.max_tokens
+        if call.option.model is not None:
+            settings["model"] = call.option.model
+        self.last_max_tokens = call.max_tokens
+        return self.model.bind(**settings)
 
     def invoke(
-        self, value: LanguageModelInput, *, decision: Decision, option: Option, **kwargs: Any
+        self,
+        value: LanguageModelInput,
+        *,
+        decision: Decision | None = None,
+        option: Option | None = None,
+        step: Step | None = None,
+        call_id: str | None = None,
+        **kwargs: Any,
     ) -> AIMessage:
-        """Call the model under the decision's cap.
+        """Call the model under the budget (and the decision's cap, when given).
+
+        Args:
+            value: the prompt, as for any chat model.
+            decision: the step's decision; without one the cap is what is left.
+            option: the decision's option (its model, ``max_tokens`` and prices).
+            step: the step, for the decision's span.
+            call_id: the call's id (default: a fresh one per call, so a retry is a new call).
+            **kwargs: passed to the model.
 
         Raises:
-            BudgetExceeded: the cap leaves no room for an answer (nothing is sent).
-            InvalidValueError: the decision is a skip, or names another option.
+            BudgetExceeded: the prompt alone does not fit what is left (nothing is sent).
+            InvalidValueError: the decision is a skip, or chose another option.
         """
-        messages, settings = self._prepare(value, decision, option)
-        message = self.model.bind(**settings).invoke(messages, **kwargs)
-        assert isinstance(message, AIMessage)
-        return self._account(message, option)
+        messages = _messages(value)
+        count = count_prompt(self.counter, messages, self.tools)
+        chosen = option or self.option
+        with self.session.call(decision, chosen, prompt=count, step=step, call_id=call_id) as call:
+            reply = self._bind(call).invoke(messages, **kwargs)
+            assert isinstance(reply, AIMessage)
+            call.charge(spend_of(reply, chosen), truncated=stopped_at_cap(reply))
+        return reply
 
     async def ainvoke(
-        self, value: LanguageModelInput, *, decision: Decision, option: Option, **kwargs: Any
+        self,
+        value: LanguageModelInput,
+        *,
+        decision: Decision | None = None,
+        option: Option | None = None,
+        step: Step | None = None,
+        call_id: str | None = None,
+        **kwargs: Any,
     ) -> AIMessage:
         """Async `invoke`."""
-        messages, settings = self._prepare(value, decision, option)
-        message = await self.model.bind(**settings).ainvoke(messages, **kwargs)
-        assert isinstance(message, AIMessage)
-        return self._account(message, option)
-
-
-def _least(a: float | None, b: float | None) -> Any:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return min(a, b)
+        messages = _messages(value)
+        count = await acount_prompt(self.counter, messages, self.tools)
+        chosen = option or self.option
+        call = self.session.call(decision, chosen, prompt=count, step=step, call_id=call_id)
+        async with call:
+            reply = await self._bind(call).ainvoke(messages, **kwargs)
+            assert isinstance(reply, AIMessage)
+            await call.acharge(spend_of(reply, chosen), truncated=stopped_at_cap(reply))
+        return reply
 
 
 def budgeted(
-    model: BaseChatModel,
+    model: BaseChatModel | Runnable[Any, Any],
     *,
     budget: Budget | None = None,
-    count_tokens: Callable[[Sequence[BaseMessage]], int] | None = None,
+    ledger: Ledger | None = None,
+    scope: str | None = None,
+    session: BudgetSession | None = None,
+    counter: PromptCounter | None = None,
+    option: Option = _ANY,
 ) -> BudgetedChatModel:
-    """Wrap ``model`` so every call obeys its decision's cap (see `BudgetedChatModel`)."""
-    return BudgetedChatModel(model, budget=budget, count_tokens=count_tokens)
+    """Wrap ``model`` so every call is reserved, capped and charged (see `BudgetedChatModel`).
+
+    Give a ``budget`` (the wrapper's own), a ``ledger`` and ``scope`` (shared with other
+    workers; with a ``budget`` too, it sets the scope's limits), or a ``session``.
+
+    Example:
+        >>> chat = budgeted(ChatOpenAI(...), budget=Budget(tokens=2_000))  # doctest: +SKIP
+        >>> chat.invoke("Summarise the report")  # capped at what is left  # doctest: +SKIP
+    """
+    if session is None:
+        session = BudgetSession(budget, ledger=ledger, scope=scope)
+    return BudgetedChatModel(model, session=session, counter=counter, option=option)

@@ -6,27 +6,27 @@ A turn of the loop::
            ^                                                       |       |
            +-------------------------------------------------------+-------+
 
-Your executor runs the next step under ``decision.cap`` (with `budgeted` for chat models) and
-returns ``controller.settle(state, spend, call_id=...)``; the skip node returns
-``controller.skip(state)``.
+Your executor runs the next step under ``decision.cap``, with its calls through the run's
+session (``budgeted(model, session=control.session(state))``), and returns
+``control.settle(state)``; the skip node returns ``control.skip(state)``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from langchain_core.runnables import RunnableConfig, RunnableLambda
+from langchain_core.runnables import RunnableLambda
+from langgraph.config import get_config
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import RetryPolicy, interrupt
+from langgraph.types import RetryPolicy
 from opentelemetry import metrics, trace
 
 from roi_agents.allocate import Controller
-from roi_agents.errors import BudgetExceeded, InvalidValueError
-from roi_agents.ledger.base import Amount, Ledger, check_scope, check_ttl
+from roi_agents.ledger.base import Ledger, check_ttl
 from roi_agents.predict.base import Learner, Predictor
-from roi_agents.telemetry.tracing import RunTrace
-from roi_agents.types import Budget, Decision, Forecast, Spend, Step
-from roi_agents_langgraph.state import BudgetState, current_step, remaining
+from roi_agents.session import BudgetSession, OnExhausted, SessionPool, check_on_exhausted
+from roi_agents.types import Budget, Forecast, Spend, Step
+from roi_agents_langgraph.state import BudgetState, ask_for_budget, current_step
 
 __all__ = [
     "BudgetControllerNode",
@@ -67,21 +67,23 @@ class MetaCognitiveNode(RunnableLambda[BudgetState, dict[str, Any]]):
 class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
     """Decides the next step with what is really left, and settles it after it ran.
 
-    With a ledger, what is left is also bounded by the scope's balance, the decision's cap is
-    reserved before the step runs (idempotently per thread and step, so a replayed node holds
-    it once), and `settle` commits the real spend.
+    The run spends from its own ledger scope, ``{scope}/{thread_id}`` (a fresh id when the
+    graph runs without one), with the state's ``budget`` as its limits: in the node's in-memory
+    ledger by default, or in a shared ledger whose ``scope`` (a tenant, a user) bounds it too.
+    Calls are reserved and charged when they are made, by the run's `session`: give it to
+    `budgeted` (``budgeted(model, session=control.session(state))``) and to `BudgetedToolNode`,
+    and every attempt is charged, retries and ``Send`` branches included.
 
     Args:
         controller: the allocation settings.
         ledger: a shared ledger, optional.
-        scope: the ledger scope this graph spends from (required with a ledger).
-        ttl: seconds a reservation lasts if the worker dies before settling.
-        on_exhausted: when no option of the next step fits what is left, ``"skip"`` it (the
-            controller has already degraded the options it could), or ``"ask"`` a human for
-            more budget with LangGraph's ``interrupt()`` (needs a checkpointer): resume with
-            ``Command(resume={"tokens": 2000})`` to add to the budget, or ``None`` to skip.
-        tracer_provider: where the ``roi.decision`` span of each settled or skipped step goes
-            (a child of the current span; default: the global provider, a no-op without SDK).
+        scope: the scope above the runs' scopes (default ``"run"``).
+        ttl: seconds a reservation lasts if the worker dies before charging it.
+        on_exhausted: when no option of the next step fits what is left: ``"degrade"`` skips
+            it (the controller has already degraded the options it could; later, cheaper steps
+            may still run), ``"end"`` ends the run, ``"ask"`` asks a human for more with
+            `ask_for_budget` (needs a checkpointer), ``"error"`` raises `BudgetExceeded`.
+        tracer_provider: where the ``roi.decision`` spans go (default: the global provider).
         meter_provider: where the metrics go (default: the global provider).
         learner: told each settled step's outcome when `settle` is given its ``success``
             (the `PriorPredictor` or `GuardedPredictor` the forecast node asks).
@@ -92,150 +94,106 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         controller: Controller,
         *,
         ledger: Ledger | None = None,
-        scope: str | None = None,
+        scope: str = "run",
         ttl: float = 600.0,
-        on_exhausted: Literal["skip", "ask"] = "skip",
+        on_exhausted: OnExhausted = "degrade",
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
         learner: Learner | None = None,
         name: str = "control",
     ) -> None:
-        if on_exhausted not in ("skip", "ask"):
-            raise InvalidValueError("on_exhausted", f"'skip' or 'ask', got {on_exhausted!r}")
-        if ledger is not None and scope is None:
-            raise InvalidValueError("scope", "a ledger needs the scope to spend from")
         self.controller = controller
-        self.ledger = ledger
-        self.scope = check_scope(scope) if scope is not None else None
-        self.ttl = check_ttl(ttl)
-        self.on_exhausted = on_exhausted
-        self.tracer_provider = tracer_provider
-        self.meter_provider = meter_provider
+        self.on_exhausted = check_on_exhausted(on_exhausted)
         self.learner = learner
+        self.sessions = SessionPool(
+            ledger=ledger,
+            scope=scope,
+            controller=controller,
+            learner=learner,
+            on_exhausted=self.on_exhausted,
+            ask=ask_for_budget,
+            ttl=check_ttl(ttl),
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+        )
         super().__init__(self._decide, name=name)
 
-    def _left(self, state: BudgetState) -> Budget:
-        left = remaining(state)
-        if self.ledger is None or self.scope is None:
-            return left
-        shared = self.ledger.balance(self.scope).as_budget()
-        bounded: dict[str, float | int] = {}
-        for resource in left.limited():
-            mine, theirs = left.get(resource), shared.get(resource)
-            assert mine is not None
-            bounded[resource] = mine if theirs is None else min(mine, theirs)
-        return Budget.model_validate(bounded)
+    @property
+    def ledger(self) -> Ledger:
+        """Where the runs' scopes live."""
+        return self.sessions.ledger
 
-    def _decide(self, state: BudgetState, config: RunnableConfig) -> dict[str, Any]:
+    def session(self, state: BudgetState) -> BudgetSession:
+        """The run's session: its ledger scope, what it has left, what it spent."""
+        scope = state.get("scope") or self.sessions.scope_of(
+            (get_config().get("configurable") or {}).get("thread_id")
+        )
+        return self.sessions.get(scope, Budget.model_validate(state["budget"]))[0]
+
+    def _decide(self, state: BudgetState) -> dict[str, Any]:
         steps = _steps(state)
         if not steps:
-            return {"decision": None, "reservation": None}
-        forecasts = [Forecast.model_validate(f) for f in state.get("forecasts") or []]
-        left = self._left(state)
-        plan = self.controller.plan(steps, left, forecasts=forecasts or None)
-        decision = plan.next
-        assert decision is not None
-        update: dict[str, Any] = {"reservation": None}
-        if self.on_exhausted == "ask" and decision.reason.startswith("skip: no option fits"):
-            extra = interrupt(
-                {
-                    "question": "The budget cannot pay for the next step. Add to it?",
-                    "step": steps[0].id,
-                    "remaining": left.model_dump(exclude_none=True),
-                    "reason": decision.reason,
-                }
-            )
-            if extra:
-                budget, added = Budget.model_validate(state["budget"]), Budget.model_validate(extra)
-                grown: dict[str, float] = {}
-                for resource in budget.limited():
-                    grown[resource] = (budget.get(resource) or 0) + (added.get(resource) or 0)
-                update["budget"] = Budget.model_validate(grown).model_dump()
-                more = remaining({**state, "budget": update["budget"]})
-                plan = self.controller.plan(steps, more, forecasts=forecasts or None)
-                decision = plan.next
-                assert decision is not None
-        if self.ledger is not None and self.scope is not None and not decision.skipped:
-            cap = decision.cap
-            thread = (config.get("configurable") or {}).get("thread_id", "")
-            try:
-                hold = self.ledger.reserve(
-                    self.scope,
-                    Amount.of_cap(cap),
-                    ttl=self.ttl,
-                    idempotency_key=f"{thread}:{steps[0].id}" if thread else None,
-                )
-                update["reservation"] = hold.id
-            except BudgetExceeded as refused:
-                decision = Decision.skip(decision.step_id, f"skip: {refused}")
+            return {"decision": None}
+        session = self.session(state)
+        forecasts = [Forecast.model_validate(f) for f in state.get("forecasts") or []] or None
+        decision = session.decide(steps, forecasts)
+        update: dict[str, Any] = {"scope": session.scope, "budget": session.budget.model_dump()}
         dumped = decision.model_dump()
+        if decision.exhausted and self.on_exhausted == "end":
+            session.record(steps[0], decision, Spend())
+            return {**update, "decision": None, "pending": [], "decisions": [dumped]}
         return {**update, "decision": dumped, "decisions": [dumped]}
 
     def settle(
         self,
         state: BudgetState,
-        spend: Spend,
+        spend: Spend | None = None,
         *,
-        call_id: str,
+        call_id: str | None = None,
         success: float | None = None,
         truncated: bool = False,
     ) -> dict[str, Any]:
-        """The state update after the next step ran and spent ``spend``.
+        """The state update after the next step ran.
 
-        A ``call_id`` already charged (a retried node, a replay) adds nothing; with a ledger the
-        reservation is committed with the real spend. The step's ``roi.decision`` span (with
-        ``success``, when known) is emitted here, and the node's ``learner`` is told the outcome
-        when ``success`` is known; say ``truncated`` when the step stopped at its cap (a
-        ``finish_reason`` of ``"length"``), so that its spend counts as a lower bound (for the
-        learner, and on the span: `replay_records` then leaves it out).
+        Args:
+            state: the graph state the step ran in.
+            spend: ``None`` when the step's calls went through the run's `session` (the
+                default way): the step's spend is then what the session charged for it, every
+                attempt included. A spend given here happened outside the session and is
+                charged now (a spend that no longer fits is charged all the same, flagged as
+                an overrun: never lost).
+            call_id: an id for this settlement (default: scope and step); settling again with
+                it (a replayed node) adds nothing.
+            success: the step's graded outcome, told to the node's ``learner``.
+            truncated: the step stopped at its cap (a ``finish_reason`` of ``"length"``): its
+                spend counts as a lower bound, for the learner and on the span.
         """
         pending = state.get("pending") or []
-        update: dict[str, Any] = {"pending": pending[1:], "decision": None, "reservation": None}
+        update: dict[str, Any] = {"pending": pending[1:], "decision": None}
+        current = current_step(state)
+        if current is None:
+            return update
+        step, decision = current
+        session = self.session(state)
+        call_id = call_id or f"{session.scope}:{step.id}"
         if call_id in (state.get("charged") or []):
             return update
-        hold = state.get("reservation")
-        if self.ledger is not None and hold:
-            self.ledger.commit(hold, Amount.of(spend))
-        current = current_step(state)
-        if current is not None:
-            step, decision = current
-            self._trace(state, step, decision, spend, success, truncated)
-            if self.learner is not None and success is not None:
-                self.learner.observe(step, decision.option, spend, success, truncated=truncated)
+        if spend is None:
+            spend = session.spent_on(step.id)
+        else:
+            session.charge(spend, step_id=step.id, call_id=call_id)
+            session.record(step, decision, spend, success=success, truncated=truncated)
+        if success is not None:
+            session.learn(step, decision.option, spend, success, truncated)
         return {**update, "spent": spend.model_dump(), "charged": [call_id]}
 
-    def _trace(
-        self,
-        state: BudgetState,
-        step: Step,
-        decision: Decision,
-        spend: Spend,
-        success: float | None,
-        truncated: bool = False,
-    ) -> None:
-        """One finished ``roi.decision`` span for the next step: decision and outcome."""
-        run = RunTrace(
-            Budget.model_validate(state["budget"]),
-            resource=self.controller.resource,
-            quantile=self.controller.quantile,
-            spent=Spend.model_validate(state.get("spent") or {}),
-            tracer_provider=self.tracer_provider,
-            meter_provider=self.meter_provider,
-        )
-        forecasts = [Forecast.model_validate(f) for f in state.get("forecasts") or []]
-        with run.decision(step, forecasts=forecasts, decision=decision) as traced:
-            traced.record(spend, success=success, truncated=truncated)
-
     def skip(self, state: BudgetState) -> dict[str, Any]:
-        """The state update that skips the next step (its hold, if any, is released)."""
-        hold = state.get("reservation")
-        if self.ledger is not None and hold:
-            self.ledger.release(hold)
+        """The state update that skips the next step (traced as such)."""
         current = current_step(state)
         if current is not None:
-            self._trace(state, *current, Spend(), None)
+            self.session(state).record(*current, Spend())
         pending = state.get("pending") or []
-        return {"pending": pending[1:], "decision": None, "reservation": None}
+        return {"pending": pending[1:], "decision": None}
 
 
 def route_budget(state: BudgetState) -> Route:

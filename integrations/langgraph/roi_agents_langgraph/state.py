@@ -8,11 +8,14 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any, NotRequired
 
+from langgraph.types import interrupt
 from typing_extensions import TypedDict
 
+from roi_agents.errors import InvalidValueError
+from roi_agents.session import extra_budget
 from roi_agents.types import Budget, Decision, Spend, Step
 
-__all__ = ["BudgetState", "add_spend", "current_step", "remaining", "union"]
+__all__ = ["BudgetState", "add_spend", "ask_for_budget", "current_step", "remaining", "union"]
 
 
 def add_spend(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
@@ -37,7 +40,7 @@ class BudgetState(TypedDict):
         pending: the steps still to run (`Step` dumps), the next one first.
         forecasts: the forecasts for the pending steps (`Forecast` dumps).
         decision: the decision for the next step, or ``None``.
-        reservation: the ledger reservation holding the next step's cap, if a ledger is used.
+        scope: the ledger scope the run spends from (set by the controller node).
         decisions: every decision taken, in order; updates append.
         charged: ids of the calls already charged; a call is never charged twice.
     """
@@ -47,7 +50,7 @@ class BudgetState(TypedDict):
     pending: NotRequired[list[dict[str, Any]]]
     forecasts: NotRequired[list[dict[str, Any]]]
     decision: NotRequired[dict[str, Any] | None]
-    reservation: NotRequired[str | None]
+    scope: NotRequired[str]
     decisions: NotRequired[Annotated[list[dict[str, Any]], operator.add]]
     charged: NotRequired[Annotated[list[str], union]]
 
@@ -65,3 +68,19 @@ def current_step(state: BudgetState) -> tuple[Step, Decision] | None:
     if not pending or decision is None:
         return None
     return Step.model_validate(pending[0]), Decision.model_validate(decision)
+
+
+def ask_for_budget(question: dict[str, Any]) -> Budget | None:
+    """Ask a human for more budget with LangGraph's ``interrupt`` (needs a checkpointer).
+
+    Resume with ``Command(resume=...)``: ``None`` (or ``False``, ``0``) for no more, a positive
+    number of tokens, or a mapping such as ``{"tokens": 2000}`` or ``{"usd": 0.5}`` (see
+    `roi_agents.session.extra_budget`). An answer that is none of these is not taken: the
+    question is asked again with the error in ``"error"``, so a typo never wedges the thread.
+    """
+    payload = {**question, "resume_with": "None to stop, or e.g. {'tokens': 2000}"}
+    while True:
+        try:
+            return extra_budget(interrupt(payload))
+        except InvalidValueError as error:
+            payload = {**payload, "error": str(error)}

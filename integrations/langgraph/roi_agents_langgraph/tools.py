@@ -1,31 +1,36 @@
-"""A ToolNode that runs only the tool calls the budget pays for."""
+"""A ToolNode that runs only the tool calls the budget pays for, reserved before they run."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langchain_core.tools import BaseTool
 from langgraph.prebuilt import ToolNode
 
-from roi_agents.types import Decision, Spend
-from roi_agents_langgraph.state import BudgetState, remaining
+from roi_agents.errors import BudgetExceeded
+from roi_agents.session import BudgetSession, Hold
+from roi_agents.types import Budget, Decision, Spend
+from roi_agents_langgraph.state import BudgetState, current_step, remaining
+
+if TYPE_CHECKING:
+    from roi_agents_langgraph.nodes import BudgetControllerNode
 
 __all__ = ["BudgetedToolNode", "tool_call_allowance"]
 
 
-def tool_call_allowance(state: BudgetState) -> int | None:
+def tool_call_allowance(state: BudgetState, left: Budget | None = None) -> int | None:
     """How many tool calls the run may still make.
 
-    The decision's cap and what the budget has left, whichever is smaller; ``None`` when neither
-    limits them.
+    The decision's cap and what the budget has left (``left``, else the state's budget less its
+    spend), whichever is smaller; ``None`` when neither limits them.
     """
     limits: list[int] = []
-    left = remaining(state).tool_calls
-    if left is not None:
-        limits.append(left)
+    left_calls = (left or remaining(state)).tool_calls
+    if left_calls is not None:
+        limits.append(left_calls)
     decision = state.get("decision")
     if decision is not None:
         cap = Decision.model_validate(decision).cap.tool_calls
@@ -42,9 +47,14 @@ class BudgetedToolNode(RunnableLambda[Any, dict[str, Any]]):
     saying it was refused and why, so the model sees it and the graph goes on. Nothing runs
     unpaid. The update adds the calls that ran to ``spent``.
 
+    With the graph's ``control`` node, the calls are reserved in the run's ledger scope before
+    they run and charged to the step, so parallel branches never run more than the budget
+    allows; `BudgetControllerNode.settle` then counts them in the step's spend.
+
     Args:
         tools: the tools, as for `ToolNode`.
         messages_key: the state key of the messages.
+        control: the graph's `BudgetControllerNode`, whose run session holds the budget.
     """
 
     def __init__(
@@ -52,21 +62,37 @@ class BudgetedToolNode(RunnableLambda[Any, dict[str, Any]]):
         tools: Sequence[BaseTool],
         *,
         messages_key: str = "messages",
+        control: BudgetControllerNode | None = None,
         name: str = "tools",
     ) -> None:
         self.tool_node = ToolNode(list(tools), messages_key=messages_key)
         self.messages_key = messages_key
+        self.control = control
         super().__init__(self._run, afunc=self._arun, name=name)
 
-    def _split(self, state: Any) -> tuple[Any, list[dict[str, Any]], int]:
+    def _hold(self, state: Any, n: int) -> tuple[BudgetSession | None, Hold | None, int]:
+        """Reserve the ``n`` calls in the run's session (none, if a parallel branch was first)."""
+        if self.control is None or n == 0:
+            return None, None, n
+        session = self.control.session(state)
+        current = current_step(state)
+        try:
+            hold = session.reserve_tool_calls(n, step_id=current[0].id if current else "tools")
+        except BudgetExceeded:
+            return session, None, 0
+        return session, hold, n
+
+    def _split(self, state: Any) -> tuple[Any, list[dict[str, Any]], int, Any]:
         messages = state[self.messages_key]
         last = messages[-1]
         if not isinstance(last, AIMessage):
             msg = f"the last message must be an AIMessage with tool calls, got {type(last)}"
             raise TypeError(msg)
-        allowance = tool_call_allowance(state)
+        left = self.control.session(state).remaining() if self.control is not None else None
+        allowance = tool_call_allowance(state, left)
         calls = list(last.tool_calls)
         n = len(calls) if allowance is None else max(0, min(allowance, len(calls)))
+        session, hold, n = self._hold(state, n)
         allowed, refused = calls[:n], calls[n:]
         narrowed = {
             **state,
@@ -83,7 +109,7 @@ class BudgetedToolNode(RunnableLambda[Any, dict[str, Any]]):
             }
             for call in refused
         ]
-        return narrowed, refusals, n
+        return narrowed, refusals, n, (session, hold)
 
     def _result(
         self, ran: dict[str, Any] | None, refusals: list[dict[str, Any]], n: int
@@ -93,11 +119,19 @@ class BudgetedToolNode(RunnableLambda[Any, dict[str, Any]]):
         return {self.messages_key: messages, "spent": Spend(tool_calls=n).model_dump()}
 
     def _run(self, state: Any, config: RunnableConfig) -> dict[str, Any]:
-        narrowed, refusals, n = self._split(state)
-        ran = self.tool_node.invoke(narrowed, config) if n else None
+        narrowed, refusals, n, (session, hold) = self._split(state)
+        try:
+            ran = self.tool_node.invoke(narrowed, config) if n else None
+        finally:  # the calls ran (or started): charged either way
+            if hold is not None:
+                session.commit(hold, Spend(tool_calls=n))
         return self._result(ran, refusals, n)
 
     async def _arun(self, state: Any, config: RunnableConfig) -> dict[str, Any]:
-        narrowed, refusals, n = self._split(state)
-        ran = await self.tool_node.ainvoke(narrowed, config) if n else None
+        narrowed, refusals, n, (session, hold) = self._split(state)
+        try:
+            ran = await self.tool_node.ainvoke(narrowed, config) if n else None
+        finally:
+            if hold is not None:
+                await session.acommit(hold, Spend(tool_calls=n))
         return self._result(ran, refusals, n)

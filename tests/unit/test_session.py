@@ -1,0 +1,209 @@
+"""The core budget turn, with no server: reserve before, charge once, never over the budget."""
+
+import asyncio
+import threading
+
+import pytest
+from forecasts import fixed_forecasts
+
+from roi_agents import (
+    Budget,
+    BudgetExceeded,
+    BudgetSession,
+    Controller,
+    InvalidValueError,
+    Option,
+    Spend,
+    Step,
+    price,
+    prompt_bound,
+)
+from roi_agents.ledger import MemoryLedger, ScopeBudget
+
+DEEP = Option(name="deep", max_tokens=256)
+PRICED = Option(name="priced", max_tokens=256, input_price=100.0, output_price=400.0)
+TABLE = {"fast": (0.5, 40.0, 60.0, 80.0), "deep": (0.9, 200.0, 300.0, 400.0)}
+
+
+def _runaway(session, option=DEEP, prompt=50, decision=None):
+    """One call that spends all it may: the worst case a server can do."""
+    with session.call(decision, option, prompt=prompt) as call:
+        return call.charge(price(option, prompt, call.max_tokens))
+
+
+def _until_refused(call, n=10):
+    """Call ``call`` up to ``n`` times until the budget refuses: (results, the refusal)."""
+    results = []
+    for _ in range(n):
+        try:
+            results.append(call())
+        except BudgetExceeded as refused:
+            return results, refused
+    raise AssertionError("never refused")
+
+
+def test_a_runaway_never_spends_more_than_the_budget_and_the_last_call_is_refused():
+    session = BudgetSession(Budget(tokens=1000))
+    sent, refused = _until_refused(lambda: _runaway(session))
+    report = session.report()
+    assert len(sent) == 4  # 3 x 306 tokens, then 82 left: one more of 32 output tokens
+    assert report.spent.tokens == report.committed.tokens == 1000
+    assert (refused.resource, refused.limit, refused.requested) == ("tokens", 0, 51)
+    assert report.reserved.tokens == 0
+    assert not report.overrun
+    assert report.calls == 4
+
+
+def test_without_a_decision_the_cap_is_what_is_left():
+    session = BudgetSession(Budget(tokens=300))
+    with session.call(None, Option(name="any"), prompt=100) as call:
+        assert call.max_tokens == 200
+        call.charge(Spend(input_tokens=100, output_tokens=20))
+    assert session.remaining().tokens == 180
+
+
+def test_a_prompt_that_alone_does_not_fit_is_never_sent():
+    session = BudgetSession(Budget(tokens=600))
+    tools = [
+        {"type": "function", "function": {"name": f"tool_{i}", "parameters": {}}} for i in range(4)
+    ]
+    count = prompt_bound([{"role": "user", "content": "hi"}], tools)
+    assert count.tokens > 600  # the tool preamble and schemas alone
+    with pytest.raises(BudgetExceeded) as info, session.call(None, DEEP, prompt=count):
+        raise AssertionError("never reached: refused on entry")
+    assert info.value.requested == count.tokens + 1
+    assert session.report().calls == 0
+    assert session.remaining().tokens == 600
+
+
+@pytest.mark.parametrize("callers", ["threads", "tasks"])
+def test_calls_sharing_one_session_never_overspend(callers):
+    session = BudgetSession(Budget(tokens=1500))
+    option = Option(name="o", max_tokens=128)
+    refused = []
+
+    def one():
+        for _ in range(3):
+            try:
+                _runaway(session, option, prompt=40)
+            except BudgetExceeded:
+                refused.append(1)
+
+    async def aone():
+        for _ in range(3):
+            try:
+                async with session.call(None, option, prompt=40) as call:
+                    await asyncio.sleep(0.001)
+                    await call.acharge(price(option, 40, call.max_tokens))
+            except BudgetExceeded:
+                refused.append(1)
+
+    if callers == "threads":
+        workers = [threading.Thread(target=one) for _ in range(8)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    else:
+
+        async def main():
+            await asyncio.gather(*(aone() for _ in range(8)))
+
+        asyncio.run(main())
+    report = session.report()
+    assert report.committed.tokens == report.spent.tokens <= 1500
+    assert report.committed.tokens >= 1500 - 41  # the budget was used, not left idle
+    assert report.calls + len(refused) == 24
+    assert report.reserved.tokens == 0
+
+
+def test_a_failed_attempt_is_charged_at_its_cap():
+    session = BudgetSession(Budget(tokens=1000))
+    with pytest.raises(RuntimeError, match="after the call"), session.call(None, DEEP, prompt=50):
+        raise RuntimeError("the server answered, then the node failed after the call")
+    report = session.report()
+    assert report.spent == Spend(input_tokens=50, output_tokens=256)
+    assert report.failed == 1
+    assert report.committed.tokens == 306
+
+
+def test_a_reply_without_usage_is_charged_at_its_cap():
+    session = BudgetSession(Budget(tokens=1000))
+    with session.call(None, DEEP, prompt=10) as call:
+        charged = call.charge(None)
+    assert charged.tokens == 266
+    assert session.report().unmetered == 1
+
+
+def test_usd_budgets_cap_and_charge_at_list_prices():
+    session = BudgetSession(Budget(usd=0.2))
+    spent, refused = _until_refused(lambda: _runaway(session, PRICED, prompt=100))
+    report = session.report()
+    assert report.spent.usd == pytest.approx(sum(s.usd for s in spent))
+    assert report.committed.usd <= 0.2 + 1e-9
+    assert refused.resource == "usd"
+    assert not report.overrun
+
+
+def test_commit_is_once_per_call():
+    session = BudgetSession(Budget(tokens=1000))
+    hold = session.reserve(None, DEEP, prompt=10, call_id="c1")
+    assert session.reserve(None, DEEP, prompt=10, call_id="c1").reservation == hold.reservation
+    session.commit(hold, Spend(input_tokens=10, output_tokens=5))
+    session.commit(hold, Spend(input_tokens=10, output_tokens=5))  # a replay
+    report = session.report()
+    assert report.calls == 1
+    assert report.committed.tokens == report.spent.tokens == 15
+
+
+def test_spend_without_a_hold_is_never_lost_and_an_overrun_is_flagged():
+    session = BudgetSession(Budget(tokens=100))
+    session.charge(Spend(input_tokens=80, output_tokens=70), step_id="s")
+    report = session.report()
+    assert report.committed.tokens == 150
+    assert report.overrun
+    assert report.remaining["tokens"] == -50  # not floored
+    assert session.spent_on("s").tokens == 150
+
+
+def test_running_out_is_one_vocabulary():
+    steps = [Step(id=f"s{i}", options=(Option(name="fast"), DEEP)) for i in range(2)]
+    forecasts = fixed_forecasts(steps, TABLE)
+    degrade = BudgetSession(Budget(tokens=30), controller=Controller())
+    decision = degrade.decide(steps, forecasts)
+    assert decision.skipped
+    assert decision.exhausted
+    error = BudgetSession(Budget(tokens=30), on_exhausted="error")
+    with pytest.raises(BudgetExceeded) as info:
+        error.decide(steps, forecasts)
+    assert (info.value.limit, info.value.requested) == (30, 60)  # fast at p90
+    with pytest.raises(InvalidValueError, match="on_exhausted"):
+        BudgetSession(Budget(tokens=30), on_exhausted="skip")
+    # A skip for value is not running out.
+    rich = BudgetSession(Budget(tokens=10_000)).decide(steps, forecasts)
+    assert not rich.exhausted
+
+
+def test_sessions_on_a_shared_ledger_hold_the_widest_budget():
+    ledger = MemoryLedger()
+    ledger.set_budget(ScopeBudget(scope="acme", tokens=700))
+    a = BudgetSession(Budget(tokens=500), ledger=ledger, scope="acme/a")
+    b = BudgetSession(Budget(tokens=500), ledger=ledger, scope="acme/b")
+    for session in (a, b):
+        _until_refused(lambda session=session: _runaway(session))
+    assert ledger.balance("acme").committed.tokens == 700
+    assert a.report().committed.tokens <= 500
+    assert b.report().committed.tokens <= 500
+    with pytest.raises(InvalidValueError, match="scope"):
+        BudgetSession(ledger=ledger)
+
+
+def test_bad_input_is_named():
+    session = BudgetSession(Budget(tokens=100))
+    for prompt in (-1, True, "5", 1.5):
+        with pytest.raises(InvalidValueError, match="prompt"):
+            session.reserve(None, DEEP, prompt=prompt)
+    with pytest.raises(InvalidValueError, match="budget"):
+        BudgetSession()
+    with pytest.raises(InvalidValueError, match="budget"):
+        BudgetSession({"tokens": 5})
