@@ -5,8 +5,9 @@ Run: ``.venv/bin/python benchmarks/turn_overhead.py [--steps 30] [--options 5] [
 On one random instance (the same as ``controller_latency.py``'s) it times, per decision, in this
 one run: ``Controller.plan`` alone, and the turn around it (`BudgetSession.decide`'s balance read,
 then `BudgetSession.call`: reserve in the in-memory ledger, open the decision span, charge,
-commit), sync and async. It prints the medians and the ratio of the turn's extra time to the
-plan's. Absolute times differ across machines by 2x and more; the ratio is what to compare.
+commit), sync and async. Each call is charged nothing, so every turn plans the same instance. It
+prints the medians and the ratio of the turn's extra time to the plan's. Absolute times differ
+across machines by 2x and more; the ratio is what to compare.
 """
 
 from __future__ import annotations
@@ -35,29 +36,29 @@ def main() -> None:
     args = parser.parse_args()
     steps, forecasts, budget = instance(args.steps, args.options, args.seed)
     controller = Controller()
-    big = budget.model_copy(update={"tokens": budget.tokens * 10_000})
 
     plan, turn, aturn = [], [], []
     for _ in range(args.repeat):
         start = time.perf_counter()
         decision = controller.plan(steps, budget, forecasts=forecasts).next
         plan.append(time.perf_counter() - start)
-    assert decision is not None
-    option = steps[0].option(decision.option)
-    session = BudgetSession(big, controller=controller)
+    # Each call is charged nothing, so every turn plans the same instance as the plan alone.
+    session = BudgetSession(budget, controller=controller)
     for _ in range(args.repeat):
         start = time.perf_counter()
         decision = session.decide(steps, forecasts)
+        option = steps[0].option(decision.option)
         with session.call(decision, option, prompt=50, step=steps[0]) as call:
-            call.charge(Spend(input_tokens=50, output_tokens=10))
+            call.charge(Spend())
         turn.append(time.perf_counter() - start)
 
     async def arun() -> None:
         for _ in range(args.repeat):
             start = time.perf_counter()
             decision = await session.adecide(steps, forecasts)
+            option = steps[0].option(decision.option)
             async with session.call(decision, option, prompt=50, step=steps[0]) as call:
-                await call.acharge(Spend(input_tokens=50, output_tokens=10))
+                await call.acharge(Spend())
             aturn.append(time.perf_counter() - start)
 
     asyncio.run(arun())
