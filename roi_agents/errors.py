@@ -9,7 +9,6 @@ The tree::
     └── LedgerError                             a ledger call that cannot be carried out
         ├── UnknownScope (also InvalidValueError)     no budget set for the scope
         ├── UnknownReservation (also InvalidValueError)
-        ├── ReservationExpired                  commit after the hold's TTL ran out
         └── ReservationConflict                 commit of a released hold, or a second commit
                                                 with other numbers
 
@@ -25,7 +24,6 @@ __all__ = [
     "InvalidValueError",
     "LedgerError",
     "ReservationConflict",
-    "ReservationExpired",
     "RoiAgentsError",
     "UnknownReservation",
     "UnknownScope",
@@ -102,10 +100,6 @@ class UnknownReservation(LedgerError, InvalidValueError):
     def __init__(self, reservation_id: str) -> None:
         self.reservation_id = reservation_id
         InvalidValueError.__init__(self, "reservation", f"no reservation {reservation_id!r}")
-
-
-class ReservationExpired(LedgerError):
-    """The hold ran past its TTL before it was committed; its amount is free again."""
 
 
 class ReservationConflict(LedgerError):

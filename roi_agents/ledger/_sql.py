@@ -30,7 +30,6 @@ from typing import Any
 from roi_agents.errors import (
     BudgetExceeded,
     ReservationConflict,
-    ReservationExpired,
     UnknownReservation,
     UnknownScope,
 )
@@ -266,11 +265,12 @@ class SQLLedger(ABC):
     def commit(self, reservation: Reservation | str, actual: Amount) -> Reservation:
         """Record the real spend against a hold; what it did not use is free again.
 
-        More than was reserved is recorded as is and flagged (``over_commit``). Committing again
-        with the same numbers returns the committed reservation and changes nothing.
+        More than was reserved is recorded as is and flagged (``over_commit``). So is a commit
+        that arrives after the hold's TTL ran out (the hold no longer counted, but the spend
+        happened: it is recorded, never dropped). Committing again with the same numbers
+        returns the committed reservation and changes nothing.
 
         Raises:
-            ReservationExpired: the hold ran past its TTL first (nothing recorded).
             ReservationConflict: the hold was released, or committed with other numbers.
             UnknownReservation: no such reservation.
         """
@@ -287,12 +287,13 @@ class SQLLedger(ABC):
                 raise ReservationConflict(msg)
             if current.state == "released":
                 raise ReservationConflict(f"reservation {current.id} was released")
-            if current.state == "expired":
-                msg = (
-                    f"reservation {current.id} expired at {current.expires_at:.3f} (now {now:.3f})"
-                )
-                raise ReservationExpired(msg)
-            over = any(actual.get(r) > current.amount.get(r) + _tolerance(r) for r in RESOURCES)
+            late = current.state == "expired"
+            stored = execute(
+                f"SELECT state FROM {self.prefix}roi_reservations WHERE id = %s", (current.id,)
+            )[0][0]
+            over = late or any(
+                actual.get(r) > current.amount.get(r) + _tolerance(r) for r in RESOURCES
+            )
             execute(
                 f"""UPDATE {self.prefix}roi_reservations SET state = 'committed',
                 committed_at = %s, actual_tokens = %s, actual_usd = %s, actual_tool_calls = %s,
@@ -303,16 +304,18 @@ class SQLLedger(ABC):
             self._add(
                 execute,
                 charged,
-                held=_negative(current.amount),
+                # A hold swept as expired has already left the counters.
+                held=_negative(current.amount) if stored == "held" else (0, 0, 0),
                 committed=actual,
                 over_commits=int(over),
             )
         if over:
             logger.warning(
-                "over-commit in scope %s: reserved %s, spent %s (recorded and flagged)",
+                "over-commit in scope %s: reserved %s, spent %s%s (recorded and flagged)",
                 current.scope,
                 current.amount,
                 actual,
+                " after the hold expired" if late else "",
             )
         return current.model_copy(
             update={"state": "committed", "actual": actual, "over_commit": over}

@@ -8,14 +8,17 @@ a scope must fit in that scope's budget and in the budget of every ancestor that
 from __future__ import annotations
 
 import math
-from typing import Literal, Protocol, runtime_checkable
+from typing import Annotated, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt
+from pydantic import BaseModel, ConfigDict, Field
 
 from roi_agents.errors import InvalidValueError
 from roi_agents.types import RESOURCES, Budget, Cap, Resource, Spend
 
 __all__ = [
+    "MAX_COUNT",
+    "MAX_SCOPE_BYTES",
+    "MAX_USD",
     "Amount",
     "Balance",
     "Ledger",
@@ -31,7 +34,14 @@ __all__ = [
 Period = Literal["daily", "monthly"]
 ReservationState = Literal["held", "committed", "released", "expired"]
 
-_STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+# Amounts are exact types (no "5", no True) and bounded to what every backend's columns hold
+# exactly (BIGINT; a double's integer range); larger values are refused with the field named.
+_STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
+MAX_COUNT = 2**53
+MAX_USD = 1e15
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Usd = Annotated[float, Field(ge=0.0, le=MAX_USD)]
+MAX_SCOPE_BYTES = 512
 
 
 class Amount(BaseModel):
@@ -39,9 +49,9 @@ class Amount(BaseModel):
 
     model_config = _STRICT
 
-    tokens: NonNegativeInt = 0
-    usd: NonNegativeFloat = 0.0
-    tool_calls: NonNegativeInt = 0
+    tokens: Count = 0
+    usd: Usd = 0.0
+    tool_calls: Count = 0
 
     @classmethod
     def of(cls, spend: Spend) -> Amount:
@@ -74,9 +84,9 @@ class ScopeBudget(BaseModel):
     model_config = _STRICT
 
     scope: str
-    tokens: NonNegativeInt | None = None
-    usd: NonNegativeFloat | None = None
-    tool_calls: NonNegativeInt | None = None
+    tokens: Count | None = None
+    usd: Usd | None = None
+    tool_calls: Count | None = None
     period: Period | None = None
 
     def limit(self, resource: Resource) -> float | None:
@@ -211,11 +221,22 @@ class Ledger(Protocol):
 
 
 def check_scope(scope: str) -> str:
-    """Return ``scope`` if it is a well-formed path, else raise `InvalidValueError`."""
+    """Return ``scope`` if it is a well-formed path, else raise `InvalidValueError`.
+
+    The grammar: non-empty parts joined by ``/``; no control characters (a newline among them:
+    a hold's levels are stored one per line) and no lone surrogates; at most
+    ``MAX_SCOPE_BYTES`` bytes of UTF-8.
+    """
     if not isinstance(scope, str) or not scope or any(not part for part in scope.split("/")):
         raise InvalidValueError(
             "scope", f"expected a path like 'tenant/user/thread', got {scope!r}"
         )
+    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in scope):
+        raise InvalidValueError(
+            "scope", f"no control characters or lone surrogates in a scope, got {scope!r}"
+        )
+    if len(scope.encode("utf-8")) > MAX_SCOPE_BYTES:
+        raise InvalidValueError("scope", f"at most {MAX_SCOPE_BYTES} bytes of UTF-8")
     return scope
 
 
