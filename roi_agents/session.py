@@ -754,6 +754,7 @@ class Call:
         self.hold: Hold | None = None
         self.spend: Spend | None = None
         self._traced: DecisionTrace | None = None
+        self._activation: Any = None
 
     @property
     def max_tokens(self) -> int | None:
@@ -781,6 +782,9 @@ class Call:
             }
         )
         self._traced = traced
+        # The call's own spans (an LLM instrumentation's) nest under its decision.
+        self._activation = trace.use_span(traced.span, end_on_exit=False)
+        self._activation.__enter__()
 
     def _refused(self, error: BudgetExceeded) -> None:
         span = trace.get_current_span()
@@ -862,6 +866,7 @@ class Call:
     def _end(self, charged: Spend | None, exc_info: _ExcInfo) -> None:
         if self._traced is None:
             return
+        self._activation.__exit__(None, None, None)
         if charged is not None:
             self.spend = charged
             self._traced.record(charged)

@@ -207,3 +207,33 @@ def test_bad_input_is_named():
         BudgetSession()
     with pytest.raises(InvalidValueError, match="budget"):
         BudgetSession({"tokens": 5})
+
+
+def test_each_call_is_a_decision_span_around_the_call_with_its_prompt_count():
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from roi_agents.telemetry import names
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    session = BudgetSession(Budget(tokens=1000), tracer_provider=provider)
+    count = prompt_bound([{"role": "user", "content": "hi"}])
+    with session.call(None, DEEP, prompt=count) as call:
+        with provider.get_tracer("llm").start_as_current_span("chat tiny"):
+            pass  # what an LLM instrumentation would trace
+        call.charge(Spend(input_tokens=30, output_tokens=200), truncated=True)
+    with pytest.raises(RuntimeError), session.call(None, DEEP, prompt=10):
+        raise RuntimeError("after the call")
+    chat, decision, failed = exporter.get_finished_spans()
+    assert chat.parent.span_id == decision.context.span_id
+    assert decision.attributes[names.PROMPT_TOKENS] == count.tokens
+    assert decision.attributes[names.PROMPT_COUNTED_BY] == "bound"
+    assert decision.attributes[names.GEN_AI_REQUEST_MAX_TOKENS] == 256
+    assert decision.attributes[names.GEN_AI_USAGE_OUTPUT_TOKENS] == 200
+    assert decision.attributes[names.TRUNCATED] is True
+    assert [e.name for e in failed.events] == ["exception", names.EVENT_USAGE_MISSING]
+    assert failed.attributes[names.GEN_AI_USAGE_OUTPUT_TOKENS] == 256  # charged at its cap
+    provider.shutdown()
