@@ -499,9 +499,6 @@ class BudgetSession:
         self._hint.left = None
         return left
 
-    def _key(self, call_id: str | None) -> str | None:
-        return None if call_id is None else f"{self.scope}|{call_id}"
-
     def reserve(
         self,
         decision: Decision | None,
@@ -528,7 +525,7 @@ class BudgetSession:
                 took the budget first ``retries`` times.
             InvalidValueError: the decision is a skip, or chose another option.
         """
-        key = self._key(call_id)  # a fresh id needs no look-up of an earlier hold
+        key = call_id  # a fresh id needs no look-up of an earlier hold
         prompt, call_id = self._check(decision, option, prompt, call_id)
         hint = self._take_hint()
         last = self.retries + (hint is not None)
@@ -559,7 +556,7 @@ class BudgetSession:
         tool_calls: int = 0,
     ) -> Hold:
         """Async `reserve`."""
-        key = self._key(call_id)  # a fresh id needs no look-up of an earlier hold
+        key = call_id  # a fresh id needs no look-up of an earlier hold
         prompt, call_id = self._check(decision, option, prompt, call_id)
         hint = self._take_hint()
         last = self.retries + (hint is not None)
@@ -651,11 +648,11 @@ class BudgetSession:
         amount = Amount.of(spend)
         try:
             reservation = self.ledger.reserve(
-                self.scope, amount, ttl=self.ttl, idempotency_key=self._key(call_id)
+                self.scope, amount, ttl=self.ttl, idempotency_key=call_id
             )
         except BudgetExceeded:
             reservation = self.ledger.reserve(
-                self.scope, Amount(), ttl=self.ttl, idempotency_key=self._key(call_id)
+                self.scope, Amount(), ttl=self.ttl, idempotency_key=call_id
             )
         hold = Hold(
             call_id=call_id,
@@ -677,9 +674,7 @@ class BudgetSession:
         """
         call_id = call_id or uuid.uuid4().hex
         amount = Amount(tool_calls=n)
-        reservation = self.ledger.reserve(
-            self.scope, amount, ttl=self.ttl, idempotency_key=self._key(call_id)
-        )
+        reservation = self.ledger.reserve(self.scope, amount, ttl=self.ttl, idempotency_key=call_id)
         return Hold(
             call_id=call_id,
             step_id=step_id,

@@ -29,6 +29,7 @@ from typing import Any
 
 from roi_agents.errors import (
     BudgetExceeded,
+    InvalidValueError,
     ReservationConflict,
     UnknownReservation,
     UnknownScope,
@@ -195,16 +196,19 @@ class SQLLedger(ABC):
         levels = ancestors(scope)
         amount = Amount.model_validate(amount)
         ttl = check_ttl(ttl)
+        stored_key = _stored_key(scope, idempotency_key)
         with self.transaction() as execute:
-            if idempotency_key is not None:
+            # Looked up under the scope's locks: a concurrent reserve with the same key (hence
+            # the same scope) waits for this one and then finds its hold.
+            self.lock_budgets(execute, levels)
+            if stored_key is not None:
                 rows = execute(
                     f"SELECT {_RESERVATION_COLUMNS} FROM {self.prefix}roi_reservations "
                     "WHERE idempotency_key = %s",
-                    (idempotency_key,),
+                    (stored_key,),
                 )
                 if rows:
                     return _reservation(rows[0], self._clock(execute)[0])
-            self.lock_budgets(execute, levels)
             found = self._levels(execute, levels)
             if scope not in found:
                 raise UnknownScope(scope)
@@ -243,7 +247,7 @@ class SQLLedger(ABC):
                     reservation_id,
                     scope,
                     "\n".join(charged),
-                    idempotency_key,
+                    stored_key,
                     amount.tokens,
                     amount.usd,
                     amount.tool_calls,
@@ -521,6 +525,20 @@ class SQLLedger(ABC):
         return _reservation(row, now), charged, now, day, month
 
 
+def _stored_key(scope: str, key: str | None) -> str | None:
+    """An idempotency key as stored: prefixed by its scope and a newline.
+
+    A scope has no newline, so the pair is unique and one tenant's key never matches another's.
+    """
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key.encode("utf-8", "replace")) > 1024:
+        raise InvalidValueError("idempotency_key", "a non-empty string of at most 1024 bytes")
+    if any(c == "\x00" or 0xD800 <= ord(c) <= 0xDFFF for c in key):
+        raise InvalidValueError("idempotency_key", "no NUL or lone surrogates")
+    return f"{scope}\n{key}"
+
+
 def _id(reservation: Reservation | str) -> str:
     return reservation if isinstance(reservation, str) else reservation.id
 
@@ -559,6 +577,8 @@ def _negative(amount: Amount) -> tuple[float, float, float]:
 
 def _reservation(row: tuple[Any, ...], now: float) -> Reservation:
     (rid, scope, key, tokens, usd, calls, state, created, expires, at, au, ac, over, _) = row
+    if key is not None:
+        key = str(key).split("\n", 1)[-1]  # stored per scope (see _stored_key)
     if state == "held" and float(expires) <= now:
         state = "expired"
     actual = Amount(tokens=int(at), usd=float(au), tool_calls=int(ac)) if at is not None else None

@@ -389,3 +389,36 @@ def test_sessions_key_their_calls_by_scope_so_a_reused_id_never_crosses(backend)
         with session.call(None, option, prompt=10, call_id="1") as call:
             call.charge(Spend(input_tokens=10, output_tokens=100))
     assert ledger.balance("a").committed.tokens == ledger.balance("b").committed.tokens == 110
+
+
+def test_idempotency_keys_are_per_scope_and_concurrent_duplicates_get_one_hold(backend):
+    import threading
+
+    ledger = _ledger(backend)
+    for scope in ("a", "b"):
+        ledger.set_budget(ScopeBudget(scope=scope, tokens=1000))
+    first = ledger.reserve("a", Amount(tokens=100), ttl=60, idempotency_key="1")
+    other = ledger.reserve("b", Amount(tokens=100), ttl=60, idempotency_key="1")
+    assert other.id != first.id  # another tenant's "1" is another hold
+    assert (first.idempotency_key, other.idempotency_key) == ("1", "1")
+    ledger.commit(first, Amount(tokens=50))
+    assert ledger.reserve("a", Amount(tokens=100), ttl=60, idempotency_key="1").id == first.id
+    for round_ in range(20):
+        got, errors = [], []
+
+        def reserve(key=f"race-{round_}", got=got, errors=errors):
+            try:
+                got.append(ledger.reserve("b", Amount(tokens=1), ttl=60, idempotency_key=key).id)
+            except Exception as error:  # any error is the failure under test
+                errors.append(error)
+
+        workers = [threading.Thread(target=reserve) for _ in range(2)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert errors == []
+        assert len(set(got)) == 1
+    assert ledger.balance("b").reserved.tokens == 100 + 20
+    with pytest.raises(InvalidValueError, match="idempotency_key"):
+        ledger.reserve("a", Amount(tokens=1), ttl=60, idempotency_key="x\x00y")
