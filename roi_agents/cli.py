@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -40,6 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.run(args, console)
     except RoiAgentsError as error:
         console.print(f"[bold red]error:[/] {error}", highlight=False)
+        return 2
+    except ValidationError as error:  # a flag's value out of range: name it, in one line
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "value"
+        console.print(f"[bold red]error:[/] {where}: {first['msg']}", highlight=False)
         return 2
     return status
 
@@ -476,10 +482,14 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+# Seconds a ledger command waits for its database before it says it cannot reach it.
+_LEDGER_TIMEOUT = 8.0
+
+
 def _ledger_init(args: argparse.Namespace, console: Console) -> int:
     from roi_agents.ledger import open_ledger
 
-    ledger = open_ledger(args.url, schema=args.schema)
+    ledger = open_ledger(args.url, schema=args.schema, timeout=_LEDGER_TIMEOUT)
     try:
         ledger.init_schema()
     finally:
@@ -498,7 +508,7 @@ def _ledger_budget(args: argparse.Namespace, console: Console) -> int:
         tool_calls=args.tool_calls,
         period=args.period,
     )
-    ledger = open_ledger(args.url, schema=args.schema)
+    ledger = open_ledger(args.url, schema=args.schema, timeout=_LEDGER_TIMEOUT)
     try:
         ledger.set_budget(budget)
     finally:
@@ -510,7 +520,7 @@ def _ledger_budget(args: argparse.Namespace, console: Console) -> int:
 def _ledger_balance(args: argparse.Namespace, console: Console) -> int:
     from roi_agents.ledger import open_ledger
 
-    ledger = open_ledger(args.url, schema=args.schema)
+    ledger = open_ledger(args.url, schema=args.schema, timeout=_LEDGER_TIMEOUT)
     try:
         balance = ledger.balance(args.scope)
     finally:

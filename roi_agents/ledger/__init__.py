@@ -32,11 +32,12 @@ __all__ = [
 ]
 
 
-def open_ledger(url: str, *, schema: str = "roi_agents") -> Ledger:
+def open_ledger(url: str, *, schema: str = "roi_agents", timeout: float = 30.0) -> Ledger:
     """Open a ledger from a URL.
 
     ``memory:`` is a `MemoryLedger`; ``sqlite:///path/to.db`` (or a plain path ending in
     ``.db``/``.sqlite``) an `SQLiteLedger`; ``postgresql://...`` a `PostgresLedger` in ``schema``.
+    ``timeout``: seconds to wait for the database (a lock, a connection).
 
     Raises:
         InvalidValueError: on any other URL.
@@ -44,12 +45,12 @@ def open_ledger(url: str, *, schema: str = "roi_agents") -> Ledger:
     if url == "memory:":
         return MemoryLedger()
     if url.startswith("sqlite:///"):
-        return SQLiteLedger(url.removeprefix("sqlite:///"))
+        return SQLiteLedger(url.removeprefix("sqlite:///"), timeout=timeout)
     if url.endswith((".db", ".sqlite")) and "://" not in url:
-        return SQLiteLedger(url)
+        return SQLiteLedger(url, timeout=timeout)
     if url.startswith(("postgresql://", "postgres://")):
         from roi_agents.ledger.postgres import PostgresLedger
 
-        return PostgresLedger(url, schema=schema)
+        return PostgresLedger(url, schema=schema, timeout=timeout)
     msg = f"expected memory:, sqlite:///PATH or postgresql://..., got {url!r}"
     raise InvalidValueError("url", msg)

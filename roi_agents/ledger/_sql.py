@@ -227,8 +227,11 @@ class SQLLedger(ABC):
                         raise BudgetExceeded(
                             resource=resource, scope=level, limit=left, requested=wanted
                         )
-            # Expired holds charged only to rows this transaction has locked leave the counters.
+            # Expired holds charged only to rows this transaction has locked leave the counters;
+            # the others (in scopes this reserve does not lock) are left to `sweep`, after.
+            leftover = 0
             for hold_id, hold_amount, charged in expired:
+                leftover += not set(charged) <= found.keys()
                 if set(charged) <= found.keys():
                     execute(
                         f"UPDATE {self.prefix}roi_reservations SET state = 'expired' WHERE id = %s",
@@ -256,6 +259,8 @@ class SQLLedger(ABC):
                 ),
             )
             self._add(execute, charged, held=amount)
+        if leftover:  # each expired hold is read once more, then never again
+            self.sweep()
         return Reservation(
             id=reservation_id,
             scope=scope,
@@ -345,6 +350,40 @@ class SQLLedger(ABC):
             if stored == "held":  # still in the counters
                 self._add(execute, charged, held=_negative(current.amount))
         return current.model_copy(update={"state": "released"})
+
+    def sweep(self, limit: int = 10_000) -> int:
+        """Take up to ``limit`` holds past their TTL out of the counters; how many it took.
+
+        A reserve sweeps the expired holds charged only to the levels it locks, and calls this
+        when it saw others (holds in scopes never used again), so that a reserve's work stays
+        bounded by its levels whatever the history. Safe beside a late commit of the same hold.
+        """
+        with self.transaction() as execute:
+            now = self._clock(execute)[0]
+            rows = execute(
+                f"""SELECT id, charged FROM {self.prefix}roi_reservations
+                WHERE state = 'held' AND expires_at <= %s ORDER BY expires_at LIMIT %s""",
+                (now, limit),
+            )
+            if not rows:
+                return 0
+            levels = {level for _, charged in rows for level in str(charged).split("\n")}
+            self.lock_budgets(execute, sorted(levels))
+            # Under the locks, one statement: holds committed or released meanwhile are left.
+            swept = execute(
+                f"""UPDATE {self.prefix}roi_reservations SET state = 'expired'
+                WHERE id IN ({", ".join(["%s"] * len(rows))}) AND state = 'held'
+                RETURNING tokens, usd, tool_calls, charged""",
+                [hold_id for hold_id, _ in rows],
+            )
+            freed: dict[str, Amount] = {}
+            for tokens, usd, calls, charged in swept:
+                amount = Amount(tokens=int(tokens), usd=float(usd), tool_calls=int(calls))
+                for level in str(charged).split("\n"):
+                    freed[level] = freed.get(level, Amount()) + amount
+            for level, amount in sorted(freed.items()):
+                self._add(execute, [level], held=_negative(amount))
+        return len(swept)
 
     def get(self, reservation_id: str) -> Reservation:
         """A reservation as the ledger sees it now.

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from roi_agents.errors import InvalidValueError
+from roi_agents.errors import InvalidValueError, LedgerError
 from roi_agents.ledger._sql import Execute, SQLLedger, iter_rows
 
 __all__ = ["PostgresLedger"]
@@ -59,12 +60,21 @@ class PostgresLedger(SQLLedger):
                 "the PostgreSQL ledger needs the [postgres] extra: pip install roi-agents[postgres]"
             )
             raise InvalidValueError("url", msg) from error
-        if not schema.isidentifier():
+        if not schema.isidentifier() or not schema.isascii():
             raise InvalidValueError("schema", f"must be a plain identifier, got {schema!r}")
+        if len(schema) > 63:  # PostgreSQL would cut it, and two ledgers could share one
+            raise InvalidValueError("schema", f"at most 63 characters, got {len(schema)}")
+        if schema.lower().startswith("pg_") or schema.lower() == "information_schema":
+            raise InvalidValueError("schema", f"{schema!r} is reserved by PostgreSQL")
         self.schema = schema
         self.prefix = f'"{schema}".'
         self._pool = ConnectionPool(
-            url, min_size=min_size, max_size=max_size, timeout=timeout, open=True
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            open=True,
+            kwargs={"connect_timeout": max(1, math.ceil(min(timeout, 5.0)))},
         )
 
     def schema_statements(self) -> list[str]:
@@ -73,15 +83,32 @@ class PostgresLedger(SQLLedger):
 
     @contextmanager
     def transaction(self) -> Iterator[Execute]:
-        """A pooled connection in one transaction."""
-        with self._pool.connection() as connection, connection.transaction():
-            cursor = connection.cursor()
+        """A pooled connection in one transaction.
 
-            def execute(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-                cursor.execute(sql, tuple(params) or None)
-                return list(iter_rows(cursor))
+        Raises:
+            LedgerError: the database cannot be reached, or the ledger's tables are missing
+                (run ``roi-agents ledger init``); the message says which.
+        """
+        import psycopg
+        from psycopg_pool import PoolTimeout
 
-            yield execute
+        try:
+            with self._pool.connection() as connection, connection.transaction():
+                cursor = connection.cursor()
+
+                def execute(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+                    cursor.execute(sql, tuple(params) or None)
+                    return list(iter_rows(cursor))
+
+                yield execute
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as error:
+            msg = (
+                f"the ledger's tables are missing in schema {self.schema!r} "
+                f"(run: roi-agents ledger init --schema {self.schema}): {error}"
+            )
+            raise LedgerError(msg) from None
+        except PoolTimeout as error:
+            raise LedgerError(f"cannot reach PostgreSQL: {error}") from None
 
     def lock_budgets(self, execute: Execute, scopes: list[str]) -> None:
         """Row locks on the scopes' budget rows, in a fixed order."""

@@ -342,9 +342,11 @@ def test_expired_holds_stop_counting_everywhere_and_are_swept(backend):
                 f"SELECT state FROM {ledger.prefix}roi_reservations WHERE id = %s", (lost.id,)
             )[0][0]
 
-    assert stored_state() == "held"  # expired, still in the counters
+    # The reserve in acme/b saw it and could not take it out of acme/a's counters under its own
+    # locks: it swept it after, in a transaction of its own.
+    assert stored_state() == "expired"
+    assert ledger.balance("acme/a").reserved.tokens == 0
     ledger.reserve("acme/a", Amount(tokens=10), ttl=60)
-    assert stored_state() == "expired"  # swept by the next reserve that held its locks
     assert ledger.balance("acme").reserved.tokens == 10
     assert ledger.balance("acme/a").reserved.tokens == 10
     assert ledger.get(lost.id).state == "expired"
@@ -422,3 +424,23 @@ def test_idempotency_keys_are_per_scope_and_concurrent_duplicates_get_one_hold(b
     assert ledger.balance("b").reserved.tokens == 100 + 20
     with pytest.raises(InvalidValueError, match="idempotency_key"):
         ledger.reserve("a", Amount(tokens=1), ttl=60, idempotency_key="x\x00y")
+
+
+def test_holds_abandoned_in_scopes_never_used_again_are_swept(backend):
+    ledger = _ledger(backend)
+    ledger.set_budget(ScopeBudget(scope="acme", tokens=10_000))
+    ledger.set_budget(ScopeBudget(scope="acme/live", tokens=10_000))
+    dead = []
+    for i in range(30):
+        ledger.set_budget(ScopeBudget(scope=f"acme/dead-{i}", tokens=100))
+        dead.append(ledger.reserve(f"acme/dead-{i}", Amount(tokens=100), ttl=0.2))
+    time.sleep(0.3)
+    ledger.commit(ledger.reserve("acme/live", Amount(tokens=10), ttl=60), Amount(tokens=10))
+    assert {ledger.get(h.id).state for h in dead} == {"expired"}
+    assert ledger.balance("acme").reserved == Amount()
+    assert all(ledger.balance(f"acme/dead-{i}").reserved == Amount() for i in range(30))
+    assert ledger.sweep() == 0  # nothing left to sweep
+    # A late commit of a swept hold is still recorded, once.
+    ledger.commit(dead[0], Amount(tokens=40))
+    assert ledger.balance("acme").committed.tokens == 50
+    assert ledger.balance("acme/dead-0").reserved == Amount()
