@@ -285,7 +285,7 @@ class SQLLedger(ABC):
         """
         actual = Amount.model_validate(actual)
         with self.transaction() as execute:
-            current, charged, now, day, month = self._locked(execute, _id(reservation))
+            current, stored, charged, now, day, month = self._locked(execute, _id(reservation))
             if current.state == "committed":
                 if current.actual == actual:
                     return current
@@ -297,9 +297,6 @@ class SQLLedger(ABC):
             if current.state == "released":
                 raise ReservationConflict(f"reservation {current.id} was released")
             late = current.state == "expired"
-            stored = execute(
-                f"SELECT state FROM {self.prefix}roi_reservations WHERE id = %s", (current.id,)
-            )[0][0]
             over = late or any(
                 actual.get(r) > current.amount.get(r) + _tolerance(r) for r in RESOURCES
             )
@@ -337,12 +334,9 @@ class SQLLedger(ABC):
             UnknownReservation: no such reservation.
         """
         with self.transaction() as execute:
-            current, charged, *_ = self._locked(execute, _id(reservation))
+            current, stored, charged, *_ = self._locked(execute, _id(reservation))
             if current.state not in ("held", "expired"):
                 return current
-            stored = execute(
-                f"SELECT state FROM {self.prefix}roi_reservations WHERE id = %s", (current.id,)
-            )[0][0]
             execute(
                 f"UPDATE {self.prefix}roi_reservations SET state = 'released' WHERE id = %s",
                 (current.id,),
@@ -543,10 +537,12 @@ class SQLLedger(ABC):
 
     def _locked(
         self, execute: Execute, reservation_id: str
-    ) -> tuple[Reservation, list[str], float, float, float]:
-        """A reservation about to change, and the database's clock.
+    ) -> tuple[Reservation, str, list[str], float, float, float]:
+        """A reservation about to change, its state as stored, and the database's clock.
 
-        The budget rows it was charged to are locked first, the order every writer uses.
+        The budget rows it was charged to are locked first, the order every writer uses. The
+        stored state is ``held`` for a hold past its TTL that no reserve has swept yet (it still
+        counts in the counters), where the reservation says ``expired``.
         """
         rows = execute(
             f"SELECT charged FROM {self.prefix}roi_reservations WHERE id = %s", (reservation_id,)
@@ -561,7 +557,7 @@ class SQLLedger(ABC):
             (reservation_id,),
         )
         now, day, month = self._clock(execute)
-        return _reservation(row, now), charged, now, day, month
+        return _reservation(row, now), str(row[6]), charged, now, day, month
 
 
 def _stored_key(scope: str, key: str | None) -> str | None:
