@@ -638,32 +638,31 @@ class BudgetSession:
         """Async `release`."""
         await self.ledger.arelease(hold.reservation)
 
+    def _hold_amount(self, amount: Amount, *, step_id: str, call_id: str, option: str) -> Hold:
+        reservation = self.ledger.reserve(self.scope, amount, ttl=self.ttl, idempotency_key=call_id)
+        return Hold(
+            call_id=call_id,
+            step_id=step_id,
+            option=option,
+            reservation=reservation.id,
+            amount=reservation.amount,
+            prompt_tokens=0,
+            counted_by="caller",
+            max_tokens=None,
+        )
+
     def charge(self, spend: Spend, *, step_id: str, call_id: str | None = None) -> Spend:
         """Record a spend that happened without a hold (a call made outside the session).
 
         It is held and committed at once; when it no longer fits, it is committed all the same
-        and flagged as an over-commit: spend that happened is never lost.
+        (against a hold of nothing, which always fits) and flagged as an over-commit: spend
+        that happened is never lost.
         """
         call_id = call_id or uuid.uuid4().hex
-        amount = Amount.of(spend)
         try:
-            reservation = self.ledger.reserve(
-                self.scope, amount, ttl=self.ttl, idempotency_key=call_id
-            )
+            hold = self._hold_amount(Amount.of(spend), step_id=step_id, call_id=call_id, option="")
         except BudgetExceeded:
-            reservation = self.ledger.reserve(
-                self.scope, Amount(), ttl=self.ttl, idempotency_key=call_id
-            )
-        hold = Hold(
-            call_id=call_id,
-            step_id=step_id,
-            option="",
-            reservation=reservation.id,
-            amount=reservation.amount,
-            prompt_tokens=spend.input_tokens,
-            counted_by="caller",
-            max_tokens=None,
-        )
+            hold = self._hold_amount(Amount(), step_id=step_id, call_id=call_id, option="")
         return self.commit(hold, spend)
 
     def reserve_tool_calls(self, n: int, *, step_id: str, call_id: str | None = None) -> Hold:
@@ -673,17 +672,8 @@ class BudgetSession:
             BudgetExceeded: fewer than ``n`` are left.
         """
         call_id = call_id or uuid.uuid4().hex
-        amount = Amount(tool_calls=n)
-        reservation = self.ledger.reserve(self.scope, amount, ttl=self.ttl, idempotency_key=call_id)
-        return Hold(
-            call_id=call_id,
-            step_id=step_id,
-            option="tools",
-            reservation=reservation.id,
-            amount=amount,
-            prompt_tokens=0,
-            counted_by="caller",
-            max_tokens=None,
+        return self._hold_amount(
+            Amount(tool_calls=n), step_id=step_id, call_id=call_id, option="tools"
         )
 
     def record(

@@ -223,7 +223,7 @@ class SQLLedger(ABC):
                         continue
                     left = limit - used.get(resource)
                     wanted = amount.get(resource)
-                    if wanted > left + _tolerance(resource):
+                    if wanted > 0 and wanted > left + _tolerance(resource):  # nothing fits
                         raise BudgetExceeded(
                             resource=resource, scope=level, limit=left, requested=wanted
                         )

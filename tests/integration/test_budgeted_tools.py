@@ -74,3 +74,42 @@ def test_unlimited_tool_calls_all_run():
     final = _graph().invoke({"budget": Budget(tokens=100).model_dump(), "messages": []})
     assert sorted(RAN) == ["q0", "q1", "q2"]
     assert final["spent"]["tool_calls"] == 3
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+async def test_with_the_controller_tool_calls_are_reserved_in_the_run_and_never_overrun(mode):
+    """Two turns of 3 calls each under an allowance of 4: the second turn gets the 1 left."""
+    from roi_agents_langgraph import BudgetControllerNode
+
+    from roi_agents import Controller
+
+    RAN.clear()
+    control = BudgetControllerNode(Controller())
+    node = BudgetedToolNode([lookup], control=control)
+
+    def ask(state: State) -> dict:
+        calls = [
+            {"name": "lookup", "args": {"query": f"q{len(RAN)}-{k}"}, "id": f"c{len(RAN)}-{k}"}
+            for k in range(3)
+        ]
+        return {"messages": [AIMessage(content="", tool_calls=calls)]}
+
+    graph = StateGraph(State)
+    graph.add_node("ask", ask)
+    graph.add_node("tools", node)
+    graph.add_node("ask_again", ask)
+    graph.add_node("tools_again", node)
+    graph.add_edge(START, "ask")
+    graph.add_edge("ask", "tools")
+    graph.add_edge("tools", "ask_again")
+    graph.add_edge("ask_again", "tools_again")
+    graph.add_edge("tools_again", END)
+    compiled = graph.compile()
+    start = {"budget": Budget(tool_calls=4).model_dump(), "messages": [], "scope": "run/tools"}
+    final = compiled.invoke(start) if mode == "invoke" else await compiled.ainvoke(start)
+    refused = [m for m in final["messages"] if isinstance(m, ToolMessage) and m.status == "error"]
+    assert len(RAN) == 4
+    assert len(refused) == 2
+    report = control.session(start).report()
+    assert report.committed.tool_calls == report.spent.tool_calls == 4
+    assert report.reserved.tool_calls == 0

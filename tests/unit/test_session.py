@@ -164,6 +164,8 @@ def test_spend_without_a_hold_is_never_lost_and_an_overrun_is_flagged():
     assert report.overrun
     assert report.remaining["tokens"] == -50  # not floored
     assert session.spent_on("s").tokens == 150
+    session.charge(Spend(output_tokens=5), step_id="s")  # overrun already: still recorded
+    assert session.report().committed.tokens == 155
 
 
 def test_running_out_is_one_vocabulary():

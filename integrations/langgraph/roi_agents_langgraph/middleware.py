@@ -110,14 +110,13 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         self.options = tuple(options)
         self.models = dict(models or {})
         self.prior = predictor if predictor is not None else PriorPredictor(group_by=False)
-        self.controller = controller or Controller()
         self.expected_calls = expected_calls
         self.on_exhausted = check_on_exhausted(on_exhausted)
         self.counter = counter
         self.sessions = SessionPool(
             ledger=ledger,
             scope=scope,
-            controller=self.controller,
+            controller=controller or Controller(),
             learner=self.prior if isinstance(self.prior, Learner) else None,
             on_exhausted=self.on_exhausted,
             ask=ask_for_budget,

@@ -102,9 +102,7 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         learner: Learner | None = None,
         name: str = "control",
     ) -> None:
-        self.controller = controller
         self.on_exhausted = check_on_exhausted(on_exhausted)
-        self.learner = learner
         self.sessions = SessionPool(
             ledger=ledger,
             scope=scope,

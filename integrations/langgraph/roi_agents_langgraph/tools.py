@@ -49,7 +49,8 @@ class BudgetedToolNode(RunnableLambda[Any, dict[str, Any]]):
 
     With the graph's ``control`` node, the calls are reserved in the run's ledger scope before
     they run and charged to the step, so parallel branches never run more than the budget
-    allows; `BudgetControllerNode.settle` then counts them in the step's spend.
+    allows; `BudgetControllerNode.settle` then counts them in the step's spend (the update has
+    no ``spent`` of its own).
 
     Args:
         tools: the tools, as for `ToolNode`.
@@ -116,6 +117,8 @@ class BudgetedToolNode(RunnableLambda[Any, dict[str, Any]]):
     ) -> dict[str, Any]:
         messages = list((ran or {}).get(self.messages_key, []))
         messages += [ToolMessage(status="error", **r) for r in refusals]
+        if self.control is not None:  # charged to the step: its settle counts them
+            return {self.messages_key: messages}
         return {self.messages_key: messages, "spent": Spend(tool_calls=n).model_dump()}
 
     def _run(self, state: Any, config: RunnableConfig) -> dict[str, Any]:
