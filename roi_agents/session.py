@@ -200,8 +200,9 @@ class BudgetSession:
 
     Args:
         budget: the scope's limits. Without a ledger it is required (the session keeps its own
-            in-memory ledger); with one, it creates or changes the scope's limits, and without
-            it the scope must already have them.
+            in-memory ledger); with one, it gives a new scope its limits, must match those of a
+            scope that has them (a shared budget is never replaced by accident), and without it
+            the scope must already have them.
         ledger: a shared ledger (SQLite, PostgreSQL), so that many threads, processes or
             machines spend from one budget.
         scope: where to spend, e.g. ``"acme/bob/thread-42"`` (default ``"run"``; required
@@ -253,8 +254,18 @@ class BudgetSession:
         self.ledger = ledger
         self.scope = check_scope(scope or "run")
         if budget is not None:
-            ledger.set_budget(ScopeBudget(scope=self.scope, **budget.model_dump()))
+            self.ensure_scope(ledger, self.scope, budget)
         limits = ledger.balance(self.scope).budget  # UnknownScope when it has none
+        if budget is not None and (limits.tokens, limits.usd, limits.tool_calls) != (
+            budget.tokens,
+            budget.usd,
+            budget.tool_calls,
+        ):
+            msg = (
+                f"scope {self.scope!r} already has limits {limits.model_dump(exclude={'scope'})}:"
+                " pass no budget to spend from them, or change them with ledger.set_budget"
+            )
+            raise InvalidValueError("budget", msg)
         self.budget = Budget(tokens=limits.tokens, usd=limits.usd, tool_calls=limits.tool_calls)
         self.controller = controller or Controller()
         self.learner = learner
@@ -300,10 +311,11 @@ class BudgetSession:
             for r in RESOURCES
             if (limit := self.budget.get(r)) is not None
         }
-        self.budget = Budget.model_validate(grown)
+        budget = Budget.model_validate(grown)  # out of range: raised before anything changes
         limits = self.ledger.balance(self.scope).budget  # its period stays
-        self.ledger.set_budget(limits.model_copy(update=grown))
-        return self.budget
+        self.ledger.set_budget(ScopeBudget.model_validate({**limits.model_dump(), **grown}))
+        self.budget = budget
+        return budget
 
     # -- what is left -------------------------------------------------------------------------
 
@@ -391,20 +403,24 @@ class BudgetSession:
         """Ask for more when the step cannot be paid for; whether more was granted."""
         if not (decision.exhausted and self.on_exhausted == "ask" and self.ask is not None):
             return False
-        extra = self.ask(
-            {
-                "question": "The budget cannot pay for the next step. Add to it?",
-                "scope": self.scope,
-                "step": step.id,
-                "remaining": left.model_dump(exclude_none=True),
-                "prompt_tokens": step.input_tokens,
-                "reason": decision.reason,
-            }
-        )
-        if extra is None:
-            return False
-        self.grow(extra)
-        return True
+        question: dict[str, Any] = {
+            "question": "The budget cannot pay for the next step. Add to it?",
+            "scope": self.scope,
+            "step": step.id,
+            "remaining": left.model_dump(exclude_none=True),
+            "prompt_tokens": step.input_tokens,
+            "reason": decision.reason,
+        }
+        while True:
+            extra = self.ask(question)
+            if extra is None:
+                return False
+            try:
+                self.grow(extra)
+            except ValueError as error:  # the grown budget is out of range: ask again
+                question = {**question, "error": str(error)}
+                continue
+            return True
 
     def _exhausted(
         self, step: Step, decision: Decision, left: Budget, forecasts: Sequence[Forecast] | None
@@ -450,7 +466,16 @@ class BudgetSession:
         ):
             max_tokens = narrowed.max_output_tokens(prompt.tokens, option)
             if max_tokens <= 0:
-                raise self._refused(narrowed, prompt.tokens, option)
+                # Name what binds: the step's cap from the plan, or what the scope has left.
+                by_step = narrowed != Cap(
+                    tokens=left.tokens, usd=left.usd, tool_calls=left.tool_calls
+                )
+                where = (
+                    f"{self.scope}, the cap of step {decision.step_id!r}"
+                    if decision and by_step
+                    else self.scope
+                )
+                raise self._refused(narrowed, prompt.tokens, option, where)
         if narrowed.tool_calls is not None and tool_calls > narrowed.tool_calls:
             raise BudgetExceeded(
                 resource="tool_calls",
@@ -475,19 +500,14 @@ class BudgetSession:
         )
         return hold, amount
 
-    def _refused(self, cap: Cap, prompt: int, option: Option) -> BudgetExceeded:
-        if cap.tokens is not None and cap.tokens <= prompt:
+    @staticmethod
+    def _refused(cap: Cap, prompt: int, option: Option, where: str) -> BudgetExceeded:
+        if cap.usd is not None and option.priced and (cap.tokens is None or cap.tokens > prompt):
             return BudgetExceeded(
-                resource="tokens", scope=self.scope, limit=cap.tokens, requested=prompt + 1
-            )
-        if cap.usd is not None and option.priced:
-            return BudgetExceeded(
-                resource="usd", scope=self.scope, limit=cap.usd, requested=option.usd(prompt, 1)
+                resource="usd", scope=where, limit=cap.usd, requested=option.usd(prompt, 1)
             )
         limit = cap.tokens if cap.tokens is not None else 0
-        return BudgetExceeded(
-            resource="tokens", scope=self.scope, limit=limit, requested=prompt + 1
-        )
+        return BudgetExceeded(resource="tokens", scope=where, limit=limit, requested=prompt + 1)
 
     def _take_hint(self) -> Budget | None:
         """What `decide` just read in this thread, used once to size the next hold.
@@ -840,11 +860,18 @@ class Call:
             self.session.learn(self.step, self.option.name, charged, success, truncated)
 
     def _unsettled(self, exc: BaseException | None) -> Hold | None:
-        """The hold when the block ended without a charge (the span records why), else None."""
+        """The hold when the block ended without a charge (the span records why), else None.
+
+        A call the server refused before generating anything (an HTTP 4xx other than 408 on
+        the error, as the OpenAI and httpx clients carry it) is charged nothing.
+        """
         if self.spend is not None or self.hold is None or self._traced is None:
             return None
         if exc is not None:
             self._traced.span.record_exception(exc)
+            if _refused_by_server(exc):
+                self._close(Spend(), self.session.commit(self.hold, Spend()), None, False)
+                return None
         self._traced.span.add_event(names.EVENT_USAGE_MISSING, {names.REASON: "failed attempt"})
         return self.hold
 
@@ -919,6 +946,14 @@ class SessionPool:
                 ledger=self.ledger, scope=scope, run_id=scope, **self.settings
             )
             return session, True
+
+
+def _refused_by_server(error: BaseException) -> bool:
+    """Whether the server answered the request with a 4xx (not 408): nothing was generated."""
+    status = getattr(error, "status_code", None)
+    if status is None:
+        status = getattr(getattr(error, "response", None), "status_code", None)
+    return isinstance(status, int) and 400 <= status < 500 and status != 408
 
 
 def _least(a: _N | None, b: _N | None) -> _N | None:

@@ -49,14 +49,25 @@ SKIP = "skip"
 _STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
+MAX_COUNT = 2**53
+"""The most tokens or tool calls a budget or an amount may hold (a double's integer range)."""
+MAX_USD = 1e15
+"""The most USD a budget or an amount may hold."""
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT, strict=True)]
+Usd = Annotated[float, Field(ge=0.0, le=MAX_USD, strict=True)]
+
+
 class Budget(BaseModel):
-    """What a run (or a scope) may still spend; any subset of resources, ``None`` = unlimited."""
+    """What a run (or a scope) may still spend; any subset of resources, ``None`` = unlimited.
+
+    Exact numbers only (no ``"5"``, no ``True``), within `MAX_COUNT` tokens and `MAX_USD`.
+    """
 
     model_config = _STRICT
 
-    tokens: NonNegativeInt | None = None
-    usd: NonNegativeFloat | None = None
-    tool_calls: NonNegativeInt | None = None
+    tokens: Count | None = None
+    usd: Usd | None = None
+    tool_calls: Count | None = None
 
     def get(self, resource: Resource) -> float | None:
         """The limit on one resource, ``None`` when unlimited."""
@@ -224,6 +235,9 @@ class Step(BaseModel):
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             msg = f"options: duplicate option names {duplicated}"
+            raise ValueError(msg)
+        if SKIP in names:
+            msg = f"options: {SKIP!r} is reserved for not running the step; name the option else"
             raise ValueError(msg)
         return self
 

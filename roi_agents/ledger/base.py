@@ -8,12 +8,12 @@ a scope must fit in that scope's budget and in the budget of every ancestor that
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from roi_agents.errors import InvalidValueError
-from roi_agents.types import RESOURCES, Budget, Cap, Resource, Spend
+from roi_agents.types import MAX_COUNT, MAX_USD, RESOURCES, Budget, Cap, Count, Resource, Spend, Usd
 
 __all__ = [
     "MAX_COUNT",
@@ -37,10 +37,6 @@ ReservationState = Literal["held", "committed", "released", "expired"]
 # Amounts are exact types (no "5", no True) and bounded to what every backend's columns hold
 # exactly (BIGINT; a double's integer range); larger values are refused with the field named.
 _STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
-MAX_COUNT = 2**53
-MAX_USD = 1e15
-Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
-Usd = Annotated[float, Field(ge=0.0, le=MAX_USD)]
 MAX_SCOPE_BYTES = 512
 
 

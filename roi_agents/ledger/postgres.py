@@ -60,6 +60,12 @@ class PostgresLedger(SQLLedger):
                 "the PostgreSQL ledger needs the [postgres] extra: pip install roi-agents[postgres]"
             )
             raise InvalidValueError("url", msg) from error
+        import psycopg
+
+        try:
+            psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.ProgrammingError as error:  # at once, not after the pool's time-out
+            raise InvalidValueError("url", f"not a PostgreSQL URL: {error}") from None
         if not schema.isidentifier() or not schema.isascii():
             raise InvalidValueError("schema", f"must be a plain identifier, got {schema!r}")
         if len(schema) > 63:  # PostgreSQL would cut it, and two ledgers could share one

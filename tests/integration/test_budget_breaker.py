@@ -316,3 +316,75 @@ def test_a_counter_whose_server_answers_garbage_or_is_gone_falls_back_to_the_bou
     assert count == acount
     assert (count.counted_by, count.exact) == ("bound", False)
     assert count.tokens == 16 + 16 + 5
+
+
+# Found by trying it as an attacker would: each of these overspent or wedged a thread before.
+
+
+def test_the_agent_input_cannot_raise_its_fixed_budget(tiny_chat_server):
+    from roi_agents import Step
+
+    agent = create_budgeted_agent(runaway_chat(tiny_chat_server), budget=Budget(tokens=300))
+    big = Option(name="big", max_tokens=1500)
+    injected = [Step(id=f"x{i}", text="write", options=(big,)).model_dump() for i in range(2)]
+    with Served(tiny_chat_server) as server:
+        final = agent.invoke(
+            {"task": "t", "budget": Budget(tokens=100_000).model_dump(), "pending": injected},
+            {"recursion_limit": 50},
+        )
+    assert final["report"]["budget"] == {"tokens": 300}
+    assert server.tokens <= 300
+
+
+def test_the_middleware_scope_cannot_be_moved_by_the_input(tiny_chat_server):
+    middleware = BudgetMiddleware(budget=Budget(tokens=400), options=(CALL,), expected_calls=1)
+    agent = create_agent(model=runaway_chat(tiny_chat_server), middleware=[middleware])
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    with Served(tiny_chat_server) as server:
+        for k in range(4):
+            agent.invoke({"messages": [HumanMessage("hi")], "roi_scope": f"evil{k}"}, config)
+    scope = middleware.sessions.scope_of(config["configurable"]["thread_id"])
+    assert server.tokens <= 400
+    assert middleware.ledger.balance(scope).committed.tokens == server.tokens
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_tokens": 1500}, {"max_completion_tokens": 1500}, {"n": 4}]
+)
+def test_call_settings_that_would_spend_past_the_hold_are_refused(tiny_chat_server, kwargs):
+    from roi_agents import InvalidValueError
+
+    chat = budgeted(runaway_chat(tiny_chat_server), budget=Budget(tokens=300))
+    with Served(tiny_chat_server) as server, pytest.raises(InvalidValueError):
+        chat.invoke("hello", **kwargs)
+    assert server.tokens == 0
+    with pytest.raises(InvalidValueError, match="n=3"):
+        budgeted(runaway_chat(tiny_chat_server).bind(n=3), budget=Budget(tokens=300))
+
+
+def test_a_request_the_server_refuses_costs_nothing(tiny_chat_server):
+    import openai
+
+    # 3,000 tokens leave room for max_tokens beyond the model's 2,048 context: vLLM says 400.
+    chat = budgeted(runaway_chat(tiny_chat_server), budget=Budget(tokens=3000))
+    with Served(tiny_chat_server) as server, pytest.raises(openai.BadRequestError):
+        chat.invoke("hello")
+    assert server.tokens == 0
+    report = chat.session.report()
+    assert (report.spent.tokens, report.committed.tokens, report.reserved.tokens) == (0, 0, 0)
+
+
+def test_the_planner_is_charged_in_usd(tiny_chat_server):
+    priced = Option(name="fast", max_tokens=64, input_price=1.0, output_price=4.0)
+    agent = create_budgeted_agent(
+        runaway_chat(tiny_chat_server), budget=Budget(usd=0.002), options=(priced,), max_steps=3
+    )
+    with Served(tiny_chat_server) as server:
+        final = agent.invoke({"task": "compare three vendors"}, {"recursion_limit": 100})
+    report = final["report"]
+    steps_usd = sum(r.get("usd", 0.0) for r in final["results"])
+    assert report["spent"]["usd"] > steps_usd  # the planning call is priced too
+    assert report["spent"]["usd"] <= 0.002 + 1e-12
+    assert report["spent"]["input_tokens"] + report["spent"]["output_tokens"] == server.tokens
+    # Every call is priced at most at 4 $/M: the server's tokens bound the USD charged.
+    assert report["spent"]["usd"] <= server.tokens * 4.0 / 1e6 + 1e-12

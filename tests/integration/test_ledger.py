@@ -444,3 +444,14 @@ def test_holds_abandoned_in_scopes_never_used_again_are_swept(backend):
     ledger.commit(dead[0], Amount(tokens=40))
     assert ledger.balance("acme").committed.tokens == 50
     assert ledger.balance("acme/dead-0").reserved == Amount()
+
+
+def test_a_malformed_postgres_url_is_refused_at_once():
+    from conftest import POSTGRES_URL
+
+    from roi_agents.ledger.postgres import PostgresLedger
+
+    started = time.monotonic()
+    with pytest.raises(InvalidValueError, match="url"):
+        PostgresLedger(POSTGRES_URL + "?schema=x")
+    assert time.monotonic() - started < 2

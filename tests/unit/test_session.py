@@ -239,3 +239,42 @@ def test_each_call_is_a_decision_span_around_the_call_with_its_prompt_count():
     assert [e.name for e in failed.events] == ["exception", names.EVENT_USAGE_MISSING]
     assert failed.attributes[names.GEN_AI_USAGE_OUTPUT_TOKENS] == 256  # charged at its cap
     provider.shutdown()
+
+
+def test_a_budget_beside_a_shared_ledger_never_replaces_its_limits():
+    ledger = MemoryLedger()
+    ledger.set_budget(ScopeBudget(scope="acme", tokens=100_000, usd=0.0005, period="daily"))
+    with pytest.raises(InvalidValueError, match="already has limits"):
+        BudgetSession(Budget(tokens=100_000), ledger=ledger, scope="acme")
+    assert ledger.balance("acme").budget.usd == 0.0005
+    assert BudgetSession(ledger=ledger, scope="acme").budget.usd == 0.0005
+
+
+def test_an_answer_to_ask_that_would_overflow_is_asked_again():
+    asked = []
+    answers = iter([Budget(tokens=2**53), Budget(tokens=500)])
+
+    def ask(question):
+        asked.append(question)
+        return next(answers)
+
+    steps = [Step(id="s0", options=(Option(name="fast"),))]
+    forecasts = fixed_forecasts(steps, TABLE)
+    session = BudgetSession(Budget(tokens=30), on_exhausted="ask", ask=ask)
+    decision = session.decide(steps, forecasts)
+    assert not decision.skipped
+    assert "error" in asked[1]  # the first answer was out of range, and said so
+    assert session.budget.tokens == 530 == session.ledger.balance("run").budget.tokens
+
+
+@pytest.mark.parametrize("value", ["5", True, 2**63, 1e300])
+def test_budgets_are_exact_and_bounded(value):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        Budget(tokens=value)
+
+
+def test_an_option_may_not_be_called_skip():
+    with pytest.raises(ValueError, match="reserved"):
+        Step(id="s", options=(Option(name="skip"),))

@@ -31,12 +31,7 @@ from roi_agents.predict.prior import PriorPredictor
 from roi_agents.prompt import PromptCounter
 from roi_agents.session import BudgetSession, OnExhausted
 from roi_agents.types import Budget, Cap, Decision, Option, Spend, Step
-from roi_agents_langgraph.chat import (
-    BudgetedChatModel,
-    budgeted,
-    prompt_token_bound,
-    stopped_at_cap,
-)
+from roi_agents_langgraph.chat import BudgetedChatModel, budgeted, count_prompt, stopped_at_cap
 from roi_agents_langgraph.middleware import DEFAULT_OPTIONS
 from roi_agents_langgraph.nodes import BudgetControllerNode, MetaCognitiveNode, add_budget_loop
 from roi_agents_langgraph.state import BudgetState, current_step
@@ -139,19 +134,33 @@ def create_budgeted_agent(
     def chat(session: BudgetSession) -> BudgetedChatModel:
         return budgeted(bound, session=session, counter=counter)
 
+    # The planner runs on the agent's model; its price is the dearest option's, which never
+    # under-charges a USD budget.
+    plan_option = Option(
+        name="plan",
+        max_tokens=planning_tokens,
+        input_price=max(o.input_price for o in option_list),
+        output_price=max(o.output_price for o in option_list),
+    )
+
     def plan(state: AgentState) -> dict[str, Any]:
+        # The budget is the one fixed here, whatever the input says; the run's scope is its
+        # thread's (a fresh one without a thread id), never one named in the input.
+        fixed = budget.model_dump()
+        session = control.session({"budget": fixed})
+        update: dict[str, Any] = {"budget": fixed, "scope": session.scope}
         if state.get("pending"):
-            return {}
+            return update
         task = state["task"]
-        started = {**state, "budget": budget.model_dump()}
-        session = control.session(started)  # type: ignore[arg-type]
-        update: dict[str, Any] = {"budget": budget.model_dump(), "scope": session.scope}
         texts = [task]
         if planner is not None:
             texts = planner(task)
         else:
-            left = session.remaining().tokens
-            share = Cap(tokens=None if left is None else left // 4)
+            left = session.remaining()
+            share = Cap(
+                tokens=None if left.tokens is None else left.tokens // 4,
+                usd=None if left.usd is None else left.usd / 4,
+            )
             decision = Decision(
                 step_id="plan",
                 option="plan",
@@ -164,7 +173,7 @@ def create_budgeted_agent(
                 reply = chat(session).invoke(
                     _PLAN_PROMPT.format(n=max_steps, task=task),
                     decision=decision,
-                    option=Option(name="plan", max_tokens=planning_tokens),
+                    option=plan_option,
                 )
                 texts = _lines(str(reply.content), max_steps) or [task]
             except BudgetExceeded:
@@ -175,7 +184,8 @@ def create_budgeted_agent(
                 id=f"step-{i}",
                 text=text,
                 options=option_list,
-                input_tokens=prompt_token_bound([HumanMessage(content=text)]),
+                # What the step's call will carry: its text and the tool schemas.
+                input_tokens=count_prompt(counter, [HumanMessage(content=text)], tools).tokens,
             )
             for i, text in enumerate(texts)
         ]

@@ -22,6 +22,7 @@ from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
+from roi_agents.errors import InvalidValueError
 from roi_agents.ledger.base import Ledger
 from roi_agents.prompt import PromptCount, PromptCounter, prompt_bound
 from roi_agents.session import BudgetSession, Call, price
@@ -100,6 +101,18 @@ def prompt_token_bound(messages: Sequence[BaseMessage], tools: Sequence[Any] = (
     return count_prompt(None, messages, tools).tokens
 
 
+def _check_settings(settings: Mapping[str, Any]) -> None:
+    """Refuse settings that would let a call spend past its reservation."""
+    for name in ("max_tokens", "max_completion_tokens"):
+        if settings.get(name) is not None:
+            msg = f"the budget sets {name}; pass a decision or an option's max_tokens instead"
+            raise InvalidValueError(name, msg)
+    n = settings.get("n")
+    if n is not None and n != 1:
+        msg = f"n={n} asks for {n} answers, each spending a prompt and a cap: use n=1"
+        raise InvalidValueError("n", msg)
+
+
 class BudgetedChatModel:
     """A chat model whose every call is counted, reserved, capped and charged by a session.
 
@@ -126,12 +139,13 @@ class BudgetedChatModel:
         counter: PromptCounter | None = None,
         option: Option = _ANY,
     ) -> None:
+        bound: Mapping[str, Any] = getattr(model, "kwargs", None) or {}
+        _check_settings({"n": getattr(model, "n", None) or bound.get("n")})
         self.model = model
         self.session = session
         self.counter = counter
         self.option = option
-        kwargs: Mapping[str, Any] = getattr(model, "kwargs", None) or {}
-        self.tools = list(kwargs.get("tools") or [])  # bound with bind_tools
+        self.tools = list(bound.get("tools") or [])  # bound with bind_tools
         self.last_max_tokens: int | None = None
 
     @property
@@ -170,8 +184,10 @@ class BudgetedChatModel:
 
         Raises:
             BudgetExceeded: the prompt alone does not fit what is left (nothing is sent).
-            InvalidValueError: the decision is a skip, or chose another option.
+            InvalidValueError: the decision is a skip, or chose another option; ``max_tokens``
+                or ``n`` > 1 given here (the budget sets the first, and refuses the second).
         """
+        _check_settings(kwargs)
         messages = _messages(value)
         count = count_prompt(self.counter, messages, self.tools)
         chosen = option or self.option
@@ -192,6 +208,7 @@ class BudgetedChatModel:
         **kwargs: Any,
     ) -> AIMessage:
         """Async `invoke`."""
+        _check_settings(kwargs)
         messages = _messages(value)
         count = await acount_prompt(self.counter, messages, self.tools)
         chosen = option or self.option
@@ -216,7 +233,7 @@ def budgeted(
     """Wrap ``model`` so every call is reserved, capped and charged (see `BudgetedChatModel`).
 
     Give a ``budget`` (the wrapper's own), a ``ledger`` and ``scope`` (shared with other
-    workers; with a ``budget`` too, it sets the scope's limits), or a ``session``.
+    workers; with a ``budget`` too, a new scope gets it as its limits), or a ``session``.
 
     Example:
         >>> chat = budgeted(ChatOpenAI(...), budget=Budget(tokens=2_000))  # doctest: +SKIP

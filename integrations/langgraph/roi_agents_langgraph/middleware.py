@@ -17,9 +17,10 @@ id share its budget, concurrent ones included.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, NotRequired
+from typing import Annotated, Any, NotRequired
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse
+from langchain.agents.middleware.types import OmitFromInput, PrivateStateAttr
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langgraph.config import get_config
@@ -48,10 +49,14 @@ DEFAULT_OPTIONS = (
 
 
 class BudgetMiddlewareState(AgentState[Any]):
-    """The agent state plus the thread's ledger scope and what the thread has spent so far."""
+    """The agent state plus the thread's ledger scope and what the thread has spent so far.
 
-    roi_scope: NotRequired[str]
-    roi_spent: NotRequired[dict[str, Any]]
+    Both are the middleware's own: not taken from the agent's input (a caller cannot move its
+    spend to another scope), and the scope not shown in its output.
+    """
+
+    roi_scope: NotRequired[Annotated[str, PrivateStateAttr]]
+    roi_spent: NotRequired[Annotated[dict[str, Any], OmitFromInput]]
 
 
 class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
