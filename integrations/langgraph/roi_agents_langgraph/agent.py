@@ -116,7 +116,8 @@ def create_budgeted_agent(
     Returns:
         A compiled graph whose final state holds ``results`` and a ``report``: the budget,
         what was spent (as the server counted it), what is left (negative on an overrun, which
-        ``overrun`` flags), the decisions.
+        ``overrun`` flags), the decisions. The budget is the thread's: invocations on one
+        thread id spend from it together, and the report's figures are the thread's so far.
     """
     bound = model.bind_tools(list(tools)) if tools else model
     forecaster = predictor or PriorPredictor()
