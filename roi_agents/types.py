@@ -165,6 +165,8 @@ class Option(BaseModel):
         output_price: USD per million output tokens.
         tool_calls: tool calls the option may make.
         tags: free labels; the learned predictor sees them as ``[tag]`` before the step's text.
+        expected_success: what you expect of the option before any outcome is seen; the prior
+            predictor starts from it (else from its effort level: see `PriorPredictor`).
     """
 
     model_config = _STRICT
@@ -176,6 +178,7 @@ class Option(BaseModel):
     output_price: NonNegativeFloat = 0.0
     tool_calls: NonNegativeInt = 0
     tags: tuple[str, ...] = ()
+    expected_success: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
 
     def usd(self, input_tokens: float, output_tokens: float) -> float:
         """List-price cost of a call with these token counts."""

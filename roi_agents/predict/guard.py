@@ -217,8 +217,8 @@ class GuardedPredictor:
         ...     guard.observe(step, "fast", Spend(output_tokens=2000), success=float(k % 5 == 0))
         >>> [(t.part, t.trusted) for t in guard.trust() if t.option and t.group]  # priced at 512
         [('cost', False), ('success', False)]
-        >>> round(guard.predict([step])[0].p_success, 2)  # the prior's (6 in 30, shrunk to 0.5)
-        0.22
+        >>> round(guard.predict([step])[0].p_success, 2)  # the prior's (6 in 30, shrunk to 0.4)
+        0.21
     """
 
     def __init__(

@@ -30,10 +30,17 @@ from roi_agents.predict.calibration import ResidualQuantiles, conformal_quantile
 from roi_agents.predict.head import lognormal_cost, lognormal_quantile
 from roi_agents.types import SKIP, CostForecast, Forecast, Option, Spend, Step
 
-__all__ = ["LOG_OFFSET", "PRIOR_STRENGTH", "TAIL_ROWS", "PriorPredictor"]
+__all__ = ["EFFORT", "EFFORT_STEP", "LOG_OFFSET", "PRIOR_STRENGTH", "TAIL_ROWS", "PriorPredictor"]
 
 # Pseudo-observations behind the estimate a group (or an option) is shrunk towards.
 PRIOR_STRENGTH = 10.0
+
+# Effort levels by the names agents give them (an option's name or tags), and how far each
+# moves an option's starting success from the default: with no outcomes yet, a dearer effort
+# level is taken to be likelier to succeed, so a budget that pays for it buys it. Outcomes
+# overrule this within a few dozen observations (PRIOR_STRENGTH).
+EFFORT = {"fast": -1, "low": -1, "standard": 0, "medium": 0, "deep": 1, "high": 1}
+EFFORT_STEP = 0.1
 
 # Recorded costs from which the p99 is also read empirically (a p99 needs 99).
 TAIL_ROWS = 100
@@ -92,7 +99,9 @@ class PriorPredictor:
         group_by: keep separate statistics per `Step.group` (shrunk towards the option's).
         prior_strength: pseudo-observations behind the option-level estimate when shrinking a
             group, and behind the default when shrinking an option.
-        default_p_success: success probability of an option never seen.
+        default_p_success: success probability of an option never seen, unless it says what
+            to expect (`Option.expected_success`) or names an effort level (`EFFORT`: ``fast``
+            below it by `EFFORT_STEP`, ``deep`` above).
         default_tokens: median output tokens of an option never seen.
         default_log_sigma: spread of log-cost of an option never seen.
 
@@ -101,8 +110,8 @@ class PriorPredictor:
         >>> prior = PriorPredictor()
         >>> step = Step(id="q1", group="math", options=[Option(name="fast")])
         >>> prior.observe(step, "fast", Spend(input_tokens=50, output_tokens=200), success=1.0)
-        >>> round(prior.predict([step])[0].p_success, 3)
-        0.587
+        >>> round(prior.predict([step])[0].p_success, 3)  # from 0.4, fast's starting point
+        0.504
     """
 
     def __init__(
@@ -169,6 +178,12 @@ class PriorPredictor:
             for name, log in logs.items():
                 stats.costs.setdefault(name, _LogStats()).add(log)
 
+    def _default_p(self, option: Option) -> float:
+        """An unseen option's success: its own expectation, else the default by effort level."""
+        if option.expected_success is not None:
+            return option.expected_success
+        return min(max(self.default_p_success + EFFORT_STEP * _effort(option), 0.0), 1.0)
+
     def predict(self, steps: Sequence[Step]) -> list[Forecast]:
         """One forecast per (step, option), skip excluded."""
         return [
@@ -190,7 +205,7 @@ class PriorPredictor:
             else _Stats()
         )
         k = self.prior_strength
-        p_option = (k * self.default_p_success + option_stats.successes) / (k + option_stats.n)
+        p_option = (k * self._default_p(option) + option_stats.successes) / (k + option_stats.n)
         p = (k * p_option + group_stats.successes) / (k + group_stats.n)
 
         def lognormal(name: str) -> tuple[float, float, ResidualQuantiles | None] | None:
@@ -239,6 +254,11 @@ class PriorPredictor:
             usd=usd,
             source="prior",
         )
+
+
+def _effort(option: Option) -> int:
+    levels = [EFFORT[label] for label in (option.name, *option.tags) if label in EFFORT]
+    return levels[0] if levels else 0
 
 
 def _cost(

@@ -155,3 +155,14 @@ async def test_an_async_call_is_traced_the_same(tiny_chat_server):
         == (_answer(result).usage_metadata["output_tokens"])
     )
     provider.shutdown()
+
+
+@pytest.mark.parametrize(("tokens", "deep"), [(3000, True), (400, False)])
+def test_with_no_history_a_budget_that_pays_for_deep_buys_it(tiny_chat_server, tokens, deep):
+    """The default options and prior: deep starts likelier to succeed than fast."""
+    middleware = BudgetMiddleware(budget=Budget(tokens=tokens), expected_calls=1)
+    agent = create_agent(model=runaway_chat(tiny_chat_server), middleware=[middleware])
+    answer = _answer(agent.invoke({"messages": [HumanMessage("plan a trip")]}))
+    # The runaway model stops at its cap: fast's is 256 output tokens.
+    assert (answer.usage_metadata["output_tokens"] > 256) is deep
+    assert answer.usage_metadata["total_tokens"] <= tokens

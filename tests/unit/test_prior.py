@@ -13,13 +13,13 @@ def _step(group=None, input_tokens=None, options=("fast", "deep")):
 
 def test_beta_posterior_and_shrinkage_towards_the_option():
     prior = PriorPredictor(prior_strength=10, default_p_success=0.5)
-    step = _step(group="math")
+    step = _step(group="math", options=("a", "b"))  # no effort level: the default applies
     for _ in range(30):
-        prior.observe(step, "fast", Spend(output_tokens=100), success=1.0)
+        prior.observe(step, "a", Spend(output_tokens=100), success=1.0)
     for _ in range(10):
-        prior.record("fast", "poetry", Spend(output_tokens=100), success=0.0)
+        prior.record("a", "poetry", Spend(output_tokens=100), success=0.0)
     # Option level: (10 * 0.5 + 30) / (10 + 40) = 0.7.
-    other = prior.predict([_step(group="history")])[0]
+    other = prior.predict([_step(group="history", options=("a", "b"))])[0]
     assert other.p_success == pytest.approx(0.7)
     # Group level: (10 * 0.7 + 30) / (10 + 30).
     math_fc = prior.predict([step])[0]
@@ -27,6 +27,34 @@ def test_beta_posterior_and_shrinkage_towards_the_option():
     assert math_fc.source == "prior"
     # An option never seen: the default.
     assert prior.predict([step])[1].p_success == pytest.approx(0.5)
+
+
+def test_with_no_outcomes_an_option_starts_from_its_expectation_or_effort_level():
+    options = (
+        Option(name="fast", max_tokens=256),
+        Option(name="careful", tags=("deep",), max_tokens=2048),
+        Option(name="gpt", expected_success=0.9),
+        Option(name="other"),
+    )
+    forecasts = PriorPredictor().predict([Step(id="q", options=options)])
+    assert [f.p_success for f in forecasts] == pytest.approx([0.4, 0.6, 0.9, 0.5])
+    # Outcomes overrule it: 40 failures of "careful" bring it near 0.
+    prior = PriorPredictor()
+    for _ in range(40):
+        prior.record("careful", None, Spend(output_tokens=100), success=0.0)
+    assert prior.predict([Step(id="q", options=options)])[1].p_success == pytest.approx(6 / 50)
+
+
+def test_a_budget_that_pays_for_deep_buys_it_with_no_history():
+    from roi_agents import Budget, Controller
+
+    options = (Option(name="fast", max_tokens=256), Option(name="deep", max_tokens=2048))
+    steps = [Step(id=f"s{i}", options=options, input_tokens=40) for i in range(2)]
+    prior = PriorPredictor()
+    rich = Controller(predictor=prior).plan(steps, Budget(tokens=6_000))
+    assert [d.option for d in rich.decisions] == ["deep", "deep"]
+    poor = Controller(predictor=prior).plan(steps, Budget(tokens=700))
+    assert [d.option for d in poor.decisions] == ["fast", "fast"]
 
 
 def test_graded_scores_count_fractionally():
