@@ -3,7 +3,9 @@
     .venv/bin/python examples/tool_agent.py --base-url http://127.0.0.1:8000/v1 --model MODEL
 
 Tool calls beyond the allowance are refused with a ToolMessage that says so (the model sees it
-and the graph goes on); nothing runs unpaid. Prints the decisions and the budget report.
+and the graph goes on); nothing runs unpaid. Each request's prompt, tool schemas included, is
+counted by the server itself (vLLM's /tokenize; another server falls back to the byte bound,
+which is several times higher with tools). Prints the decisions and the budget report.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from roi_agents_langgraph import create_budgeted_agent
 
-from roi_agents import Budget
+from roi_agents import Budget, VLLMTokenCounter
 
 CALLS: list[str] = []
 
@@ -47,6 +49,7 @@ def main(
         budget=Budget(tokens=tokens, tool_calls=tool_calls),
         max_steps=4,
         planning_tokens=128,
+        counter=VLLMTokenCounter(base_url, model),
     )
     final = agent.invoke(
         {"task": "How many notes mention pricing, and what is 12+30?"}, {"recursion_limit": 200}

@@ -709,8 +709,10 @@ class BudgetSession:
         with self._trace.decision(step, decision=decision) as traced:
             traced.record(spend, success=success, truncated=truncated)
 
-    def learn(self, step: Step, option: str, spend: Spend, success: float, truncated: bool) -> None:
-        """Tell the learner a step's outcome (nothing without one)."""
+    def learn(
+        self, step: Step, option: str, spend: Spend, success: float | None, truncated: bool
+    ) -> None:
+        """Tell the learner a step's outcome (``success`` None: ungraded, its cost only)."""
         if self.learner is not None:
             self.learner.observe(step, option, spend, success, truncated=truncated)
 

@@ -33,10 +33,17 @@ class Learner(Protocol):
     """A predictor that learns from the outcomes of the steps it forecast."""
 
     def observe(
-        self, step: Step, option: str, spend: Spend, success: float, *, truncated: bool = False
+        self,
+        step: Step,
+        option: str,
+        spend: Spend,
+        success: float | None,
+        *,
+        truncated: bool = False,
     ) -> None:
         """Record that ``option`` ran on ``step``, spent ``spend`` and scored ``success``.
 
+        ``success`` is ``None`` when nothing graded the step: only its cost is learned.
         ``truncated``: the step was cut off at its cap, so its cost was at least ``spend``.
         """
         ...

@@ -304,7 +304,13 @@ class GuardedPredictor:
         return self._merge(steps, learned, self.prior.predict(steps))
 
     def observe(
-        self, step: Step, option: str, spend: Spend, success: float, *, truncated: bool = False
+        self,
+        step: Step,
+        option: str,
+        spend: Spend,
+        success: float | None,
+        *,
+        truncated: bool = False,
     ) -> None:
         """Score both forecasts of one outcome, then let the prior learn from it.
 
@@ -312,13 +318,14 @@ class GuardedPredictor:
             step: the step that ran.
             option: the option it ran with.
             spend: the real spend.
-            success: 1 for success, 0 for failure, or a graded score in [0, 1].
+            success: 1 for success, 0 for failure, a graded score in [0, 1], or ``None`` when
+                nothing graded it (only the cost is scored).
             truncated: the step was cut off at its cap: its cost was at least ``spend``.
 
         Raises:
             InvalidValueError: on a success outside [0, 1] or an unknown option.
         """
-        if not 0 <= success <= 1:
+        if success is not None and not 0 <= success <= 1:
             raise InvalidValueError("success", f"must be in [0, 1], got {success}")
         if option == SKIP:
             return
@@ -335,7 +342,7 @@ class GuardedPredictor:
             fallback, spend, resources, truncated
         )
         self._score(option, step.group, "cost", cost_excess, _cost_range(mine, fallback, priced))
-        if not truncated:
+        if not truncated and success is not None:
             # (p - y)^2 - (q - y)^2 = (p - q)(p + q - 2y), linear in y in [0, 1].
             p, q = mine.p_success, fallback.p_success
             ends = ((p - q) * (p + q), (p - q) * (p + q - 2))

@@ -139,7 +139,13 @@ class PriorPredictor:
         self._stats: dict[tuple[str, str | None], _Stats] = {}
 
     def observe(
-        self, step: Step, option: str, spend: Spend, success: float, *, truncated: bool = False
+        self,
+        step: Step,
+        option: str,
+        spend: Spend,
+        success: float | None,
+        *,
+        truncated: bool = False,
     ) -> None:
         """Record one outcome: what running ``option`` on ``step`` cost and how well it did.
 
@@ -147,22 +153,23 @@ class PriorPredictor:
             step: the step that ran (its group is used when ``group_by``).
             option: the option's name.
             spend: the real spend.
-            success: 1 for success, 0 for failure, or a graded score in [0, 1].
+            success: 1 for success, 0 for failure, a graded score in [0, 1], or ``None`` when
+                nothing graded it (only its cost is recorded).
             truncated: the step was cut off at its cap. Its cost is only a lower bound and its
                 success is not the option's, so it is not recorded.
 
         Raises:
             InvalidValueError: on a success outside [0, 1] or an unknown option.
         """
-        if not 0 <= success <= 1:
+        if success is not None and not 0 <= success <= 1:
             raise InvalidValueError("success", f"must be in [0, 1], got {success}")
         step.option(option)
         if not truncated:
             self.record(option, step.group, spend, success)
 
-    def record(self, option: str, group: str | None, spend: Spend, success: float) -> None:
+    def record(self, option: str, group: str | None, spend: Spend, success: float | None) -> None:
         """`observe` without a step: for training from recorded outcomes."""
-        if not 0 <= success <= 1 or not math.isfinite(success):
+        if success is not None and (not 0 <= success <= 1 or not math.isfinite(success)):
             raise InvalidValueError("success", f"must be in [0, 1], got {success}")
         keys: list[tuple[str, str | None]] = [(option, None)]
         if self.group_by and group is not None:
@@ -173,8 +180,9 @@ class PriorPredictor:
         logs = {name: math.log(amount + LOG_OFFSET[name]) for name, amount in observed.items()}
         for key in keys:
             stats = self._stats.setdefault(key, _Stats())
-            stats.n += 1
-            stats.successes += success
+            if success is not None:
+                stats.n += 1
+                stats.successes += success
             for name, log in logs.items():
                 stats.costs.setdefault(name, _LogStats()).add(log)
 

@@ -218,10 +218,12 @@ def test_settle_tells_the_learner_a_finished_step_once():
     control.settle({**state, **update}, spend, call_id="t:s0", success=1.0)  # a replay
     control.settle(state, spend, call_id="t:s1")  # not graded: nothing to learn
     after = {f.option: f.p_success for f in prior.predict([step])}
-    # 10 pseudo-observations at 0.5 and 10 warm-up outcomes, then one success.
+    # 10 pseudo-observations at the option's starting point (fast 0.4, deep 0.6) and 10 warm-up
+    # outcomes, then one success.
+    start = {"fast": 4, "deep": 6}[decision.option]
     warm = {"fast": 5, "deep": 9}[decision.option]
-    assert before[decision.option] == pytest.approx((5 + warm) / 20)
-    assert after[decision.option] == pytest.approx((5 + warm + 1) / 21)
+    assert before[decision.option] == pytest.approx((start + warm) / 20)
+    assert after[decision.option] == pytest.approx((start + warm + 1) / 21)
 
 
 def test_graph_spends_from_a_shared_ledger_scope(tiny_chat_server):

@@ -161,3 +161,14 @@ def test_a_heavy_tail_raises_the_p99_once_there_are_enough_costs():
     # Only the p99: the plan's p90 and the mean stay the log-normal's.
     assert many.p90 == round(math.exp(logs.mean() + 1.2815515655446004 * logs.std(ddof=1)) - 1)
     assert many.mean == pytest.approx(math.exp(logs.mean() + logs.var(ddof=1) / 2) - 1)
+
+
+def test_an_ungraded_outcome_teaches_the_cost_and_not_the_success():
+    prior = PriorPredictor()
+    step = _step(options=("deep",))
+    untaught = prior.predict([step])[0]
+    for _ in range(20):
+        prior.observe(step, "deep", Spend(output_tokens=50), success=None)
+    taught = prior.predict([step])[0]
+    assert taught.p_success == untaught.p_success == pytest.approx(0.6)
+    assert taught.tokens.p50 < untaught.tokens.p50 / 5

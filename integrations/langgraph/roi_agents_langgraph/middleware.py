@@ -68,12 +68,15 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
             options with a ``model`` switch to that chat model (``models``) or model name.
         models: chat models by the options' ``model`` names; an option without one keeps the
             agent's model.
-        predictor: forecasts per call and option (default: a `PriorPredictor` that learns the
-            cost of this middleware's own calls as successes: nothing grades them. A call cut
-            off at its ``max_tokens`` is not learned from: its cost is only a lower bound).
+        predictor: forecasts per call and option (default: a `PriorPredictor` that learns from
+            this middleware's own calls: their cost, and their success when ``grade`` gives it.
+            A call cut off at its ``max_tokens`` is not learned from: its cost is only a lower
+            bound).
         controller: allocation settings.
         expected_calls: how many model calls the plan assumes are still to come, this one
             included: the budget is spread over them.
+        grade: reply -> success in [0, 1], or None when unknown; without it nothing is taken
+            for a success (the prior keeps each option's starting expectation).
         on_exhausted: when no option fits what the thread has left: ``"degrade"`` or ``"end"``
             end the run with a message that says why and what is left; ``"ask"`` interrupts
             for more budget (see `ask_for_budget`); ``"error"`` raises
@@ -97,6 +100,7 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         predictor: Predictor | None = None,
         controller: Controller | None = None,
         expected_calls: int = 3,
+        grade: Callable[[AIMessage], float | None] | None = None,
         on_exhausted: OnExhausted = "end",
         ledger: Ledger | None = None,
         scope: str = "thread",
@@ -117,6 +121,7 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         self.prior = predictor if predictor is not None else PriorPredictor(group_by=False)
         self.expected_calls = expected_calls
         self.on_exhausted = check_on_exhausted(on_exhausted)
+        self.grade = grade
         self.counter = counter
         self.sessions = SessionPool(
             ledger=ledger,
@@ -215,18 +220,27 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
     @staticmethod
     def _outcome(
         response: ModelResponse[Any] | AIMessage, option: Option
-    ) -> tuple[Spend | None, float | None, bool]:
-        """The reply's spend, its success for the learner, whether it was cut off at its cap.
-
-        A call that came back counts as a success (nothing grades it), unless it was cut off:
-        then its cost is only a lower bound and nothing is learned.
-        """
+    ) -> tuple[AIMessage | None, Spend | None, bool]:
+        """The reply, its spend, and whether it was cut off at its cap."""
         messages = [response] if isinstance(response, AIMessage) else response.result
         reply = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
         if reply is None:
             return None, None, False
-        truncated = stopped_at_cap(reply)
-        return spend_of(reply, option), None if truncated else 1.0, truncated
+        return reply, spend_of(reply, option), stopped_at_cap(reply)
+
+    def _learn(
+        self,
+        session: BudgetSession,
+        step: Step,
+        option: Option,
+        reply: AIMessage | None,
+        spend: Spend | None,
+        truncated: bool,
+    ) -> None:
+        """Tell the learner the call's cost, and its grade when ``grade`` gives one."""
+        if reply is not None and spend is not None:
+            success = self.grade(reply) if self.grade is not None else None
+            session.learn(step, option.name, spend, success, truncated)
 
     def _refused(self, session: BudgetSession, error: BudgetExceeded) -> AIMessage:
         if self.on_exhausted == "error":
@@ -247,10 +261,11 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         try:
             with session.call(decision, option, prompt=prompt, step=step) as call:
                 response = handler(self._request(request, option, call.max_tokens))
-                spend, success, truncated = self._outcome(response, option)
-                call.charge(spend, success=success, truncated=truncated)
+                reply, spend, truncated = self._outcome(response, option)
+                call.charge(spend, truncated=truncated)
         except BudgetExceeded as refused:
             return self._refused(session, refused)
+        self._learn(session, step, option, reply, spend, truncated)
         return response
 
     async def awrap_model_call(
@@ -267,10 +282,11 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         try:
             async with session.call(decision, option, prompt=prompt, step=step) as call:
                 response = await handler(self._request(request, option, call.max_tokens))
-                spend, success, truncated = self._outcome(response, option)
-                await call.acharge(spend, success=success, truncated=truncated)
+                reply, spend, truncated = self._outcome(response, option)
+                await call.acharge(spend, truncated=truncated)
         except BudgetExceeded as refused:
             return self._refused(session, refused)
+        self._learn(session, step, option, reply, spend, truncated)
         return response
 
     def after_model(
