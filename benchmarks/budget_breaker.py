@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -28,11 +27,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 from langchain.agents import create_agent
 from langchain_core.messages import HumanMessage
-from langchain_core.tools import tool
-from langchain_openai import ChatOpenAI
 from roi_agents_langgraph import BudgetMiddleware, budgeted, create_budgeted_agent
 from roi_agents_vllm import VLLMServer, vllm_python
 
@@ -40,50 +36,10 @@ from roi_agents import Budget, BudgetExceeded, Option
 from roi_agents.ledger import MemoryLedger, ScopeBudget
 
 ROOT = Path(__file__).resolve().parents[1]
-_METRIC = re.compile(r"^vllm:(prompt|generation)_tokens_total\{[^}]*\} ([0-9.e+]+)$", re.M)
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' model, tools and ground truth
+from live import four_tools, runaway_chat, served  # noqa: E402
 
-
-@tool
-def search(query: str) -> str:
-    """Search the web for pages about the query and return their titles and first lines."""
-    return "no results"
-
-
-@tool
-def calculator(expression: str) -> str:
-    """Evaluate an arithmetic expression with + - * / and parentheses, exactly."""
-    return "0"
-
-
-@tool
-def weather(city: str, days: int) -> str:
-    """The weather forecast for a city over the next days, with temperatures and rain."""
-    return "sunny"
-
-
-@tool
-def send_email(to: str, subject: str, body: str) -> str:
-    """Send an email to one address with a subject and a plain-text body."""
-    return "sent"
-
-
-TOOLS = [search, calculator, weather, send_email]
-
-
-def served(server: VLLMServer) -> int:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    return int(sum(float(v) for _, v in _METRIC.findall(text)))
-
-
-def chat(server: VLLMServer) -> ChatOpenAI:
-    return ChatOpenAI(
-        base_url=server.base_url,
-        api_key="unused",
-        model="tiny",
-        extra_body={"ignore_eos": True},
-        max_retries=0,
-        timeout=120,
-    )
+TOOLS = four_tools()
 
 
 def threads(n: int, work: Callable[[], None]) -> None:
@@ -99,7 +55,7 @@ def scenarios(server: VLLMServer) -> dict[tuple[str, str], tuple[int, Callable[[
     long, short = Option(name="call", max_tokens=256), Option(name="call", max_tokens=128)
 
     def bare(tokens: int, option: Option, with_tools: bool, n: int, callers: int) -> int:
-        model = chat(server).bind_tools(TOOLS) if with_tools else chat(server)
+        model = runaway_chat(server).bind_tools(TOOLS) if with_tools else runaway_chat(server)
         wrapped = budgeted(model, budget=Budget(tokens=tokens), option=option)
 
         def work() -> None:
@@ -113,7 +69,7 @@ def scenarios(server: VLLMServer) -> dict[tuple[str, str], tuple[int, Callable[[
     def middleware(tokens: int, option: Option, with_tools: bool, n: int, callers: int) -> int:
         budget = BudgetMiddleware(budget=Budget(tokens=tokens), options=(option,), expected_calls=1)
         agent = create_agent(
-            model=chat(server), tools=TOOLS if with_tools else [], middleware=[budget]
+            model=runaway_chat(server), tools=TOOLS if with_tools else [], middleware=[budget]
         )
         config = {"configurable": {"thread_id": uuid.uuid4().hex}}
 
@@ -129,7 +85,7 @@ def scenarios(server: VLLMServer) -> dict[tuple[str, str], tuple[int, Callable[[
         ledger = MemoryLedger()
         ledger.set_budget(ScopeBudget(scope="team", tokens=tokens))
         agent = create_budgeted_agent(
-            chat(server),
+            runaway_chat(server),
             TOOLS if with_tools else (),
             budget=Budget(tokens=tokens),
             options=(option,),

@@ -1,11 +1,52 @@
-"""Helpers shared by the tests that talk to a real vLLM server or load the examples."""
+"""Helpers shared by the tests that talk to a real vLLM server or load the examples.
+
+`benchmarks/budget_breaker.py` uses them too: the same model, tools and ground truth.
+"""
 
 import importlib.util
+import re
 import subprocess
 from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
+
+_METRIC = re.compile(r"^vllm:(prompt|generation)_tokens_total\{[^}]*\} ([0-9.e+]+)$", re.M)
+
+
+def served(server) -> int:
+    """Prompt plus generated tokens the server has counted since it started (its /metrics)."""
+    import httpx
+
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return int(sum(float(v) for _, v in _METRIC.findall(text)))
+
+
+def four_tools():
+    """Four tool schemas of the kind agents carry; the tiny model's template renders them."""
+    from langchain_core.tools import tool
+
+    @tool
+    def search(query: str) -> str:
+        """Search the web for pages about the query and return their titles and first lines."""
+        return "no results"
+
+    @tool
+    def calculator(expression: str) -> str:
+        """Evaluate an arithmetic expression with + - * / and parentheses, exactly."""
+        return "0"
+
+    @tool
+    def weather(city: str, days: int) -> str:
+        """The weather forecast for a city over the next days, with temperatures and rain."""
+        return "sunny"
+
+    @tool
+    def send_email(to: str, subject: str, body: str) -> str:
+        """Send an email to one address with a subject and a plain-text body."""
+        return "sent"
+
+    return [search, calculator, weather, send_email]
 
 
 def runaway_chat(server, *, async_client=None):

@@ -8,7 +8,6 @@ tool-call arguments into the prompt, as real tool-calling models' templates do.
 
 import asyncio
 import contextlib
-import re
 import threading
 import uuid
 
@@ -16,9 +15,8 @@ import httpx
 import pytest
 from langchain.agents import create_agent
 from langchain_core.messages import HumanMessage
-from langchain_core.tools import tool
 from langgraph.types import RetryPolicy
-from live import runaway_chat
+from live import four_tools, runaway_chat, served
 from roi_agents_langgraph import (
     BudgetMiddleware,
     budgeted,
@@ -29,14 +27,6 @@ from roi_agents_langgraph import (
 from roi_agents import Budget, BudgetExceeded, Option, VLLMTokenCounter, price
 
 pytestmark = pytest.mark.integration
-
-_METRIC = re.compile(r"^vllm:(prompt|generation)_tokens_total\{[^}]*\} ([0-9.e+]+)$", re.M)
-
-
-def served(server) -> int:
-    """Prompt plus generated tokens the server has counted since it started."""
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    return int(sum(float(v) for _, v in _METRIC.findall(text)))
 
 
 class Served:
@@ -53,31 +43,7 @@ class Served:
         self.tokens = served(self.server) - self.before
 
 
-@tool
-def search(query: str) -> str:
-    """Search the web for pages about the query and return their titles and first lines."""
-    return "no results"
-
-
-@tool
-def calculator(expression: str) -> str:
-    """Evaluate an arithmetic expression with + - * / and parentheses, exactly."""
-    return "0"
-
-
-@tool
-def weather(city: str, days: int) -> str:
-    """The weather forecast for a city over the next days, with temperatures and rain."""
-    return "sunny"
-
-
-@tool
-def send_email(to: str, subject: str, body: str) -> str:
-    """Send an email to one address with a subject and a plain-text body."""
-    return "sent"
-
-
-TOOLS = [search, calculator, weather, send_email]
+TOOLS = four_tools()
 CALL = Option(name="call", max_tokens=256)
 
 

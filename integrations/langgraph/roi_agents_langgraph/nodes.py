@@ -70,7 +70,9 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
     The run spends from its own ledger scope, ``{scope}/{thread_id}`` (a fresh id when the
     graph runs without one), with the state's ``budget`` as its limits: in the node's in-memory
     ledger by default, or in a shared ledger whose ``scope`` (a tenant, a user) bounds it too.
-    Calls are reserved and charged when they are made, by the run's `session`: give it to
+    A thread keeps the limits its first run gave its scope (``ask`` grows them; the state's
+    ``budget`` is written back from the scope), so invocations on one thread id share one
+    budget. Calls are reserved and charged when they are made, by the run's `session`: give it to
     `budgeted` (``budgeted(model, session=control.session(state))``) and to `BudgetedToolNode`,
     and every attempt is charged, retries and ``Send`` branches included.
 
