@@ -32,6 +32,7 @@ import logging
 import math
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -331,6 +332,16 @@ class BudgetSession:
         """What this session charged for ``step_id`` (every attempt included)."""
         with self._lock:
             return self._by_step.get(step_id, Spend())
+
+    def restore(self, spent: Spend) -> None:
+        """Take up a thread's spend so far as this session's (it was charged before it).
+
+        For a session made again for a thread whose spend the ledger already holds: what it
+        reports starts from there rather than from nothing. Charges nothing.
+        """
+        with self._lock:
+            if spent.tokens > self._spent.tokens or spent.usd > self._spent.usd:
+                self._spent = spent
 
     @property
     def spent(self) -> Spend:
@@ -914,19 +925,32 @@ class SessionPool:
     and each spends from ``{scope}/{thread}`` in one ledger (in memory by default), with its own
     limits and the limits of every scope above it.
 
+    Sessions are kept for the ``max_sessions`` threads used last; a thread's session made again
+    after that reads its limits and spend from the ledger (its per-step detail starts afresh), so
+    a server that sees ever new threads does not grow without end.
+
     Args:
         ledger: where the scopes live (default: a new in-memory ledger).
         scope: the scope above the runs (a tenant, a user; default ``"run"``).
+        max_sessions: sessions kept in memory.
         **settings: the sessions' settings (`BudgetSession`'s keyword arguments).
     """
 
     def __init__(
-        self, *, ledger: Ledger | None = None, scope: str = "run", **settings: Any
+        self,
+        *,
+        ledger: Ledger | None = None,
+        scope: str = "run",
+        max_sessions: int = 4096,
+        **settings: Any,
     ) -> None:
+        if max_sessions < 1:
+            raise InvalidValueError("max_sessions", f"must be >= 1, got {max_sessions}")
         self.ledger = ledger or MemoryLedger()
         self.scope = check_scope(scope)
+        self.max_sessions = max_sessions
         self.settings = settings
-        self._sessions: dict[str, BudgetSession] = {}
+        self._sessions: OrderedDict[str, BudgetSession] = OrderedDict()
         self._lock = threading.Lock()
 
     def scope_of(self, thread: str | None) -> str:
@@ -942,11 +966,14 @@ class SessionPool:
         with self._lock:
             session = self._sessions.get(scope)
             if session is not None:
+                self._sessions.move_to_end(scope)
                 return session, False
             BudgetSession.ensure_scope(self.ledger, scope, budget)
             session = self._sessions[scope] = BudgetSession(
                 ledger=self.ledger, scope=scope, run_id=scope, **self.settings
             )
+            if len(self._sessions) > self.max_sessions:
+                self._sessions.popitem(last=False)
             return session, True
 
 

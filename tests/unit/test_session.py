@@ -278,3 +278,21 @@ def test_budgets_are_exact_and_bounded(value):
 def test_an_option_may_not_be_called_skip():
     with pytest.raises(ValueError, match="reserved"):
         Step(id="s", options=(Option(name="skip"),))
+
+
+def test_a_pool_keeps_the_sessions_used_last_and_remakes_others_from_the_ledger():
+    from roi_agents.session import SessionPool
+
+    pool = SessionPool(scope="thread", max_sessions=2)
+    first, made = pool.get("thread/a", Budget(tokens=100))
+    assert made
+    first.charge(Spend(output_tokens=30), step_id="s")
+    pool.get("thread/b", Budget(tokens=100))
+    assert pool.get("thread/a", Budget(tokens=100)) == (first, False)  # used last: kept
+    pool.get("thread/c", Budget(tokens=100))  # b goes
+    again, made = pool.get("thread/b", Budget(tokens=999))
+    assert made
+    assert again.budget.tokens == 100  # the scope's limits, from the ledger
+    assert pool.get("thread/a", Budget(tokens=100))[0].remaining().tokens == 70
+    with pytest.raises(InvalidValueError, match="max_sessions"):
+        SessionPool(max_sessions=0)

@@ -150,13 +150,17 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
     def session(self, state: Mapping[str, Any]) -> BudgetSession:
         """The session of the thread ``state`` belongs to (made, and seeded, on first use).
 
-        A thread whose checkpointed state says it spent more than this process's ledger knows
-        (a restart with the in-memory ledger) is charged that first: nothing is lost.
+        A thread whose checkpointed state says it spent what this process's ledger does not
+        know (a restart with the in-memory ledger) is charged that first: nothing is lost. One
+        whose spend the ledger knows (a shared ledger, a session made again) reports from it.
         """
         session, made = self.sessions.get(self._thread_scope(state), self.budget)
         before = Spend.model_validate(state.get("roi_spent") or {})
-        if made and before != Spend() and not session.report().committed.tokens:
-            session.charge(before, step_id="restored")
+        if made and before != Spend():
+            if session.report().committed.tokens:
+                session.restore(before)
+            else:
+                session.charge(before, step_id="restored")
         return session
 
     def before_agent(
