@@ -11,7 +11,7 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
@@ -23,7 +23,6 @@ from langgraph.graph.message import add_messages
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import RetryPolicy
 
-from roi_agents.allocate import Controller
 from roi_agents.errors import BudgetExceeded
 from roi_agents.ledger.base import Ledger
 from roi_agents.predict.base import Learner, Predictor
@@ -36,6 +35,9 @@ from roi_agents_langgraph.middleware import DEFAULT_OPTIONS
 from roi_agents_langgraph.nodes import BudgetControllerNode, MetaCognitiveNode, add_budget_loop
 from roi_agents_langgraph.state import BudgetState, current_step
 from roi_agents_langgraph.tools import BudgetedToolNode
+
+if TYPE_CHECKING:
+    from roi_agents.allocate import Controller
 
 __all__ = ["DEFAULT_OPTIONS", "DEFAULT_TOOL_OPTIONS", "AgentState", "create_budgeted_agent"]
 
@@ -123,7 +125,7 @@ def create_budgeted_agent(
     forecaster = predictor or PriorPredictor()
     learner = forecaster if grade is not None and isinstance(forecaster, Learner) else None
     control = BudgetControllerNode(
-        controller or Controller(),
+        controller,
         ledger=ledger,
         scope=scope,
         learner=learner,

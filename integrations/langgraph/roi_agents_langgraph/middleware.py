@@ -17,7 +17,7 @@ id share its budget, concurrent ones included.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Annotated, Any, NotRequired
+from typing import TYPE_CHECKING, Annotated, Any, NotRequired
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse
 from langchain.agents.middleware.types import OmitFromInput, PrivateStateAttr
@@ -28,7 +28,6 @@ from langgraph.runtime import Runtime
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
-from roi_agents.allocate import Controller
 from roi_agents.errors import BudgetExceeded, InvalidValueError
 from roi_agents.ledger.base import Ledger
 from roi_agents.predict.base import Learner, Predictor
@@ -38,6 +37,9 @@ from roi_agents.session import BudgetSession, OnExhausted, SessionPool, check_on
 from roi_agents.types import Budget, Decision, Option, Spend, Step
 from roi_agents_langgraph.chat import acount_prompt, count_prompt, spend_of, stopped_at_cap
 from roi_agents_langgraph.state import ask_for_budget
+
+if TYPE_CHECKING:
+    from roi_agents.allocate import Controller
 
 __all__ = ["DEFAULT_OPTIONS", "BudgetMiddleware", "BudgetMiddlewareState"]
 
@@ -126,7 +128,7 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         self.sessions = SessionPool(
             ledger=ledger,
             scope=scope,
-            controller=controller or Controller(),
+            controller=controller,
             learner=self.prior if isinstance(self.prior, Learner) else None,
             on_exhausted=self.on_exhausted,
             ask=ask_for_budget,

@@ -13,7 +13,7 @@ session (``budgeted(model, session=control.session(state))``), and returns
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.runnables import RunnableLambda
 from langgraph.config import get_config
@@ -21,12 +21,14 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy
 from opentelemetry import metrics, trace
 
-from roi_agents.allocate import Controller
 from roi_agents.ledger.base import Ledger, check_ttl
 from roi_agents.predict.base import Learner, Predictor
 from roi_agents.session import BudgetSession, OnExhausted, SessionPool, check_on_exhausted
 from roi_agents.types import Budget, Forecast, Spend, Step
 from roi_agents_langgraph.state import BudgetState, ask_for_budget, current_step
+
+if TYPE_CHECKING:
+    from roi_agents.allocate import Controller
 
 __all__ = [
     "BudgetControllerNode",
@@ -77,7 +79,7 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
     and every attempt is charged, retries and ``Send`` branches included.
 
     Args:
-        controller: the allocation settings.
+        controller: the allocation settings (default: `roi_agents.Controller()`).
         ledger: a shared ledger, optional.
         scope: the scope above the runs' scopes (default ``"run"``).
         ttl: seconds a reservation lasts if the worker dies before charging it.
@@ -93,7 +95,7 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
 
     def __init__(
         self,
-        controller: Controller,
+        controller: Controller | None = None,
         *,
         ledger: Ledger | None = None,
         scope: str = "run",
