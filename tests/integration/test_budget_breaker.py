@@ -233,6 +233,7 @@ def test_a_retried_step_is_charged_for_every_attempt(tiny_chat_server):
     agent = create_budgeted_agent(
         runaway_chat(tiny_chat_server),
         budget=Budget(tokens=2000),
+        options=(Option(name="fast", max_tokens=64),),  # room for both attempts
         planner=lambda task: ["one step"],
         grade=grade,
         retry_policy=RetryPolicy(max_attempts=2, initial_interval=0.01, retry_on=ConnectionError),
