@@ -6,11 +6,19 @@ down, too slow, or answers with malformed or non-finite outputs makes the predic
 to its fallback predictor (a `PriorPredictor` by default). A fallback is logged, recorded as a
 ``roi.predictor.fallback`` event on the current span, and kept in `last_fallback`; no bad
 forecast ever reaches the controller.
+
+A turn has one deadline in all (``deadline``), read between the bytes of an answer, so a server
+that drips its answer cannot hold a turn past it; and a server that failed (down, timed out,
+5xx) is not asked again for ``cooldown`` seconds (a circuit breaker): the turns in between fall
+back at once, and the first after it probes the server again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +46,16 @@ __all__ = ["VLLMPredictor"]
 logger = logging.getLogger("roi_agents.predict")
 
 
+class _Unavailable(RuntimeError):
+    """The circuit is open: the server failed a moment ago."""
+
+
+# What makes a turn fall back: HTTP and transport errors, and an answer of the wrong shape
+# (ValueError: bad JSON, InvalidValueError; TypeError / OverflowError: values that are no
+# numbers, or too large for one).
+_FAILURES = (httpx.HTTPError, ValueError, TypeError, OverflowError)
+
+
 def _retryable(error: BaseException) -> bool:
     if isinstance(error, httpx.TransportError):
         return True
@@ -63,6 +81,9 @@ class VLLMPredictor:
             turn falls back.
         batch_size: texts per request: a turn with more sends several requests, in turn, so
             that each stays within ``timeout``.
+        deadline: seconds a whole turn may take, retries included (default: ``timeout`` times
+            ``attempts``).
+        cooldown: seconds the server is left alone after it failed.
     """
 
     def __init__(
@@ -77,6 +98,8 @@ class VLLMPredictor:
         async_client: httpx.AsyncClient | None = None,
         calibration: Calibration | str | Path | None = None,
         batch_size: int = 128,
+        deadline: float | None = None,
+        cooldown: float = 30.0,
     ) -> None:
         if attempts < 1:
             raise InvalidValueError("attempts", f"must be >= 1, got {attempts}")
@@ -89,6 +112,11 @@ class VLLMPredictor:
         self.fallback = fallback or PriorPredictor()
         self.timeout = timeout
         self.attempts = attempts
+        self.deadline = deadline if deadline is not None else timeout * attempts
+        if not self.deadline > 0 or not cooldown >= 0:
+            raise InvalidValueError("deadline", "deadline must be > 0 and cooldown >= 0 seconds")
+        self.cooldown = cooldown
+        self._open_until = 0.0
         self._client = client
         self._async_client = async_client
         self.last_fallback: str | None = None
@@ -117,7 +145,8 @@ class VLLMPredictor:
         return [texts[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
 
     @staticmethod
-    def _rows(payload: Any, expected: int) -> list[Any]:
+    def _rows(payload: Any, expected: int) -> list[list[float]]:
+        """The answer's rows, each a list of finite numbers, or `InvalidValueError`."""
         try:
             rows = [item["probs"] for item in payload["data"]]
         except (KeyError, TypeError) as error:
@@ -125,7 +154,51 @@ class VLLMPredictor:
         if len(rows) != expected:
             msg = f"{len(rows)} outputs for {expected} inputs"
             raise InvalidValueError("response", msg)
+        for row in rows:
+            if not isinstance(row, list) or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+                for x in row
+            ):
+                raise InvalidValueError("response", f"a row is not finite numbers: {row!r:.200}")
         return rows
+
+    def _open(self, steps: Sequence[Step]) -> list[Forecast] | None:
+        """The fallback's forecasts while the circuit is open, else None."""
+        left = self._open_until - time.monotonic()
+        if left <= 0:
+            return None
+        return self._fall_back(steps, _Unavailable(f"the server failed; next try in {left:.0f} s"))
+
+    def _trip(self, error: BaseException) -> None:
+        if isinstance(error, httpx.TransportError | httpx.HTTPStatusError):
+            self._open_until = time.monotonic() + self.cooldown
+
+    def _check_time(self, deadline: float) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise httpx.ReadTimeout(f"the turn's deadline of {self.deadline:g} s passed")
+        return min(self.timeout, left)
+
+    def _post(self, client: httpx.Client, chunk: list[str], deadline: float) -> Any:
+        timeout = self._check_time(deadline)
+        body = bytearray()
+        with client.stream("POST", self.url, json=self._request(chunk), timeout=timeout) as answer:
+            answer.raise_for_status()
+            for part in answer.iter_bytes():
+                body += part
+                self._check_time(deadline)
+        return json.loads(body)
+
+    async def _apost(self, client: httpx.AsyncClient, chunk: list[str], deadline: float) -> Any:
+        timeout = self._check_time(deadline)
+        body = bytearray()
+        request = client.stream("POST", self.url, json=self._request(chunk), timeout=timeout)
+        async with request as answer:
+            answer.raise_for_status()
+            async for part in answer.aiter_bytes():
+                body += part
+                self._check_time(deadline)
+        return json.loads(body)
 
     def _forecasts(self, steps: Sequence[Step], rows: list[Any]) -> list[Forecast]:
         return forecasts(steps, rows, source="vllm", calibration=self.calibration)
@@ -144,24 +217,27 @@ class VLLMPredictor:
         chunks = self._chunks(steps)
         if not chunks:
             return []
+        opened = self._open(steps)
+        if opened is not None:
+            return opened
+        deadline = time.monotonic() + self.deadline
         client = self._client or httpx.Client(timeout=self.timeout)
         try:
             rows: list[Any] = []
             for chunk in chunks:
                 for attempt in Retrying(**self._retrying()):
                     with attempt:
-                        response = client.post(
-                            self.url, json=self._request(chunk), timeout=self.timeout
-                        )
-                        response.raise_for_status()
-                rows.extend(self._rows(response.json(), len(chunk)))
+                        payload = self._post(client, chunk, deadline)
+                rows.extend(self._rows(payload, len(chunk)))
             forecasts = self._forecasts(steps, rows)
-        except (httpx.HTTPError, ValueError) as error:
+        except _FAILURES as error:
+            self._trip(error)
             return self._fall_back(steps, error)
         finally:
             if self._client is None:
                 client.close()
         self.last_fallback = None
+        self._open_until = 0.0
         return forecasts
 
     async def apredict(self, steps: Sequence[Step]) -> list[Forecast]:
@@ -169,22 +245,25 @@ class VLLMPredictor:
         chunks = self._chunks(steps)
         if not chunks:
             return []
+        opened = self._open(steps)
+        if opened is not None:
+            return opened
+        deadline = time.monotonic() + self.deadline
         client = self._async_client or httpx.AsyncClient(timeout=self.timeout)
         try:
             rows: list[Any] = []
             for chunk in chunks:
                 async for attempt in AsyncRetrying(**self._retrying()):
                     with attempt:
-                        response = await client.post(
-                            self.url, json=self._request(chunk), timeout=self.timeout
-                        )
-                        response.raise_for_status()
-                rows.extend(self._rows(response.json(), len(chunk)))
+                        payload = await self._apost(client, chunk, deadline)
+                rows.extend(self._rows(payload, len(chunk)))
             forecasts = self._forecasts(steps, rows)
-        except (httpx.HTTPError, ValueError) as error:
+        except _FAILURES as error:
+            self._trip(error)
             return self._fall_back(steps, error)
         finally:
             if self._async_client is None:
                 await client.aclose()
         self.last_fallback = None
+        self._open_until = 0.0
         return forecasts

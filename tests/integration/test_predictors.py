@@ -3,6 +3,7 @@
 import json
 import math
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -137,17 +138,35 @@ class _Bad(BaseHTTPRequestHandler):
             self.send_response(500)
             self.end_headers()
             return
+        if self.mode == "drip":  # an answer one byte a second: the turn's deadline ends it
+            self.send_response(200)
+            self.end_headers()
+            for _ in range(30):
+                try:
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(1.0)
+            return
         rows = {
             "nan": [[math.nan, 5.0, 0.0]] * n,
             "short": [[0.1, 5.0]] * n,
             "count": [[0.1, 5.0, 0.0]] * (n - 1),
+            "nested": [[[0.1], 5.0, 0.0]] * n,
+            "null": [None] * n,
+            "scalar": [0.5] * n,
+            "nullcell": [[None, 5.0, 0.0]] * n,
+            "bool": [[True, 5.0, 0.0]] * n,
+            "huge": "1e400",
             "garbage": None,
         }[self.mode]
-        body = (
-            b"not json"
-            if rows is None
-            else json.dumps({"data": [{"probs": r} for r in rows]}).encode()
-        )
+        if rows is None:
+            body = b"not json"
+        elif rows == "1e400":  # a number no float holds
+            body = b'{"data": [' + b", ".join([b'{"probs": [1e400, 5.0, 0.0]}'] * n) + b"]}"
+        else:
+            body = json.dumps({"data": [{"probs": r} for r in rows]}).encode()
         self.send_response(200)
         self.end_headers()
         self.wfile.write(body)
@@ -156,7 +175,13 @@ class _Bad(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("mode", ["nan", "short", "count", "garbage", "500"])
+MALFORMED = [
+    *("nan", "short", "count", "garbage", "500"),
+    *("nested", "null", "scalar", "nullcell", "bool", "huge"),
+]
+
+
+@pytest.mark.parametrize("mode", MALFORMED)
 def test_malformed_answers_fall_back_to_the_prior(mode):
     _Bad.mode, _Bad.hits = mode, 0
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Bad)
@@ -226,3 +251,35 @@ def test_killing_the_server_mid_run_falls_back_without_an_exception(pooling_serv
     forecasts = predictor.predict(STEPS)
     assert {f.source for f in forecasts} == {"prior"}
     assert "ConnectError" in predictor.last_fallback
+
+
+@pytest.mark.parametrize("mode", ["drip", "dead"])
+async def test_a_turn_has_one_deadline_and_a_failed_server_is_left_alone(mode):
+    """A server that drips its answer, or is gone: the turn ends at its deadline, and the next
+    turns fall back at once until the cooldown has passed (then the server is asked again)."""
+    _Bad.mode, _Bad.hits = mode, 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Bad)
+    port = server.server_address[1]
+    if mode == "dead":
+        server.server_close()
+    else:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        predictor = VLLMPredictor(
+            f"http://127.0.0.1:{port}", "p", timeout=5, attempts=3, deadline=2.5, cooldown=1.0
+        )
+        started = time.monotonic()
+        assert all(f.source == "prior" for f in predictor.predict(STEPS))
+        assert time.monotonic() - started < 4.5  # the deadline, not 3 x 5 s of reads
+        started = time.monotonic()
+        assert all(f.source == "prior" for f in await predictor.apredict(STEPS))
+        assert time.monotonic() - started < 0.5  # the circuit is open: not asked
+        assert "next try" in predictor.last_fallback
+        hits = _Bad.hits
+        time.sleep(1.1)
+        predictor.predict(STEPS)  # the cooldown passed: asked again
+        assert mode == "dead" or _Bad.hits > hits
+    finally:
+        if mode != "dead":
+            server.shutdown()
+            server.server_close()

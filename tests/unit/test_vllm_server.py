@@ -16,3 +16,19 @@ def test_context_length_stays_within_the_checkpoints_positions(tmp_path):
     assert model_length(tmp_path) == 1024
     command = server_command(tmp_path, port=8000, max_model_len=2048, python="python")
     assert command[command.index("--max-model-len") + 1] == "2048"
+
+
+def test_the_default_log_is_a_new_private_file(tmp_path):
+    import stat
+
+    from roi_agents_vllm import VLLMServer
+
+    (tmp_path / "config.json").write_text("{}")
+    first, second = VLLMServer(tmp_path), VLLMServer(tmp_path)
+    try:
+        assert first.log_path != second.log_path
+        assert stat.S_IMODE(first.log_path.stat().st_mode) == 0o600
+        assert first.log_path.stat().st_size == 0
+    finally:
+        first.log_path.unlink()
+        second.log_path.unlink()

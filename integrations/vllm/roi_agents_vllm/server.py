@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -136,7 +137,8 @@ class VLLMServer:
         runner: ``"generate"`` for chat, ``"pooling"`` for the predictor's ``/classify``.
         max_model_len: the context length (default: `model_length`).
         startup_timeout: seconds to wait for ``/health``.
-        log: where the server's output goes (a file), or ``None`` for a temporary file.
+        log: where the server's output goes (a file), or ``None`` for a new private temporary
+            file (``mkstemp``: mode 0600, a name no one else chose).
 
     Example:
         >>> with VLLMServer("ckpt/tiny", served_model_name="tiny") as server:  # doctest: +SKIP
@@ -160,7 +162,11 @@ class VLLMServer:
         self.host = host
         self.port = _free_port(host)
         self.startup_timeout = startup_timeout
-        self.log_path = Path(log) if log else Path(f"/tmp/roi-agents-vllm-{self.port}.log")
+        if log is None:  # a new private file (mode 0600, never an existing path or link)
+            handle, name = tempfile.mkstemp(prefix=f"roi-agents-vllm-{self.port}-", suffix=".log")
+            os.close(handle)
+            log = name
+        self.log_path = Path(log)
         self._command = server_command(
             self.model,
             port=self.port,
