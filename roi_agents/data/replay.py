@@ -135,15 +135,19 @@ def jsonl_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """The non-blank lines of a JSONL file with their 1-based numbers.
 
     Raises:
-        DataError: when the file cannot be read.
+        DataError: when the file cannot be read, or a line is not UTF-8 (named by number).
     """
     path = Path(path)
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open("rb")
     except OSError as error:
         raise DataError(str(path), None, f"cannot read: {error.strerror}") from error
     with handle:
-        for number, line in enumerate(handle, start=1):
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(str(path), number, f"not UTF-8: {error.reason}") from None
             if line.strip():
                 yield number, line
 

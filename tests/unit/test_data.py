@@ -224,3 +224,16 @@ def test_pull_downloads_through_the_contents_api(fixtures, tmp_path):
 def test_pull_offline_says_what_to_do(tmp_path):
     with pytest.raises(DataError, match="--from DIR"):
         pull("routellm", out_dir=tmp_path, api="http://127.0.0.1:9")
+
+
+def test_a_line_that_is_not_utf8_is_named_by_file_and_line(tmp_path, capsys):
+    from roi_agents.cli import main
+    from roi_agents.data.replay import jsonl_lines
+
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"span": 1}\n{"query_id": "\xff\xfe"}\n')
+    with pytest.raises(DataError, match="not UTF-8") as info:
+        list(jsonl_lines(path))
+    assert (info.value.path, info.value.line) == (str(path), 2)
+    assert main(["report", str(path)]) == 2  # a one-line error, not a traceback
+    assert f"{path}:" in capsys.readouterr().out
