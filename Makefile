@@ -46,6 +46,8 @@ test: lint $(VLLM_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/controller_latency.py
+	$(BIN)/python benchmarks/turn_overhead.py
+	$(BIN)/python benchmarks/ledger_abandoned.py
 	$(BIN)/python benchmarks/ledger_throughput.py
 	$(BIN)/python benchmarks/telemetry_overhead.py
 	$(BIN)/roi-agents bench --data ../shared/data/gsm8k.jsonl --budgets 0.1,0.25,0.5 \
