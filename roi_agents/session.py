@@ -958,23 +958,31 @@ class SessionPool:
         name = str(thread or uuid.uuid4().hex).replace("/", "_")
         return f"{self.scope}/{name}"
 
-    def get(self, scope: str, budget: Budget) -> tuple[BudgetSession, bool]:
-        """The session of ``scope``, and whether this call made it.
+    def get(self, scope: str, budget: Budget, *, spent: Spend | None = None) -> BudgetSession:
+        """The session of ``scope``.
 
-        A new scope gets the limits of ``budget``; an existing one keeps its own.
+        A new scope gets the limits of ``budget``; an existing one keeps its own. ``spent``:
+        what the run's checkpointed state says it has spent. A session made here takes it up:
+        charged first when the ledger does not know it (a restart with the in-memory ledger:
+        the budget is not spent twice), else only reported from.
         """
         with self._lock:
             session = self._sessions.get(scope)
             if session is not None:
                 self._sessions.move_to_end(scope)
-                return session, False
+                return session
             BudgetSession.ensure_scope(self.ledger, scope, budget)
             session = self._sessions[scope] = BudgetSession(
                 ledger=self.ledger, scope=scope, run_id=scope, **self.settings
             )
             if len(self._sessions) > self.max_sessions:
                 self._sessions.popitem(last=False)
-            return session, True
+            if spent is not None and spent != Spend():
+                if session.report().committed.tokens:
+                    session.restore(spent)
+                else:
+                    session.charge(spent, step_id="restored")
+            return session
 
 
 def _refused_by_server(error: BaseException) -> bool:

@@ -182,7 +182,9 @@ def test_a_replayed_call_is_charged_once():
     assert len(update["pending"]) == 1
     update = control.settle(state, Spend(output_tokens=10), call_id="t:s1")
     assert update["spent"]["output_tokens"] == 10
-    assert control.session(state).report().committed.tokens == 10
+    # This node never saw the run: the 10 its state says were spent before are taken up once,
+    # then the new 10.
+    assert control.session(state).report().committed.tokens == 20
 
 
 def test_the_controller_node_tells_its_learner_each_graded_outcome(tiny_chat_server):
@@ -410,3 +412,32 @@ def test_a_retried_node_is_charged_for_every_attempt(tiny_chat_server):
     spent = final["spent"]["input_tokens"] + final["spent"]["output_tokens"]
     assert spent == sum(attempts) == _served(control, final) <= 2000
     assert len(final["charged"]) == 1
+
+
+def test_a_run_resumed_in_a_new_process_does_not_spend_its_budget_twice(tiny_chat_server, tmp_path):
+    """A restart between steps: the new process's in-memory ledger never saw the run's spend."""
+    import sqlite3
+
+    from live import served
+
+    def saver():
+        return SqliteSaver(sqlite3.connect(tmp_path / "cp.db", check_same_thread=False))
+
+    config = _config()
+    before = served(tiny_chat_server)
+    graph, _, first_calls = _graph(
+        tiny_chat_server, checkpointer=saver(), interrupt_before=["execute"]
+    )
+    graph.invoke(_start(700, n=6), config)
+    graph.invoke(None, config)  # one step runs, then it pauses before the next
+    assert first_calls
+    # "Restart": new nodes, a new in-memory ledger, the same checkpoints.
+    graph, control, _ = _graph(tiny_chat_server, checkpointer=saver(), interrupt_before=["execute"])
+    state = graph.invoke(None, config)
+    while graph.get_state(config).next:
+        state = graph.invoke(None, config)
+    server = served(tiny_chat_server) - before
+    spent = state["spent"]["input_tokens"] + state["spent"]["output_tokens"]
+    assert server <= 700
+    assert spent == server  # nothing lost, nothing counted twice
+    assert control.session(state).report().committed.tokens == server

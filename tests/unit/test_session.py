@@ -284,15 +284,30 @@ def test_a_pool_keeps_the_sessions_used_last_and_remakes_others_from_the_ledger(
     from roi_agents.session import SessionPool
 
     pool = SessionPool(scope="thread", max_sessions=2)
-    first, made = pool.get("thread/a", Budget(tokens=100))
-    assert made
+    first = pool.get("thread/a", Budget(tokens=100))
     first.charge(Spend(output_tokens=30), step_id="s")
     pool.get("thread/b", Budget(tokens=100))
-    assert pool.get("thread/a", Budget(tokens=100)) == (first, False)  # used last: kept
+    assert pool.get("thread/a", Budget(tokens=100)) is first  # used last: kept
     pool.get("thread/c", Budget(tokens=100))  # b goes
-    again, made = pool.get("thread/b", Budget(tokens=999))
-    assert made
+    again = pool.get("thread/b", Budget(tokens=999))
     assert again.budget.tokens == 100  # the scope's limits, from the ledger
-    assert pool.get("thread/a", Budget(tokens=100))[0].remaining().tokens == 70
+    assert pool.get("thread/a", Budget(tokens=100)).remaining().tokens == 70
     with pytest.raises(InvalidValueError, match="max_sessions"):
         SessionPool(max_sessions=0)
+
+
+def test_a_pool_takes_up_a_restored_runs_spend_once():
+    from roi_agents.session import SessionPool
+
+    spent = Spend(input_tokens=40, output_tokens=60)
+    # A new process: its in-memory ledger never saw the run, whose state says it spent 100.
+    fresh = SessionPool().get("run/t", Budget(tokens=300), spent=spent)
+    assert fresh.remaining().tokens == 200
+    assert fresh.report().spent == spent
+    # The same process: the ledger knows, so nothing is charged again.
+    pool = SessionPool(max_sessions=1)
+    pool.get("run/t", Budget(tokens=300)).charge(spent, step_id="s")
+    pool.get("run/u", Budget(tokens=300))  # run/t's session goes
+    again = pool.get("run/t", Budget(tokens=300), spent=spent)
+    assert again.remaining().tokens == 200
+    assert again.report().spent == spent

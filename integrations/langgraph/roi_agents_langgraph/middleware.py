@@ -156,14 +156,11 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         know (a restart with the in-memory ledger) is charged that first: nothing is lost. One
         whose spend the ledger knows (a shared ledger, a session made again) reports from it.
         """
-        session, made = self.sessions.get(self._thread_scope(state), self.budget)
-        before = Spend.model_validate(state.get("roi_spent") or {})
-        if made and before != Spend():
-            if session.report().committed.tokens:
-                session.restore(before)
-            else:
-                session.charge(before, step_id="restored")
-        return session
+        return self.sessions.get(
+            self._thread_scope(state),
+            self.budget,
+            spent=Spend.model_validate(state.get("roi_spent") or {}),
+        )
 
     def before_agent(
         self, state: BudgetMiddlewareState, runtime: Runtime[Any]

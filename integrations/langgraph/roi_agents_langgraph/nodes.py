@@ -126,11 +126,20 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         return self.sessions.ledger
 
     def session(self, state: BudgetState) -> BudgetSession:
-        """The run's session: its ledger scope, what it has left, what it spent."""
+        """The run's session: its ledger scope, what it has left, what it spent.
+
+        A run resumed from a checkpoint in a process whose ledger does not know its spend (a
+        restart with the in-memory ledger) is charged what its state says it spent first, so
+        the budget is not spent twice; one whose spend the ledger knows reports from it.
+        """
         scope = state.get("scope") or self.sessions.scope_of(
             (get_config().get("configurable") or {}).get("thread_id")
         )
-        return self.sessions.get(scope, Budget.model_validate(state["budget"]))[0]
+        return self.sessions.get(
+            scope,
+            Budget.model_validate(state["budget"]),
+            spent=Spend.model_validate(state.get("spent") or {}),
+        )
 
     def _decide(self, state: BudgetState) -> dict[str, Any]:
         steps = _steps(state)
