@@ -293,8 +293,8 @@ class BudgetSession:
         self._charged: set[str] = set()
         self._calls = self._failed = self._unmetered = 0
 
-    @classmethod
-    def ensure_scope(cls, ledger: Ledger, scope: str, budget: Budget) -> None:
+    @staticmethod
+    def ensure_scope(ledger: Ledger, scope: str, budget: Budget) -> None:
         """Give ``scope`` the limits of ``budget`` unless it already has limits."""
         try:
             ledger.balance(scope)
@@ -384,6 +384,9 @@ class BudgetSession:
         """
         if not pending:
             raise InvalidValueError("pending", "no pending steps")
+        if forecasts is None and self.controller.predictor is not None:
+            # Once: for the plan, a re-plan after asking, and the figures of running out.
+            forecasts = self.controller.predictor.predict(pending)
         left = self.remaining()
         decision = self.controller.plan(pending, left, forecasts=forecasts).next
         assert decision is not None
@@ -400,6 +403,8 @@ class BudgetSession:
         """Async `decide` (awaits the predictor and the ledger)."""
         if not pending:
             raise InvalidValueError("pending", "no pending steps")
+        if forecasts is None and self.controller.predictor is not None:
+            forecasts = await self.controller.predictor.apredict(pending)
         left = await self.aremaining()
         decision = (await self.controller.aplan(pending, left, forecasts=forecasts)).next
         assert decision is not None

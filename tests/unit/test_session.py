@@ -13,6 +13,7 @@ from roi_agents import (
     Controller,
     InvalidValueError,
     Option,
+    PriorPredictor,
     Spend,
     Step,
     price,
@@ -179,6 +180,14 @@ def test_running_out_is_one_vocabulary():
     with pytest.raises(BudgetExceeded) as info:
         error.decide(steps, forecasts)
     assert (info.value.limit, info.value.requested) == (30, 60)  # fast at p90
+    # With the controller's own predictor, the figures are its forecasts' too.
+    predicting = BudgetSession(
+        Budget(tokens=30), controller=Controller(predictor=PriorPredictor()), on_exhausted="error"
+    )
+    with pytest.raises(BudgetExceeded) as info:
+        predicting.decide(steps)
+    cheapest = min(f.tokens.p90 for f in PriorPredictor().predict(steps[:1]))
+    assert (info.value.limit, info.value.requested) == (30, cheapest)
     with pytest.raises(InvalidValueError, match="on_exhausted"):
         BudgetSession(Budget(tokens=30), on_exhausted="skip")
     # A skip for value is not running out.
