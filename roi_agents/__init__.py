@@ -23,7 +23,14 @@ from roi_agents.prompt import (
     VLLMTokenCounter,
     prompt_bound,
 )
-from roi_agents.session import BudgetReport, BudgetSession, Hold, OnExhausted, price
+from roi_agents.session import (
+    BudgetQuestion,
+    BudgetReport,
+    BudgetSession,
+    Hold,
+    OnExhausted,
+    price,
+)
 from roi_agents.types import (
     SKIP,
     Budget,
@@ -43,6 +50,7 @@ __all__ = [
     "SKIP",
     "Budget",
     "BudgetExceeded",
+    "BudgetQuestion",
     "BudgetReport",
     "BudgetSession",
     "Cap",

@@ -16,11 +16,22 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from roi_agents.errors import RoiAgentsError
+from roi_agents import __version__
+from roi_agents.errors import MissingExtra, RoiAgentsError
+
+try:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+except ModuleNotFoundError as error:
+    raise MissingExtra("cli", error.name) from error
 
 __all__ = ["main"]
 
@@ -51,9 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="roi-agents", description="Budget-aware planning for LangGraph agents."
-    )
+    parser = _Parser(prog="roi-agents", description="Budget-aware planning for LangGraph agents.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     bench = commands.add_parser(
@@ -64,11 +74,11 @@ def _parser() -> argparse.ArgumentParser:
         "--budgets",
         type=_fractions,
         default=(0.1, 0.25, 0.5),
-        help="budget fractions of always the most expensive option (0.1,0.25,0.5)",
+        help="budget fractions of always the most expensive option, comma-separated",
     )
-    bench.add_argument("--episodes", type=int, default=100)
+    bench.add_argument("--episodes", type=int, default=100, help="episodes per budget")
     bench.add_argument("--steps", type=int, default=30, help="steps per episode")
-    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--seed", type=int, default=0, help="the split's and episodes' seed")
     bench.add_argument(
         "--predictor",
         default="prior",
@@ -100,7 +110,12 @@ def _parser() -> argparse.ArgumentParser:
         default="dataset",
         help="prior predictor history groups",
     )
-    bench.add_argument("--train-fraction", type=float, default=0.5)
+    bench.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.5,
+        help="share of the queries predictors and tuned baselines learn from",
+    )
     bench.add_argument(
         "--online",
         action="store_true",
@@ -116,14 +131,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--budget", type=float, default=0.25, help="fraction of always the most expensive option"
     )
-    demo.add_argument("--steps", type=int, default=30)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--steps", type=int, default=30, help="steps in the episode")
+    demo.add_argument("--seed", type=int, default=0, help="which episode")
     demo.set_defaults(run=_demo)
 
     data = commands.add_parser("data", help="public replay data")
     data_commands = data.add_subparsers(required=True, metavar="ACTION")
     pull = data_commands.add_parser("pull", help="download and convert a public source")
-    pull.add_argument("source", choices=["routellm", "pricing-reversal"])
+    pull.add_argument("source", choices=["routellm", "pricing-reversal"], help="which source")
     pull.add_argument(
         "--from",
         dest="from_dir",
@@ -141,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--out", type=Path, required=True, help="the checkpoint folder to write")
     train.add_argument("--base", type=Path, help="a local Hugging Face checkpoint (MiniLM-L6)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0, help="the split's seed, as the bench's")
     train.add_argument(
         "--test", type=Path, nargs="+", default=[], help="evaluate on these files instead"
     )
@@ -159,8 +174,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--epochs", type=int, default=3, help="0: fit the head alone on the frozen base (a probe)"
     )
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=5e-5)
+    train.add_argument("--batch-size", type=int, default=32, help="rows per fine-tuning step")
+    train.add_argument("--lr", type=float, default=5e-5, help="fine-tuning learning rate")
     train.add_argument("--max-length", type=int, default=256, help="tokens per input")
     train.add_argument("--device", help="cpu, cuda, ... (default: CUDA when present)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -175,7 +190,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve a predictor checkpoint with vLLM")
     serve.add_argument("checkpoint", type=Path, help="a Hugging Face checkpoint folder")
     serve.add_argument("--name", default="predictor", help="the served model name")
-    serve.add_argument("--runner", choices=["pooling", "generate"], default="pooling")
+    serve.add_argument(
+        "--runner",
+        choices=["pooling", "generate"],
+        default="pooling",
+        help="pooling serves a predictor; generate, a chat model",
+    )
     serve.set_defaults(run=_serve)
 
     report = commands.add_parser("report", help="summarise a JSONL trace of budgeted runs")
@@ -195,14 +215,41 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--schema", default="roi_agents", help="PostgreSQL schema")
     for sub in (budget, balance):
         sub.add_argument("--scope", required=True, help="e.g. acme/bob/thread-42")
-    budget.add_argument("--tokens", type=int)
-    budget.add_argument("--usd", type=float)
-    budget.add_argument("--tool-calls", type=int)
-    budget.add_argument("--period", choices=["daily", "monthly"])
+    budget.add_argument("--tokens", type=int, help="token limit (default: none)")
+    budget.add_argument("--usd", type=float, help="USD limit (default: none)")
+    budget.add_argument("--tool-calls", type=int, help="tool-call limit (default: none)")
+    budget.add_argument(
+        "--period", choices=["daily", "monthly"], help="the limits renew (default: never)"
+    )
     init.set_defaults(run=_ledger_init)
     budget.set_defaults(run=_ledger_budget)
     balance.set_defaults(run=_ledger_balance)
     return parser
+
+
+class _Help(argparse.HelpFormatter):
+    """Help that shows each flag's default (when it has one worth showing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and not any(default is v for v in (None, False, argparse.SUPPRESS))
+            and default != []
+            and "default" not in text
+        ):
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else "%(default)s"
+            text += f" (default: {shown})"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser (and its subcommands' parsers) whose help shows defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
 
 
 def _fractions(text: str) -> tuple[float, ...]:

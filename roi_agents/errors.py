@@ -6,6 +6,7 @@ The tree::
     ├── InvalidValueError (also a ValueError)   bad input from the caller; names the field
     ├── BudgetExceeded                          a run-time budget ran out; carries the numbers
     ├── DataError (also a ValueError)           a replay file that does not follow the format
+    ├── MissingExtra (also an ImportError)      a feature whose optional dependencies are absent
     └── LedgerError                             a ledger call that cannot be carried out
         ├── UnknownScope (also InvalidValueError)     no budget set for the scope
         ├── UnknownReservation (also InvalidValueError)
@@ -23,6 +24,7 @@ __all__ = [
     "DataError",
     "InvalidValueError",
     "LedgerError",
+    "MissingExtra",
     "ReservationConflict",
     "RoiAgentsError",
     "UnknownReservation",
@@ -32,6 +34,23 @@ __all__ = [
 
 class RoiAgentsError(Exception):
     """Base class of every error roi-agents raises on purpose."""
+
+
+class MissingExtra(RoiAgentsError, ImportError):
+    """A feature needs an optional dependency that is not installed; says which extra has it.
+
+    Example:
+        >>> print(MissingExtra("cli", "rich"))
+        this needs rich, from the extra [cli]: pip install 'roi-agents[cli]'
+    """
+
+    def __init__(self, extra: str, module: str | None) -> None:
+        self.extra = extra
+        what = module or "a module"
+        super().__init__(
+            f"this needs {what}, from the extra [{extra}]: pip install 'roi-agents[{extra}]'",
+            name=module,
+        )
 
 
 class InvalidValueError(RoiAgentsError, ValueError):

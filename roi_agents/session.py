@@ -33,7 +33,7 @@ import math
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -45,6 +45,7 @@ from roi_agents.errors import BudgetExceeded, InvalidValueError, UnknownScope
 from roi_agents.ledger.base import Amount, Ledger, ScopeBudget, check_scope, check_ttl
 from roi_agents.ledger.sqlite import MemoryLedger
 from roi_agents.predict.base import Learner
+from roi_agents.predict.prior import PriorPredictor
 from roi_agents.prompt import PromptCount
 from roi_agents.telemetry import names
 from roi_agents.telemetry.tracing import DecisionTrace, RunTrace
@@ -62,6 +63,7 @@ from roi_agents.types import (
 
 __all__ = [
     "ON_EXHAUSTED",
+    "BudgetQuestion",
     "BudgetReport",
     "BudgetSession",
     "Call",
@@ -146,6 +148,43 @@ def extra_budget(value: object) -> Budget | None:
     raise InvalidValueError("resume", msg)
 
 
+class BudgetQuestion(BaseModel):
+    """What ``on_exhausted="ask"`` asks a human: the step that cannot be paid for, and why.
+
+    The integrations raise it as LangGraph's ``interrupt`` value, dumped to JSON (so any
+    checkpointer and the LangGraph server carry it); read it back with
+    ``BudgetQuestion.model_validate(interrupt.value)``.
+
+    Attributes:
+        question: the question, in words.
+        scope: the ledger scope that ran out.
+        step: the step's id.
+        options: the step's options, by name.
+        needs: what the step's cheapest option would cost, per resource (at the plan's
+            quantile).
+        remaining: what the scope has left.
+        shortfall: what is missing, per resource: the least to grant for the step to run.
+        prompt_tokens: the step's prompt, as counted (``None``: not known before the call).
+        reason: the controller's one-line reason.
+        resume_with: how to answer.
+        error: why the last answer was not taken, when one was not.
+    """
+
+    model_config = _STRICT
+
+    question: str
+    scope: str
+    step: str
+    options: list[str]
+    needs: Budget
+    remaining: Budget
+    shortfall: Budget
+    prompt_tokens: NonNegativeInt | None = None
+    reason: str
+    resume_with: str = "None to stop, or more budget: a token count or e.g. {'tokens': 2000}"
+    error: str | None = None
+
+
 class Hold(BaseModel):
     """One call's reservation: what it may spend, held in the ledger before it is sent.
 
@@ -208,13 +247,14 @@ class BudgetSession:
             machines spend from one budget.
         scope: where to spend, e.g. ``"acme/bob/thread-42"`` (default ``"run"``; required
             with a ledger). A reservation must fit in the scope and every ancestor.
-        controller: plans the pending steps (default: `Controller()`, which needs forecasts).
+        controller: plans the pending steps (default: a `Controller` with a `PriorPredictor`,
+            which is then also the default ``learner``).
         learner: told each charged step's outcome when its success is known.
         on_exhausted: what `decide` does when nothing fits (see `OnExhausted`): ``"error"``
             raises, ``"ask"`` asks ``ask`` for more and plans again with what it grants; with
             ``"degrade"`` and ``"end"`` the exhausted skip is the caller's to act on.
         ask: asks a human for more budget (LangGraph's ``interrupt`` in the integrations):
-            called with what the step needs and what is left; returns the extra, or ``None``.
+            called with a `BudgetQuestion`; returns the extra, or ``None``.
         ttl: seconds a hold lasts if the worker dies before charging it.
         retries: times a reservation refused because another call took the budget first is
             tried again with what is left then.
@@ -235,7 +275,7 @@ class BudgetSession:
         controller: Controller | None = None,
         learner: Learner | None = None,
         on_exhausted: OnExhausted = "degrade",
-        ask: Callable[[dict[str, Any]], Budget | None] | None = None,
+        ask: Callable[[BudgetQuestion], Budget | None] | None = None,
         ttl: float = 600.0,
         retries: int = 5,
         run_id: str | None = None,
@@ -268,8 +308,7 @@ class BudgetSession:
             )
             raise InvalidValueError("budget", msg)
         self.budget = Budget(tokens=limits.tokens, usd=limits.usd, tool_calls=limits.tool_calls)
-        self.controller = controller or Controller()
-        self.learner = learner
+        self.controller, self.learner = _with_prior(controller, learner)
         self.on_exhausted = check_on_exhausted(on_exhausted)
         if self.on_exhausted == "ask" and ask is None:
             raise InvalidValueError("ask", "on_exhausted='ask' needs a way to ask")
@@ -395,7 +434,7 @@ class BudgetSession:
             decision = self.controller.plan(pending, left, forecasts=forecasts).next
             assert decision is not None
         self._hint.left = left
-        return self._exhausted(pending[0], decision, left, forecasts)
+        return self._exhausted(pending[0], decision, left)
 
     async def adecide(
         self, pending: Sequence[Step], forecasts: Sequence[Forecast] | None = None
@@ -413,20 +452,26 @@ class BudgetSession:
             decision = (await self.controller.aplan(pending, left, forecasts=forecasts)).next
             assert decision is not None
         self._hint.left = left
-        return self._exhausted(pending[0], decision, left, forecasts)
+        return self._exhausted(pending[0], decision, left)
 
     def _asked(self, step: Step, decision: Decision, left: Budget) -> bool:
         """Ask for more when the step cannot be paid for; whether more was granted."""
         if not (decision.exhausted and self.on_exhausted == "ask" and self.ask is not None):
             return False
-        question: dict[str, Any] = {
-            "question": "The budget cannot pay for the next step. Add to it?",
-            "scope": self.scope,
-            "step": step.id,
-            "remaining": left.model_dump(exclude_none=True),
-            "prompt_tokens": step.input_tokens,
-            "reason": decision.reason,
-        }
+        needs = _budget_of(decision.needs)
+        question = BudgetQuestion(
+            question=f"The budget cannot pay for step {step.id!r}. Add to it?",
+            scope=self.scope,
+            step=step.id,
+            options=[o.name for o in step.options],
+            needs=needs,
+            remaining=left,
+            shortfall=_budget_of(
+                {r: max(v - (left.get(r) or 0.0), 0.0) for r, v in decision.needs.items()}
+            ),
+            prompt_tokens=step.input_tokens,
+            reason=decision.reason,
+        )
         while True:
             extra = self.ask(question)
             if extra is None:
@@ -434,28 +479,66 @@ class BudgetSession:
             try:
                 self.grow(extra)
             except ValueError as error:  # the grown budget is out of range: ask again
-                question = {**question, "error": str(error)}
+                question = question.model_copy(update={"error": str(error)})
                 continue
             return True
 
-    def _exhausted(
-        self, step: Step, decision: Decision, left: Budget, forecasts: Sequence[Forecast] | None
-    ) -> Decision:
+    def _exhausted(self, step: Step, decision: Decision, left: Budget) -> Decision:
         if not (decision.exhausted and self.on_exhausted == "error"):
             return decision
         resource = self.controller.resource
-        needs = [
-            f.tokens if resource == "tokens" else getattr(f, resource)
-            for f in forecasts or ()
-            if f.step_id == step.id
-        ]
-        requested = min((n.at(self.controller.quantile) for n in needs if n), default=math.inf)
         raise BudgetExceeded(
             resource=resource,
             scope=self.scope,
             limit=float(left.get(resource) or 0.0),
-            requested=requested,
+            requested=decision.needs.get(resource, math.inf),
         )
+
+    def summary(
+        self, decisions: Sequence[Decision] = (), labels: Mapping[str, str] | None = None
+    ) -> str:
+        """What the run did with its budget, in words: for people, when a run stops.
+
+        Args:
+            decisions: the run's decisions (each step's, in order); the skipped ones are
+                named, and those the budget could not pay for say what they would need.
+            labels: how to name steps for people, by id (default: their ids).
+
+        Example:
+            >>> session = BudgetSession(Budget(tokens=1_000))
+            >>> _ = session.charge(Spend(input_tokens=300, output_tokens=600), step_id="s1")
+            >>> out = Decision.skip("s2", "skip: no option fits", exhausted=True)
+            >>> print(session.summary([out.model_copy(update={"needs": {"tokens": 350.0}})]))
+            Spent 900 of 1,000 tokens in 1 call. The budget ran out before s2: it needs about 350 tokens, 100 are left (add at least 250 tokens to run it).
+        """  # noqa: E501
+        report = self.report()
+        spent = ", ".join(
+            f"{_amount(r, report.committed.get(r), bare=True)} of {_amount(r, limit)}"
+            for r in RESOURCES
+            if (limit := report.budget.get(r)) is not None
+        )
+        calls = f"{report.calls} call{'' if report.calls == 1 else 's'}"
+        lines = [f"Spent {spent} in {calls}."]
+        names = dict(labels or {})
+        skipped = [
+            names.get(d.step_id, d.step_id) for d in decisions if d.skipped and not d.exhausted
+        ]
+        if skipped:
+            lines.append(f"Skipped as not worth their cost: {', '.join(skipped)}.")
+        out = [d for d in decisions if d.exhausted]
+        if out:
+            resource = self.controller.resource
+            needs = sum(d.needs.get(resource, 0.0) for d in out)
+            left = max(report.remaining.get(resource) or 0.0, 0.0)
+            them = "it" if len(out) == 1 else "them"
+            steps = ", ".join(names.get(d.step_id, d.step_id) for d in out)
+            lines.append(
+                f"The budget ran out before {steps}: {them} "
+                f"{'needs' if len(out) == 1 else 'need'} about {_amount(resource, needs)}, "
+                f"{_amount(resource, left, bare=True)} {'is' if resource == 'usd' else 'are'} "
+                f"left (add at least {_amount(resource, max(needs - left, 0.0))} to run {them})."
+            )
+        return " ".join(lines)
 
     # -- reserve, charge, release -------------------------------------------------------------
 
@@ -954,7 +1037,8 @@ class SessionPool:
         self.ledger = ledger or MemoryLedger()
         self.scope = check_scope(scope)
         self.max_sessions = max_sessions
-        self.settings = settings
+        controller, learner = _with_prior(settings.get("controller"), settings.get("learner"))
+        self.settings = {**settings, "controller": controller, "learner": learner}
         self._sessions: OrderedDict[str, BudgetSession] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -988,6 +1072,31 @@ class SessionPool:
                 else:
                     session.charge(spent, step_id="restored")
             return session
+
+
+def _with_prior(
+    controller: Controller | None, learner: Learner | None
+) -> tuple[Controller, Learner | None]:
+    """A controller, by default one whose `PriorPredictor` also learns from the outcomes."""
+    if controller is not None:
+        return controller, learner
+    prior = PriorPredictor()
+    return Controller(predictor=prior), learner or prior
+
+
+def _budget_of(amounts: dict[Resource, float]) -> Budget:
+    """A `Budget` of ``amounts`` (counts rounded up: what it takes, never less)."""
+    return Budget.model_validate(
+        {r: v if r == "usd" else math.ceil(v - 1e-9) for r, v in amounts.items()}
+    )
+
+
+def _amount(resource: Resource, value: float, *, bare: bool = False) -> str:
+    """``value`` of ``resource`` for people: ``1,294 tokens``, ``$0.0412``, ``3 tool calls``."""
+    if resource == "usd":
+        return f"${value:,.4f}"
+    text = f"{math.ceil(value - 1e-9):,}"
+    return text if bare else f"{text} {resource.replace('_', ' ')}"
 
 
 def _refused_by_server(error: BaseException) -> bool:

@@ -356,6 +356,8 @@ class Decision(BaseModel):
         exhausted: the step is skipped because no option fits what is left (not because the
             budget is worth more elsewhere): the run has run out, and its ``on_exhausted`` rule
             applies.
+        needs: on an exhausted skip, what the step's cheapest option would cost per resource
+            (at the plan's quantile): what running it would take.
     """
 
     model_config = _STRICT
@@ -368,6 +370,7 @@ class Decision(BaseModel):
     p_success: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     reason: str
     exhausted: bool = False
+    needs: dict[Resource, NonNegativeFloat] = Field(default_factory=dict)
 
     @property
     def skipped(self) -> bool:

@@ -10,10 +10,15 @@ import os
 import sys
 import threading
 
-import highspy
 import numpy as np
 
 from roi_agents.allocate._mckp import BoolArray, FloatArray, IntArray
+from roi_agents.errors import MissingExtra
+
+try:
+    import highspy
+except ModuleNotFoundError as error:
+    raise MissingExtra("bench", error.name) from error
 
 __all__ = ["solve_milp"]
 

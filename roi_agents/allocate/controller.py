@@ -350,6 +350,8 @@ class _Table:
         values = self.values[rows, choice].tolist()
         p_success = self.p_success[rows, choice].tolist()
         reasons, exhausted = self._reasons(choice, remaining, primary, quantile)
+        # What an exhausted step would take: its cheapest option (in the resource planned for).
+        least = np.where(self.runnable, self.costs[primary], np.inf).argmin(axis=1)
         decisions = []
         for i, (step, j) in enumerate(zip(self.pending, choice.tolist(), strict=True)):
             if j:
@@ -368,6 +370,11 @@ class _Table:
                     p_success=p_success[i],
                     reason=reasons[i],
                     exhausted=exhausted[i],
+                    needs=(
+                        {r: float(c[i, least[i]]) for r, c in self.costs.items()}
+                        if exhausted[i]
+                        else {}
+                    ),
                 )
             )
         return Plan(

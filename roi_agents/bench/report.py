@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from roi_agents._optional import pyplot
 from roi_agents.bench.simulate import BenchResult
 
 __all__ = ["plot_result", "print_result", "write_json"]
@@ -77,10 +78,7 @@ def _num(x: float, fmt: str, missing: str = "-") -> str:
 
 def plot_result(result: BenchResult, path: str | Path) -> Path:
     """Value against budget fraction for every policy, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-import platformdirs
 
+from roi_agents._optional import import_extra
 from roi_agents.data.replay import ReplayRecord, write_records
 from roi_agents.errors import DataError
 
@@ -61,7 +61,10 @@ _REPOS: dict[Source, tuple[str, list[str]]] = {
 def data_home() -> Path:
     """The user cache folder for pulled data (``ROI_AGENTS_HOME`` overrides it)."""
     override = os.environ.get("ROI_AGENTS_HOME")
-    base = Path(override) if override else Path(platformdirs.user_cache_dir("roi-agents"))
+    if override:
+        return Path(override) / "data"
+    platformdirs = import_extra("platformdirs", "cli")
+    base = Path(platformdirs.user_cache_dir("roi-agents"))
     return base / "data"
 
 

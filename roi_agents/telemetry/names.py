@@ -1,14 +1,12 @@
 """Every span, attribute, event and metric name roi-agents emits, in one place.
 
-``gen_ai.*`` names come from the OpenTelemetry GenAI semantic conventions (the constants of
-``opentelemetry-semantic-conventions``, as the contrib GenAI instrumentations use them); ours
+``gen_ai.*`` names are the OpenTelemetry GenAI semantic conventions' (written out here so the
+core needs only the OpenTelemetry API; a test checks them against the constants of
+``opentelemetry-semantic-conventions``, which the contrib GenAI instrumentations use); ours
 live under ``roi.*``.
 """
 
 from __future__ import annotations
-
-from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as _gen_ai
-from opentelemetry.semconv._incubating.metrics import gen_ai_metrics as _gen_ai_metrics
 
 # Spans
 SPAN_PLAN = "roi.plan"
@@ -17,13 +15,13 @@ SPAN_DECISION = "roi.decision"
 """One step's decision, from choice to outcome."""
 
 # GenAI semantic conventions
-GEN_AI_USAGE_INPUT_TOKENS = _gen_ai.GEN_AI_USAGE_INPUT_TOKENS
-GEN_AI_USAGE_OUTPUT_TOKENS = _gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS
-GEN_AI_REQUEST_MODEL = _gen_ai.GEN_AI_REQUEST_MODEL
-GEN_AI_TOKEN_TYPE = _gen_ai.GEN_AI_TOKEN_TYPE
-GEN_AI_REQUEST_MAX_TOKENS = _gen_ai.GEN_AI_REQUEST_MAX_TOKENS
+GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_TOKEN_TYPE = "gen_ai.token.type"
+GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
 """The ``max_tokens`` a call was sent with (-1: nothing limited it)."""
-METRIC_TOKEN_USAGE = _gen_ai_metrics.GEN_AI_CLIENT_TOKEN_USAGE
+METRIC_TOKEN_USAGE = "gen_ai.client.token.usage"
 
 # Run (roi.plan) attributes
 RUN_ID = "roi.run.id"

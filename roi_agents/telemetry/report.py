@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from roi_agents._optional import pyplot
 from roi_agents.telemetry import names
 from roi_agents.telemetry.records import read_spans
 from roi_agents.types import RESOURCES, SKIP
@@ -262,10 +263,7 @@ def print_report(report: Report, console: Console | None = None) -> None:
 
 def plot_report(report: Report, path: str | Path) -> Path:
     """Spend against budget per run, and planned against actual cost per decision, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

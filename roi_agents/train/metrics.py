@@ -9,6 +9,7 @@ from typing import Annotated
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from roi_agents._optional import pyplot
 from roi_agents.errors import InvalidValueError
 
 __all__ = ["Quality", "auc", "brier", "expected_calibration_error", "plot_reliability", "quality"]
@@ -142,10 +143,7 @@ def quality(
 
 def plot_reliability(curves: dict[str, Quality], path: str | Path) -> Path:
     """Write a reliability diagram (observed success against predicted, per curve) as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     path = Path(path)
     figure, axes = plt.subplots(figsize=(5.5, 5))

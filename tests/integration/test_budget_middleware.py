@@ -1,5 +1,8 @@
 """BudgetMiddleware in langchain's create_agent, against the real vLLM server (runaway model)."""
 
+import math
+import re
+
 import httpx
 import pytest
 from langchain.agents import create_agent
@@ -62,13 +65,23 @@ def test_tight_budget_degrades_to_the_cheap_option(tiny_chat_server):
 def test_no_budget_ends_without_calling_the_model(tiny_chat_server):
     result = _agent(tiny_chat_server, 20).invoke({"messages": [HumanMessage("plan a trip")]})
     answer = _answer(result)
-    assert answer.content.startswith("Stopped")
+    # Said for people: what was spent, what the next answer needs, what is missing.
+    said = re.fullmatch(
+        r"Stopped\. Spent 0 of 20 tokens in 0 calls\. The budget ran out before the next answer: "
+        r"it needs about (\d+) tokens, 20 are left \(add at least (\d+) tokens to run it\)\.",
+        answer.content,
+    )
+    assert said, answer.content
+    needs, missing = map(int, said.groups())
+    assert needs > 20
+    assert missing == needs - 20
     assert answer.usage_metadata is None
     assert Spend.model_validate(result["roi_spent"]) == Spend()
-    with pytest.raises(BudgetExceeded):
+    with pytest.raises(BudgetExceeded) as refused:
         _agent(tiny_chat_server, 20, on_exhausted="error").invoke(
             {"messages": [HumanMessage("plan a trip")]}
         )
+    assert (refused.value.limit, math.ceil(refused.value.requested)) == (20, needs)
 
 
 def test_a_call_cut_off_at_its_cap_is_not_learned_as_the_cost(tiny_chat_server):

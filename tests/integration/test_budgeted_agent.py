@@ -41,7 +41,13 @@ def test_agent_with_a_fixed_plan_skips_what_the_budget_cannot_pay(tiny_chat_serv
     report = final["report"]
     assert report["steps"] == 6
     assert report["skipped"] >= 1
-    assert report["spent"]["input_tokens"] + report["spent"]["output_tokens"] <= 300
+    spent = report["spent"]["input_tokens"] + report["spent"]["output_tokens"]
+    assert spent <= 300
+    # The last message says, for people, what was spent and what the rest would need.
+    out = [d["step"] for d in report["decisions"] if d["option"] == "skip"]
+    assert final["messages"][-1].content == report["summary"]
+    assert report["summary"].startswith(f"Spent {spent:,} of 300 tokens in ")
+    assert f"The budget ran out before {', '.join(out)}: " in report["summary"]
 
 
 def test_agent_spends_from_a_shared_ledger_scope(tiny_chat_server):

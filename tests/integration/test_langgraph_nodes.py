@@ -18,7 +18,7 @@ from roi_agents_langgraph import (
     current_step,
 )
 
-from roi_agents import Budget, Controller, Option, PriorPredictor, Spend, Step
+from roi_agents import Budget, BudgetQuestion, Controller, Option, PriorPredictor, Spend, Step
 from roi_agents.errors import BudgetExceeded
 from roi_agents.ledger import MemoryLedger, ScopeBudget
 from roi_agents.predict import GuardedPredictor
@@ -293,6 +293,10 @@ def test_ask_for_more_budget_with_interrupt_and_resume(tiny_chat_server):
     (question,) = first["__interrupt__"]
     assert question.value["step"] == "s0"
     assert question.value["remaining"] == {"tokens": 30}
+    asked = BudgetQuestion.model_validate(question.value)
+    assert asked.options == ["fast", "deep"]
+    assert asked.needs.tokens > 30
+    assert asked.shortfall.tokens == asked.needs.tokens - 30
     assert calls == []
     # A resume that is no budget is not taken: asked again, the thread is not stuck.
     for bad in (-5, "2000", True, {"token": 2000}, {"tokens": -5}):
@@ -441,3 +445,88 @@ def test_a_run_resumed_in_a_new_process_does_not_spend_its_budget_twice(tiny_cha
     assert server <= 700
     assert spent == server  # nothing lost, nothing counted twice
     assert control.session(state).report().committed.tokens == server
+
+
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        # LangGraph drops keys the state does not have: "steps" never reaches a node.
+        ({"steps": ["a"], "budget": {"tokens": 100}}, "the graph's state has no 'pending' steps"),
+        ({"pending": []}, "the graph's state has no 'budget'"),
+        ({"budget": {"tokens": -5}, "pending": []}, "budget['tokens']: Input should be"),
+        ({"budget": {"tokens": 100}, "pending": "s0"}, "pending: expected a list of steps"),
+        ({"budget": {"tokens": 100}, "pending": [{"id": "s0"}]}, "pending[0]['options']"),
+    ],
+)
+def test_a_malformed_input_is_refused_naming_the_key_and_the_shape(tiny_chat_server, given, named):
+    from roi_agents.errors import InvalidValueError
+
+    graph, _, calls = _graph(tiny_chat_server)
+    with pytest.raises(InvalidValueError) as refused:
+        graph.invoke(given, _config())
+    assert named in str(refused.value)
+    assert "'pending': [Step(...).model_dump(), ...]" in str(refused.value)
+    assert calls == []
+
+
+def test_a_step_without_input_tokens_gets_its_prompt_counted(tiny_chat_server):
+    from langchain_core.messages import HumanMessage
+    from roi_agents_langgraph import prompt_token_bound
+
+    start = _start(400, n=2)
+    for step in start["pending"]:
+        step["input_tokens"] = None
+    graph, control, calls = _graph(tiny_chat_server, checkpointer=InMemorySaver())
+    config = _config()
+    final = graph.invoke(start, config)
+    first = graph.get_state_history(config)
+    counted = [
+        s.values["pending"][0]["input_tokens"]
+        for s in first
+        if s.values.get("pending") and s.values["pending"][0]["id"] == "s0"
+    ]
+    text = start["pending"][0]["text"]
+    assert prompt_token_bound([HumanMessage(content=text)]) in counted
+    assert calls
+    assert _served(control, final) <= 400
+
+
+def test_a_state_schema_without_the_budget_keys_is_refused_when_wired():
+    from typing_extensions import TypedDict
+
+    from roi_agents.errors import InvalidValueError
+
+    class Mine(TypedDict):
+        messages: list
+
+    with pytest.raises(InvalidValueError, match="mix BudgetState into its schema"):
+        add_budget_loop(
+            StateGraph(Mine), MetaCognitiveNode(_prior()), BudgetControllerNode(), lambda s: {}
+        )
+
+
+def test_a_node_of_yours_can_follow_each_step(tiny_chat_server):
+    """after_execute: execute -> your node (a tool node, say) -> forecast."""
+    model = runaway_chat(tiny_chat_server)
+    control = BudgetControllerNode()
+    followed = []
+
+    def execute(state: BudgetState) -> dict:
+        step, decision = current_step(state)
+        chat = budgeted(model, session=control.session(state))
+        chat.invoke(step.text, decision=decision, option=step.option(decision.option), step=step)
+        return control.settle(state)
+
+    def after(state: BudgetState) -> dict:
+        followed.append(len(state["decisions"]))
+        return {}
+
+    graph = StateGraph(BudgetState)
+    add_budget_loop(graph, MetaCognitiveNode(_prior()), control, execute, after_execute="tools")
+    graph.add_node("tools", after)
+    graph.add_edge("tools", "forecast")
+    final = graph.compile().invoke(_start(2_000, n=3), _config())
+    ran = [d for d in final["decisions"] if d["option"] != "skip"]
+    assert len(ran) == 3
+    assert followed == [1, 2, 3]  # once after each step that ran, before the next plan
+    assert _served(control, final) <= 2_000

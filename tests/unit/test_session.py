@@ -272,7 +272,14 @@ def test_an_answer_to_ask_that_would_overflow_is_asked_again():
     session = BudgetSession(Budget(tokens=30), on_exhausted="ask", ask=ask)
     decision = session.decide(steps, forecasts)
     assert not decision.skipped
-    assert "error" in asked[1]  # the first answer was out of range, and said so
+    first, second = asked
+    # What the step needs, what is left and the least to grant, per resource.
+    assert first.remaining.tokens == 30
+    assert first.needs.tokens > 30
+    assert first.shortfall.tokens == first.needs.tokens - 30
+    assert first.options == ["fast"]
+    assert first.error is None
+    assert "less than or equal" in second.error  # the first answer was out of range
     assert session.budget.tokens == 530 == session.ledger.balance("run").budget.tokens
 
 

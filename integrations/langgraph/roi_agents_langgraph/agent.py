@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -97,7 +97,7 @@ def create_budgeted_agent(
         predictor: forecasts per step and option (default: a `PriorPredictor`).
         options: the ways of doing a step (default: `DEFAULT_OPTIONS`, or
             `DEFAULT_TOOL_OPTIONS` when there are tools).
-        controller: allocation settings (default: `Controller()`).
+        controller: allocation settings (default: a `Controller` with a `PriorPredictor`).
         planner: task -> step texts; default: ask the model for at most ``max_steps`` lines,
             under a cap of ``planning_tokens`` and at most a quarter of the budget (skipped,
             the task being the one step, when its prompt does not fit in that).
@@ -118,8 +118,10 @@ def create_budgeted_agent(
     Returns:
         A compiled graph whose final state holds ``results`` and a ``report``: the budget,
         what was spent (as the server counted it), what is left (negative on an overrun, which
-        ``overrun`` flags), the decisions. The budget is the thread's: invocations on one
-        thread id spend from it together, and the report's figures are the thread's so far.
+        ``overrun`` flags), the decisions, and a ``summary`` in words; when the budget ran out
+        before a step, that summary is also the last message. The budget is the thread's:
+        invocations on one thread id spend from it together, and the report's figures are the
+        thread's so far.
     """
     bound = model.bind_tools(list(tools)) if tools else model
     forecaster = predictor or PriorPredictor()
@@ -234,8 +236,13 @@ def create_budgeted_agent(
     def report(state: AgentState) -> dict[str, Any]:
         decisions = state.get("decisions") or []
         account = control.session(state).report()
+        summary = control.summary(state)
+        # When the budget ended the run, the last message says so, for people.
+        ran_out = any(d.get("exhausted") for d in decisions)
         return {
+            "messages": [AIMessage(content=summary)] if ran_out else [],
             "report": {
+                "summary": summary,
                 "budget": account.budget.model_dump(exclude_none=True),
                 "spent": account.spent.model_dump(),
                 "remaining": {r: v for r, v in account.remaining.items() if v is not None},
@@ -248,7 +255,7 @@ def create_budgeted_agent(
                     {"step": d["step_id"], "option": d["option"], "reason": d["reason"]}
                     for d in decisions
                 ],
-            }
+            },
         }
 
     graph = StateGraph(AgentState)

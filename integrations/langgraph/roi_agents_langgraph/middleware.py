@@ -192,11 +192,11 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
             for k in range(self.expected_calls)
         ]
 
-    def _stop(self, session: BudgetSession, why: str) -> AIMessage:
-        left = session.remaining().model_dump(exclude_none=True)
-        return AIMessage(
-            content=f"Stopped: the budget cannot pay for another answer ({why}; {left} left)."
-        )
+    @staticmethod
+    def _stop(session: BudgetSession, decision: Decision) -> AIMessage:
+        """The agent's last answer when the budget ends the thread: what happened, in words."""
+        said = session.summary([decision], labels={decision.step_id: "the next answer"})
+        return AIMessage(content=f"Stopped. {said}")
 
     def _request(
         self, request: ModelRequest[Any], option: Option, max_tokens: int | None
@@ -248,7 +248,10 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
     def _refused(self, session: BudgetSession, error: BudgetExceeded) -> AIMessage:
         if self.on_exhausted == "error":
             raise error
-        return self._stop(session, str(error))
+        said = session.summary()
+        return AIMessage(
+            content=f"Stopped: the budget cannot pay for this request ({error}). {said}"
+        )
 
     def wrap_model_call(
         self,
@@ -259,7 +262,7 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         prompt = count_prompt(self.counter, self._messages(request), request.tools)
         session, step, decision = self._plan(request, prompt)
         if decision.skipped:
-            return self._stop(session, decision.reason)
+            return self._stop(session, decision)
         option = step.option(decision.option)
         try:
             with session.call(decision, option, prompt=prompt, step=step) as call:
@@ -280,7 +283,7 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         prompt = await acount_prompt(self.counter, self._messages(request), request.tools)
         session, step, decision = self._plan(request, prompt)
         if decision.skipped:
-            return self._stop(session, decision.reason)
+            return self._stop(session, decision)
         option = step.option(decision.option)
         try:
             async with session.call(decision, option, prompt=prompt, step=step) as call:

@@ -15,17 +15,27 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableLambda
 from langgraph.config import get_config
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy
 from opentelemetry import metrics, trace
 
+from roi_agents.errors import InvalidValueError
 from roi_agents.ledger.base import Ledger, check_ttl
 from roi_agents.predict.base import Learner, Predictor
+from roi_agents.prompt import PromptCounter
 from roi_agents.session import BudgetSession, OnExhausted, SessionPool, check_on_exhausted
-from roi_agents.types import Budget, Forecast, Spend, Step
-from roi_agents_langgraph.state import BudgetState, ask_for_budget, current_step
+from roi_agents.types import Decision, Forecast, Spend, Step
+from roi_agents_langgraph.chat import count_prompt
+from roi_agents_langgraph.state import (
+    BudgetState,
+    ask_for_budget,
+    current_step,
+    pending_steps,
+    run_budget,
+)
 
 if TYPE_CHECKING:
     from roi_agents.allocate import Controller
@@ -41,29 +51,55 @@ __all__ = [
 Route = Literal["execute", "skip", "finish"]
 
 
-def _steps(state: BudgetState) -> list[Step]:
-    return [Step.model_validate(s) for s in state.get("pending") or []]
-
-
 class MetaCognitiveNode(RunnableLambda[BudgetState, dict[str, Any]]):
     """Forecasts every pending (step, option): one batched predictor call per turn.
 
+    It reads the graph's input first, loudly: a missing or malformed ``budget`` or ``pending``
+    raises `InvalidValueError` naming the key and the shape the input should have. A step
+    without ``input_tokens`` gets its prompt counted (its text as one user message), so the
+    plan knows what each call will carry before it is made.
+
     Args:
         predictor: any `Predictor` (the async path awaits ``apredict``).
+        counter: counts a step's prompt (`roi_agents.VLLMTokenCounter`, the model's own count);
+            default: the byte bound.
     """
 
-    def __init__(self, predictor: Predictor, *, name: str = "forecast") -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        counter: PromptCounter | None = None,
+        name: str = "forecast",
+    ) -> None:
         self.predictor = predictor
+        self.counter = counter
         super().__init__(self._forecast, afunc=self._aforecast, name=name)
 
+    def _read(self, state: BudgetState) -> tuple[list[Step], dict[str, Any]]:
+        run_budget(state)
+        steps = pending_steps(state)
+        if all(s.input_tokens is not None for s in steps):
+            return steps, {}
+        counted = [
+            s
+            if s.input_tokens is not None
+            else s.model_copy(update={"input_tokens": self._count(s)})
+            for s in steps
+        ]
+        return counted, {"pending": [s.model_dump() for s in counted]}
+
+    def _count(self, step: Step) -> int:
+        return count_prompt(self.counter, [HumanMessage(content=step.text)]).tokens
+
     def _forecast(self, state: BudgetState) -> dict[str, Any]:
-        steps = _steps(state)
-        return {"forecasts": [f.model_dump() for f in self.predictor.predict(steps)]}
+        steps, update = self._read(state)
+        return {**update, "forecasts": [f.model_dump() for f in self.predictor.predict(steps)]}
 
     async def _aforecast(self, state: BudgetState) -> dict[str, Any]:
-        steps = _steps(state)
+        steps, update = self._read(state)
         forecasts = await self.predictor.apredict(steps)
-        return {"forecasts": [f.model_dump() for f in forecasts]}
+        return {**update, "forecasts": [f.model_dump() for f in forecasts]}
 
 
 class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
@@ -79,7 +115,7 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
     and every attempt is charged, retries and ``Send`` branches included.
 
     Args:
-        controller: the allocation settings (default: `roi_agents.Controller()`).
+        controller: the allocation settings (default: a `Controller` with a `PriorPredictor`).
         ledger: a shared ledger, optional.
         scope: the scope above the runs' scopes (default ``"run"``).
         ttl: seconds a reservation lasts if the worker dies before charging it.
@@ -137,12 +173,12 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         )
         return self.sessions.get(
             scope,
-            Budget.model_validate(state["budget"]),
+            run_budget(state),
             spent=Spend.model_validate(state.get("spent") or {}),
         )
 
     def _decide(self, state: BudgetState) -> dict[str, Any]:
-        steps = _steps(state)
+        steps = pending_steps(state)
         if not steps:
             return {"decision": None}
         session = self.session(state)
@@ -198,6 +234,14 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
             session.learn(step, decision.option, spend, success, truncated)
         return {**update, "spent": spend.model_dump(), "charged": [call_id]}
 
+    def summary(self, state: BudgetState) -> str:
+        """What the run did with its budget, in words (`BudgetSession.summary`).
+
+        What it spent, what it skipped, and what the steps the budget could not pay for need.
+        """
+        decisions = [Decision.model_validate(d) for d in state.get("decisions") or []]
+        return self.session(state).summary(decisions)
+
     def skip(self, state: BudgetState) -> dict[str, Any]:
         """The state update that skips the next step (traced as such)."""
         current = current_step(state)
@@ -223,13 +267,24 @@ def add_budget_loop(
     *,
     start: str = START,
     finish: str = END,
+    after_execute: str = "forecast",
     retry_policy: RetryPolicy | None = None,
 ) -> None:
     """Wire the loop into ``graph``: ``start`` -> forecast -> control -> execute | skip | finish.
 
     Adds the nodes ``forecast``, ``control``, ``execute`` (your executor, optionally with a
-    ``retry_policy``) and ``skip`` (``control.skip``); execute and skip go back to forecast.
+    ``retry_policy``) and ``skip`` (``control.skip``); skip goes back to forecast, and execute
+    to ``after_execute``: forecast by default, or a node of yours (a `BudgetedToolNode` that
+    runs the step's tool calls, say) that you add and lead back to ``"forecast"``.
+
+    Raises:
+        InvalidValueError: the graph's state schema lacks keys of `BudgetState` (LangGraph
+            would drop them from every update without a word).
     """
+    missing = sorted(set(BudgetState.__annotations__) - set(graph.channels))
+    if missing:
+        msg = f"the graph's state lacks {missing}: mix BudgetState into its schema"
+        raise InvalidValueError("graph", msg)
     graph.add_node("forecast", forecast)
     graph.add_node("control", control)
     graph.add_node("execute", execute, retry_policy=retry_policy)
@@ -239,5 +294,5 @@ def add_budget_loop(
     graph.add_conditional_edges(
         "control", route_budget, {"execute": "execute", "skip": "skip", "finish": finish}
     )
-    graph.add_edge("execute", "forecast")
+    graph.add_edge("execute", after_execute)
     graph.add_edge("skip", "forecast")

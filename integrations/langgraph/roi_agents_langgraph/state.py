@@ -6,16 +6,27 @@ Everything in it is plain JSON (model dumps), so it survives any LangGraph check
 from __future__ import annotations
 
 import operator
+from collections.abc import Mapping
 from typing import Annotated, Any, NotRequired
 
 from langgraph.types import interrupt
+from pydantic import ValidationError
 from typing_extensions import TypedDict
 
 from roi_agents.errors import InvalidValueError
-from roi_agents.session import extra_budget
+from roi_agents.session import BudgetQuestion, extra_budget
 from roi_agents.types import Budget, Decision, Spend, Step
 
-__all__ = ["BudgetState", "add_spend", "ask_for_budget", "current_step", "remaining", "union"]
+__all__ = [
+    "BudgetState",
+    "add_spend",
+    "ask_for_budget",
+    "current_step",
+    "pending_steps",
+    "remaining",
+    "run_budget",
+    "union",
+]
 
 
 def add_spend(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
@@ -55,32 +66,81 @@ class BudgetState(TypedDict):
     charged: NotRequired[Annotated[list[str], union]]
 
 
+_INPUT = (
+    "invoke the graph with {'budget': Budget(tokens=...).model_dump(), "
+    "'pending': [Step(...).model_dump(), ...]}"
+)
+
+
+def _invalid(key: str, error: ValidationError) -> InvalidValueError:
+    first = error.errors()[0]
+    where = "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]" for p in first["loc"])
+    return InvalidValueError(key, f"{key}{where}: {first['msg']} ({_INPUT})")
+
+
+def run_budget(state: Mapping[str, Any]) -> Budget:
+    """The run's `Budget` from its state.
+
+    Raises:
+        InvalidValueError: the key is missing or is not a budget; the message names the key
+            and the shape the graph's input should have.
+    """
+    if state.get("budget") is None:
+        raise InvalidValueError("budget", f"the graph's state has no 'budget': {_INPUT}")
+    try:
+        return Budget.model_validate(state["budget"])
+    except ValidationError as error:
+        raise _invalid("budget", error) from None
+
+
+def pending_steps(state: Mapping[str, Any]) -> list[Step]:
+    """The run's pending steps from its state, the next one first.
+
+    Raises:
+        InvalidValueError: the key is missing (a graph invoked with ``steps``, say: LangGraph
+            drops keys its state does not have) or holds something other than steps.
+    """
+    pending = state.get("pending")
+    if pending is None:
+        raise InvalidValueError("pending", f"the graph's state has no 'pending' steps: {_INPUT}")
+    if not isinstance(pending, list | tuple):
+        msg = f"expected a list of steps, got {type(pending).__name__} ({_INPUT})"
+        raise InvalidValueError("pending", msg)
+    steps = []
+    for index, step in enumerate(pending):
+        try:
+            steps.append(Step.model_validate(step))
+        except ValidationError as error:
+            raise _invalid(f"pending[{index}]", error) from None
+    return steps
+
+
 def remaining(state: BudgetState) -> Budget:
     """What the run has left: budget minus spent, floored at zero."""
-    budget = Budget.model_validate(state["budget"])
-    return budget.left_after(Spend.model_validate(state.get("spent") or {}))
+    return run_budget(state).left_after(Spend.model_validate(state.get("spent") or {}))
 
 
 def current_step(state: BudgetState) -> tuple[Step, Decision] | None:
     """The next step and its decision, when the controller has decided it."""
-    pending = state.get("pending") or []
     decision = state.get("decision")
-    if not pending or decision is None:
+    if decision is None or not state.get("pending"):
         return None
-    return Step.model_validate(pending[0]), Decision.model_validate(decision)
+    return pending_steps(state)[0], Decision.model_validate(decision)
 
 
-def ask_for_budget(question: dict[str, Any]) -> Budget | None:
+def ask_for_budget(question: BudgetQuestion) -> Budget | None:
     """Ask a human for more budget with LangGraph's ``interrupt`` (needs a checkpointer).
 
-    Resume with ``Command(resume=...)``: ``None`` (or ``False``, ``0``) for no more, a positive
-    number of tokens, or a mapping such as ``{"tokens": 2000}`` or ``{"usd": 0.5}`` (see
+    The interrupt's value is the `BudgetQuestion` as JSON, ``None`` fields left out: what the
+    step needs per resource, what is left, the shortfall, the step's options
+    (``BudgetQuestion.model_validate(value)`` reads it back). Resume with
+    ``Command(resume=...)``: ``None`` (or ``False``, ``0``) for no more, a positive number of
+    tokens, or a mapping such as ``{"tokens": 2000}`` or ``{"usd": 0.5}`` (see
     `roi_agents.session.extra_budget`). An answer that is none of these is not taken: the
-    question is asked again with the error in ``"error"``, so a typo never wedges the thread.
+    question is asked again with the error in ``error``, so a typo never wedges the thread.
     """
-    payload = {**question, "resume_with": "None to stop, or e.g. {'tokens': 2000}"}
     while True:
         try:
-            return extra_budget(interrupt(payload))
+            return extra_budget(interrupt(question.model_dump(mode="json", exclude_none=True)))
         except InvalidValueError as error:
-            payload = {**payload, "error": str(error)}
+            question = question.model_copy(update={"error": str(error)})
