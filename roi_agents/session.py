@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, NonNegativeInt
 from roi_agents.allocate import Controller
 from roi_agents.errors import BudgetExceeded, InvalidValueError, UnknownScope
 from roi_agents.ledger.base import Amount, Ledger, ScopeBudget, check_scope, check_ttl
-from roi_agents.ledger.sqlite import MemoryLedger
+from roi_agents.ledger.memory import MemoryLedger
 from roi_agents.predict.base import Learner
 from roi_agents.predict.prior import PriorPredictor
 from roi_agents.prompt import PromptCount

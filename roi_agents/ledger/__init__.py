@@ -16,7 +16,8 @@ from roi_agents.ledger.base import (
     ReservationState,
     ScopeBudget,
 )
-from roi_agents.ledger.sqlite import MemoryLedger, SQLiteLedger
+from roi_agents.ledger.memory import MemoryLedger
+from roi_agents.ledger.sqlite import SQLiteLedger
 
 __all__ = [
     "Amount",

@@ -45,7 +45,14 @@ from roi_agents.ledger.base import (
 )
 from roi_agents.types import RESOURCES, Resource
 
-__all__ = ["Execute", "SQLLedger"]
+__all__ = [
+    "Execute",
+    "SQLLedger",
+    "log_over_commit",
+    "period_start",
+    "stored_key",
+    "tolerance",
+]
 
 logger = logging.getLogger("roi_agents.ledger")
 
@@ -177,7 +184,7 @@ class SQLLedger(ABC):
                     budget.usd,
                     budget.tool_calls,
                     budget.period,
-                    _period_start(budget, day, month),
+                    period_start(budget, day, month),
                 ),
             )
 
@@ -196,16 +203,16 @@ class SQLLedger(ABC):
         levels = ancestors(scope)
         amount = Amount.model_validate(amount)
         ttl = check_ttl(ttl)
-        stored_key = _stored_key(scope, idempotency_key)
+        key = stored_key(scope, idempotency_key)
         with self.transaction() as execute:
             # Looked up under the scope's locks: a concurrent reserve with the same key (hence
             # the same scope) waits for this one and then finds its hold.
             self.lock_budgets(execute, levels)
-            if stored_key is not None:
+            if key is not None:
                 rows = execute(
                     f"SELECT {_RESERVATION_COLUMNS} FROM {self.prefix}roi_reservations "
                     "WHERE idempotency_key = %s",
-                    (stored_key,),
+                    (key,),
                 )
                 if rows:
                     return _reservation(rows[0], self._clock(execute)[0])
@@ -215,7 +222,7 @@ class SQLLedger(ABC):
             now, day, month = self._clock(execute)
             expired = self._expired(execute, levels[0], now)
             for level, row in found.items():
-                start = _period_start(row.budget, day, month)
+                start = period_start(row.budget, day, month)
                 used = _minus(row.held, _charged_to(level, expired)) + row.current(start)[0]
                 for resource in RESOURCES:
                     limit = row.budget.limit(resource)
@@ -223,7 +230,7 @@ class SQLLedger(ABC):
                         continue
                     left = limit - used.get(resource)
                     wanted = amount.get(resource)
-                    if wanted > 0 and wanted > left + _tolerance(resource):  # nothing fits
+                    if wanted > 0 and wanted > left + tolerance(resource):  # nothing fits
                         raise BudgetExceeded(
                             resource=resource, scope=level, limit=left, requested=wanted
                         )
@@ -250,7 +257,7 @@ class SQLLedger(ABC):
                     reservation_id,
                     scope,
                     "\n".join(charged),
-                    stored_key,
+                    key,
                     amount.tokens,
                     amount.usd,
                     amount.tool_calls,
@@ -298,7 +305,7 @@ class SQLLedger(ABC):
                 raise ReservationConflict(f"reservation {current.id} was released")
             late = current.state == "expired"
             over = late or any(
-                actual.get(r) > current.amount.get(r) + _tolerance(r) for r in RESOURCES
+                actual.get(r) > current.amount.get(r) + tolerance(r) for r in RESOURCES
             )
             execute(
                 f"""UPDATE {self.prefix}roi_reservations SET state = 'committed',
@@ -316,13 +323,7 @@ class SQLLedger(ABC):
                 over_commits=int(over),
             )
         if over:
-            logger.warning(
-                "over-commit in scope %s: reserved %s, spent %s%s (recorded and flagged)",
-                current.scope,
-                current.amount,
-                actual,
-                " after the hold expired" if late else "",
-            )
+            log_over_commit(current, actual, late)
         return current.model_copy(
             update={"state": "committed", "actual": actual, "over_commit": over}
         )
@@ -410,7 +411,7 @@ class SQLLedger(ABC):
         remaining: dict[Resource, float | None] = dict.fromkeys(RESOURCES)
         for level, row in found.items():
             held = _minus(row.held, _charged_to(level, expired))
-            used = held + row.current(_period_start(row.budget, day, month))[0]
+            used = held + row.current(period_start(row.budget, day, month))[0]
             for resource in RESOURCES:
                 limit = row.budget.limit(resource)
                 if limit is None:
@@ -419,7 +420,7 @@ class SQLLedger(ABC):
                 current = remaining[resource]
                 remaining[resource] = left if current is None else min(current, left)
         own = found[scope]
-        committed, over_commits = own.current(_period_start(own.budget, day, month))
+        committed, over_commits = own.current(period_start(own.budget, day, month))
         return Balance(
             scope=scope,
             budget=own.budget,
@@ -526,7 +527,7 @@ class SQLLedger(ABC):
     ) -> None:
         """Start a new period's committed counters on rows whose period has ended."""
         for scope, row in found.items():
-            start = _period_start(row.budget, day, month)
+            start = period_start(row.budget, day, month)
             if row.period_start < start:
                 execute(
                     f"""UPDATE {self.prefix}roi_budgets SET period_start = %s,
@@ -560,7 +561,7 @@ class SQLLedger(ABC):
         return _reservation(row, now), str(row[6]), charged, now, day, month
 
 
-def _stored_key(scope: str, key: str | None) -> str | None:
+def stored_key(scope: str, key: str | None) -> str | None:
     """An idempotency key as stored: prefixed by its scope and a newline.
 
     A scope has no newline, so the pair is unique and one tenant's key never matches another's.
@@ -574,11 +575,22 @@ def _stored_key(scope: str, key: str | None) -> str | None:
     return f"{scope}\n{key}"
 
 
+def log_over_commit(reservation: Reservation, actual: Amount, late: bool) -> None:
+    """Say, in the log, that a spend beyond its hold was recorded (and flagged)."""
+    logger.warning(
+        "over-commit in scope %s: reserved %s, spent %s%s (recorded and flagged)",
+        reservation.scope,
+        reservation.amount,
+        actual,
+        " after the hold expired" if late else "",
+    )
+
+
 def _id(reservation: Reservation | str) -> str:
     return reservation if isinstance(reservation, str) else reservation.id
 
 
-def _period_start(budget: ScopeBudget, day: float, month: float) -> float:
+def period_start(budget: ScopeBudget, day: float, month: float) -> float:
     if budget.period == "daily":
         return day
     if budget.period == "monthly":
@@ -586,7 +598,7 @@ def _period_start(budget: ScopeBudget, day: float, month: float) -> float:
     return 0.0
 
 
-def _tolerance(resource: Resource) -> float:
+def tolerance(resource: Resource) -> float:
     return 1e-9 if resource == "usd" else 0.0
 
 
@@ -613,7 +625,7 @@ def _negative(amount: Amount) -> tuple[float, float, float]:
 def _reservation(row: tuple[Any, ...], now: float) -> Reservation:
     (rid, scope, key, tokens, usd, calls, state, created, expires, at, au, ac, over, _) = row
     if key is not None:
-        key = str(key).split("\n", 1)[-1]  # stored per scope (see _stored_key)
+        key = str(key).split("\n", 1)[-1]  # stored per scope (see stored_key)
     if state == "held" and float(expires) <= now:
         state = "expired"
     actual = Amount(tokens=int(at), usd=float(au), tool_calls=int(ac)) if at is not None else None

@@ -1,4 +1,4 @@
-"""SQLite ledgers: a file shared by the processes of one machine, or one in memory."""
+"""The SQLite ledger: a file shared by the threads and processes of one machine."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from roi_agents.ledger._sql import Execute, SQLLedger, iter_rows
-from roi_agents.ledger.base import Amount, Balance, Reservation
 
-__all__ = ["MemoryLedger", "SQLiteLedger"]
+__all__ = ["SQLiteLedger"]
 
 _EPOCH = "(julianday('now') - 2440587.5) * 86400.0"
 
@@ -94,43 +93,3 @@ class SQLiteLedger(SQLLedger):
                 connection.close()
             self._connections.clear()
         self._local = threading.local()
-
-
-class MemoryLedger(SQLiteLedger):
-    """A ledger in process memory, for tests and single-process use.
-
-    The same SQL semantics as the file ledger, in an in-memory SQLite database shared by the
-    process's threads through one connection (transactions take turns on the writer lock).
-    """
-
-    def __init__(self) -> None:
-        self._shared = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        self._shared.execute("PRAGMA foreign_keys=ON")
-        super().__init__(":memory:")
-
-    def _connect(self) -> sqlite3.Connection:
-        return self._shared
-
-    def close(self) -> None:
-        """Drop the database."""
-        self._shared.close()
-
-    # No I/O to wait for: the async twins run inline rather than on a worker thread.
-
-    async def areserve(
-        self, scope: str, amount: Amount, *, ttl: float, idempotency_key: str | None = None
-    ) -> Reservation:
-        """Async `reserve` (inline: memory has no I/O)."""
-        return self.reserve(scope, amount, ttl=ttl, idempotency_key=idempotency_key)
-
-    async def acommit(self, reservation: Reservation | str, actual: Amount) -> Reservation:
-        """Async `commit` (inline)."""
-        return self.commit(reservation, actual)
-
-    async def arelease(self, reservation: Reservation | str) -> Reservation:
-        """Async `release` (inline)."""
-        return self.release(reservation)
-
-    async def abalance(self, scope: str) -> Balance:
-        """Async `balance` (inline)."""
-        return self.balance(scope)

@@ -179,3 +179,40 @@ def test_with_no_history_a_budget_that_pays_for_deep_buys_it(tiny_chat_server, t
     # The runaway model stops at its cap: fast's is 256 output tokens.
     assert (answer.usage_metadata["output_tokens"] > 256) is deep
     assert answer.usage_metadata["total_tokens"] <= tokens
+
+
+def test_ask_interrupts_with_what_the_answer_needs_and_a_bad_answer_is_asked_again(
+    tiny_chat_server,
+):
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    from roi_agents import BudgetQuestion
+
+    middleware = BudgetMiddleware(
+        budget=Budget(tokens=20),
+        options=(DEEP, FAST),
+        predictor=_prior(),
+        expected_calls=1,
+        on_exhausted="ask",
+    )
+    agent = create_agent(
+        model=runaway_chat(tiny_chat_server),
+        tools=[],
+        middleware=[middleware],
+        checkpointer=InMemorySaver(),
+    )
+    config = {"configurable": {"thread_id": "asked"}}
+    first = agent.invoke({"messages": [HumanMessage("plan a trip")]}, config)
+    question = BudgetQuestion.model_validate(first["__interrupt__"][0].value)
+    assert question.remaining.tokens == 20
+    assert question.shortfall.tokens == question.needs.tokens - 20 > 0
+    assert question.options == ["deep", "fast"]
+    for bad in ("lots", True, {"tokens": -5}):
+        again = agent.invoke(Command(resume=bad), config)
+        assert "resume" in again["__interrupt__"][0].value["error"]
+    final = agent.invoke(Command(resume={"tokens": question.shortfall.tokens + 400}), config)
+    assert "__interrupt__" not in final
+    usage = _answer(final).usage_metadata
+    assert usage["output_tokens"] > 0
+    assert usage["input_tokens"] + usage["output_tokens"] <= 20 + question.shortfall.tokens + 400

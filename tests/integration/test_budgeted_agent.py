@@ -100,3 +100,27 @@ def test_a_graded_agent_tells_its_predictor_every_answer(tiny_chat_server):
     scored = {(t.option, t.part): t.outcomes for t in guard.trust() if t.group is None}
     options = [r["option"] for r in ran]
     assert scored == {(option, "cost"): options.count(option) for option in set(options)}
+
+
+def test_the_agent_asks_for_more_and_goes_on_with_what_it_is_granted(tiny_chat_server):
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    from roi_agents import BudgetQuestion
+
+    agent = create_budgeted_agent(
+        runaway_chat(tiny_chat_server),
+        budget=Budget(tokens=40),
+        planner=lambda task: ["write a paragraph"],
+        on_exhausted="ask",
+        checkpointer=InMemorySaver(),
+    )
+    config = {"configurable": {"thread_id": "asked"}, "recursion_limit": 50}
+    first = agent.invoke({"task": "one paragraph"}, config)
+    question = BudgetQuestion.model_validate(first["__interrupt__"][0].value)
+    assert question.step == "step-0"
+    final = agent.invoke(Command(resume={"tokens": question.shortfall.tokens + 100}), config)
+    report = final["report"]
+    assert [r["step"] for r in final["results"] if "answer" in r] == ["step-0"]  # it ran
+    assert report["budget"]["tokens"] == 40 + question.shortfall.tokens + 100
+    assert not report["overrun"]
