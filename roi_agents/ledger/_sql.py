@@ -19,7 +19,6 @@ the counters. Times are the database's (seconds since the epoch), never the work
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -28,9 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from roi_agents.errors import (
-    BudgetExceeded,
-    InvalidValueError,
-    ReservationConflict,
     UnknownReservation,
     UnknownScope,
 )
@@ -43,18 +39,17 @@ from roi_agents.ledger.base import (
     check_scope,
     check_ttl,
 )
-from roi_agents.types import RESOURCES, Resource
+from roi_agents.ledger.rules import (
+    check_fits,
+    is_over_commit,
+    is_replayed_commit,
+    log_over_commit,
+    period_start,
+    remaining,
+    stored_key,
+)
 
-__all__ = [
-    "Execute",
-    "SQLLedger",
-    "log_over_commit",
-    "period_start",
-    "stored_key",
-    "tolerance",
-]
-
-logger = logging.getLogger("roi_agents.ledger")
+__all__ = ["Execute", "SQLLedger"]
 
 Execute = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 """Runs one statement (``%s`` placeholders) in the open transaction; returns its rows."""
@@ -221,19 +216,13 @@ class SQLLedger(ABC):
                 raise UnknownScope(scope)
             now, day, month = self._clock(execute)
             expired = self._expired(execute, levels[0], now)
-            for level, row in found.items():
-                start = period_start(row.budget, day, month)
-                used = _minus(row.held, _charged_to(level, expired)) + row.current(start)[0]
-                for resource in RESOURCES:
-                    limit = row.budget.limit(resource)
-                    if limit is None:
-                        continue
-                    left = limit - used.get(resource)
-                    wanted = amount.get(resource)
-                    if wanted > 0 and wanted > left + tolerance(resource):  # nothing fits
-                        raise BudgetExceeded(
-                            resource=resource, scope=level, limit=left, requested=wanted
-                        )
+            check_fits(
+                (
+                    (level, row.budget, self._used(level, row, expired, day, month))
+                    for level, row in found.items()
+                ),
+                amount,
+            )
             # Expired holds charged only to rows this transaction has locked leave the counters;
             # the others (in scopes this reserve does not lock) are left to `sweep`, after.
             leftover = 0
@@ -293,20 +282,9 @@ class SQLLedger(ABC):
         actual = Amount.model_validate(actual)
         with self.transaction() as execute:
             current, stored, charged, now, day, month = self._locked(execute, _id(reservation))
-            if current.state == "committed":
-                if current.actual == actual:
-                    return current
-                msg = (
-                    f"reservation {current.id} was already committed with {current.actual}; "
-                    f"refusing {actual}"
-                )
-                raise ReservationConflict(msg)
-            if current.state == "released":
-                raise ReservationConflict(f"reservation {current.id} was released")
-            late = current.state == "expired"
-            over = late or any(
-                actual.get(r) > current.amount.get(r) + tolerance(r) for r in RESOURCES
-            )
+            if is_replayed_commit(current, actual):
+                return current
+            over = is_over_commit(current, actual)
             execute(
                 f"""UPDATE {self.prefix}roi_reservations SET state = 'committed',
                 committed_at = %s, actual_tokens = %s, actual_usd = %s, actual_tool_calls = %s,
@@ -323,7 +301,7 @@ class SQLLedger(ABC):
                 over_commits=int(over),
             )
         if over:
-            log_over_commit(current, actual, late)
+            log_over_commit(current, actual)
         return current.model_copy(
             update={"state": "committed", "actual": actual, "over_commit": over}
         )
@@ -408,17 +386,10 @@ class SQLLedger(ABC):
                 raise UnknownScope(scope)
             now, day, month = self._clock(execute)
             expired = self._expired(execute, levels[0], now)
-        remaining: dict[Resource, float | None] = dict.fromkeys(RESOURCES)
-        for level, row in found.items():
-            held = _minus(row.held, _charged_to(level, expired))
-            used = held + row.current(period_start(row.budget, day, month))[0]
-            for resource in RESOURCES:
-                limit = row.budget.limit(resource)
-                if limit is None:
-                    continue
-                left = limit - used.get(resource)
-                current = remaining[resource]
-                remaining[resource] = left if current is None else min(current, left)
+        left = remaining(
+            (row.budget, self._used(level, row, expired, day, month))
+            for level, row in found.items()
+        )
         own = found[scope]
         committed, over_commits = own.current(period_start(own.budget, day, month))
         return Balance(
@@ -426,7 +397,7 @@ class SQLLedger(ABC):
             budget=own.budget,
             reserved=_minus(own.held, _charged_to(scope, expired)),
             committed=committed,
-            remaining=remaining,
+            remaining=left,
             over_committed=over_commits > 0,
         )
 
@@ -478,6 +449,18 @@ class SQLLedger(ABC):
                 over_commits=int(over),
             )
         return {s: found[s] for s in scopes if s in found}
+
+    @staticmethod
+    def _used(
+        level: str,
+        row: _Level,
+        expired: list[tuple[str, Amount, list[str]]],
+        day: float,
+        month: float,
+    ) -> Amount:
+        """What a level has used: its live holds and its current period's commits."""
+        held = _minus(row.held, _charged_to(level, expired))
+        return held + row.current(period_start(row.budget, day, month))[0]
 
     def _expired(
         self, execute: Execute, top: str, now: float
@@ -561,45 +544,8 @@ class SQLLedger(ABC):
         return _reservation(row, now), str(row[6]), charged, now, day, month
 
 
-def stored_key(scope: str, key: str | None) -> str | None:
-    """An idempotency key as stored: prefixed by its scope and a newline.
-
-    A scope has no newline, so the pair is unique and one tenant's key never matches another's.
-    """
-    if key is None:
-        return None
-    if not isinstance(key, str) or not key or len(key.encode("utf-8", "replace")) > 1024:
-        raise InvalidValueError("idempotency_key", "a non-empty string of at most 1024 bytes")
-    if any(c == "\x00" or 0xD800 <= ord(c) <= 0xDFFF for c in key):
-        raise InvalidValueError("idempotency_key", "no NUL or lone surrogates")
-    return f"{scope}\n{key}"
-
-
-def log_over_commit(reservation: Reservation, actual: Amount, late: bool) -> None:
-    """Say, in the log, that a spend beyond its hold was recorded (and flagged)."""
-    logger.warning(
-        "over-commit in scope %s: reserved %s, spent %s%s (recorded and flagged)",
-        reservation.scope,
-        reservation.amount,
-        actual,
-        " after the hold expired" if late else "",
-    )
-
-
 def _id(reservation: Reservation | str) -> str:
     return reservation if isinstance(reservation, str) else reservation.id
-
-
-def period_start(budget: ScopeBudget, day: float, month: float) -> float:
-    if budget.period == "daily":
-        return day
-    if budget.period == "monthly":
-        return month
-    return 0.0
-
-
-def tolerance(resource: Resource) -> float:
-    return 1e-9 if resource == "usd" else 0.0
 
 
 def _charged_to(level: str, holds: list[tuple[str, Amount, list[str]]]) -> Amount:

@@ -22,16 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from roi_agents.errors import (
-    BudgetExceeded,
-    ReservationConflict,
     UnknownReservation,
     UnknownScope,
-)
-from roi_agents.ledger._sql import (
-    log_over_commit,
-    period_start,
-    stored_key,
-    tolerance,
 )
 from roi_agents.ledger.base import (
     Amount,
@@ -43,7 +35,15 @@ from roi_agents.ledger.base import (
     check_scope,
     check_ttl,
 )
-from roi_agents.types import RESOURCES, Resource
+from roi_agents.ledger.rules import (
+    check_fits,
+    is_over_commit,
+    is_replayed_commit,
+    log_over_commit,
+    period_start,
+    remaining,
+    stored_key,
+)
 
 __all__ = ["MemoryLedger"]
 
@@ -151,18 +151,13 @@ class MemoryLedger:
                 return self._view(self._holds[self._keys[key]], now)
             found = self._found(levels, scope)
             day, month = self._starts(now)
-            for name, level in found.items():
-                used = _amount(level.held) + self._current(level, day, month)[0]
-                for resource in RESOURCES:
-                    limit = level.budget.limit(resource)
-                    if limit is None:
-                        continue
-                    left = limit - used.get(resource)
-                    wanted = amount.get(resource)
-                    if wanted > 0 and wanted > left + tolerance(resource):  # nothing fits
-                        raise BudgetExceeded(
-                            resource=resource, scope=name, limit=left, requested=wanted
-                        )
+            check_fits(
+                (
+                    (name, level.budget, self._used(level, day, month))
+                    for name, level in found.items()
+                ),
+                amount,
+            )
             self._roll(found.values(), day, month)
             reservation = Reservation(
                 id=uuid.uuid4().hex,
@@ -198,20 +193,9 @@ class MemoryLedger:
             self._expire(now)
             hold = self._hold(reservation)
             current = hold.reservation
-            if current.state == "committed":
-                if current.actual == actual:
-                    return current
-                msg = (
-                    f"reservation {current.id} was already committed with {current.actual}; "
-                    f"refusing {actual}"
-                )
-                raise ReservationConflict(msg)
-            if current.state == "released":
-                raise ReservationConflict(f"reservation {current.id} was released")
-            late = current.state == "expired"
-            over = late or any(
-                actual.get(r) > current.amount.get(r) + tolerance(r) for r in RESOURCES
-            )
+            if is_replayed_commit(current, actual):
+                return current
+            over = is_over_commit(current, actual)
             levels = [self._levels[name] for name in hold.charged]
             self._roll(levels, *self._starts(now))
             for level in levels:
@@ -224,7 +208,7 @@ class MemoryLedger:
                 update={"state": "committed", "actual": actual, "over_commit": over}
             )
         if over:
-            log_over_commit(current, actual, late)
+            log_over_commit(current, actual)
         return hold.reservation
 
     def release(self, reservation: Reservation | str) -> Reservation:
@@ -272,16 +256,9 @@ class MemoryLedger:
             self._expire(now)
             found = self._found(levels, scope)
             day, month = self._starts(now)
-            remaining: dict[Resource, float | None] = dict.fromkeys(RESOURCES)
-            for level in found.values():
-                used = _amount(level.held) + self._current(level, day, month)[0]
-                for resource in RESOURCES:
-                    limit = level.budget.limit(resource)
-                    if limit is None:
-                        continue
-                    left = limit - used.get(resource)
-                    current = remaining[resource]
-                    remaining[resource] = left if current is None else min(current, left)
+            left = remaining(
+                (level.budget, self._used(level, day, month)) for level in found.values()
+            )
             own = found[scope]
             committed, over_commits = self._current(own, day, month)
             return Balance(
@@ -289,7 +266,7 @@ class MemoryLedger:
                 budget=own.budget,
                 reserved=_amount(own.held),
                 committed=committed,
-                remaining=remaining,
+                remaining=left,
                 over_committed=over_commits > 0,
             )
 
@@ -328,6 +305,11 @@ class MemoryLedger:
         if level.period_start < period_start(level.budget, day, month):
             return Amount(), 0
         return _amount(level.committed), level.over_commits
+
+    @classmethod
+    def _used(cls, level: _Level, day: float, month: float) -> Amount:
+        """What a level has used: its live holds and its current period's commits."""
+        return _amount(level.held) + cls._current(level, day, month)[0]
 
     @staticmethod
     def _roll(levels: Iterable[_Level], day: float, month: float) -> None:
