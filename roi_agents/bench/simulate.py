@@ -183,7 +183,14 @@ def choose_resource(queries: Sequence[ReplayQuery]) -> Resource:
         return "usd"
     if all(r.cost("tokens") is not None for r in records):
         return "tokens"
-    raise DataError("replay", None, "neither cost_usd nor both token counts on every line")
+    lacking = next(r for r in records if r.cost("tokens") is None)  # and some lack cost_usd
+    usd = next(r for r in records if r.cost_usd is None)
+    msg = (
+        "neither cost_usd nor both token counts on every line: query "
+        f"{lacking.query_id!r} option {lacking.option!r} has no token counts, and query "
+        f"{usd.query_id!r} option {usd.option!r} no cost_usd"
+    )
+    raise DataError("replay", None, msg)
 
 
 def split_queries(

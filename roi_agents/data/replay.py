@@ -156,17 +156,27 @@ def read_records(path: str | Path) -> Iterator[ReplayRecord]:
     """Yield the validated records of one replay file.
 
     Raises:
-        DataError: naming the file and line of the first malformed record.
+        DataError: naming the file and line of the first malformed record, or of a (query,
+            option) pair recorded a second time.
     """
+    seen: dict[tuple[str, str], int] = {}
     for number, line in jsonl_lines(path):
         try:
-            yield ReplayRecord.model_validate_json(line)
+            record = ReplayRecord.model_validate_json(line)
         except ValidationError as error:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'line'}: {e['msg']}"
                 for e in error.errors()
             )
             raise DataError(str(path), number, problems) from None
+        first = seen.setdefault((record.query_id, record.option), number)
+        if first != number:
+            msg = (
+                f"query {record.query_id!r} has option {record.option!r} twice "
+                f"(first on line {first})"
+            )
+            raise DataError(str(path), number, msg)
+        yield record
 
 
 def load_replay(paths: str | Path | Iterable[str | Path]) -> list[ReplayQuery]:
@@ -182,15 +192,12 @@ def load_replay(paths: str | Path | Iterable[str | Path]) -> list[ReplayQuery]:
     queries: dict[str, ReplayQuery] = {}
     ids = QueryIds()
     for file in files:
-        for record in read_records(file):
+        for record in read_records(file):  # a pair twice in one file is named by its line
             query_id = ids(file, record.query_id)
             query = queries.get(query_id)
             if query is None:
                 query = ReplayQuery(query_id, record.dataset, record.text, {})
                 queries[query_id] = query
-            if record.option in query.outcomes:
-                msg = f"query {record.query_id!r} has option {record.option!r} twice"
-                raise DataError(str(file), None, msg)
             query.outcomes[record.option] = record
     if not queries:
         raise DataError(", ".join(str(f) for f in files), None, "no records")

@@ -136,11 +136,15 @@ def test_malformed_lines_name_file_line_and_field(tmp_path, line, message):
 
 
 def test_duplicate_pairs_and_empty_files_are_refused(tmp_path):
+    from roi_agents.train.examples import load_examples
+
     path = tmp_path / "dup.jsonl"
     row = json.dumps({"query_id": "a", "option": "x", "score": 1, "cost_usd": 1})
-    path.write_text(row + "\n" + row + "\n")
-    with pytest.raises(DataError, match="twice"):
-        load_replay(path)
+    other = json.dumps({"query_id": "b", "option": "x", "score": 0, "cost_usd": 1})
+    path.write_text(row + "\n" + other + "\n" + row + "\n")
+    for load in (load_replay, lambda p: load_examples([p])):
+        with pytest.raises(DataError, match=r"dup.jsonl:3: .* twice \(first on line 1\)"):
+            load(path)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(DataError, match="no records"):
@@ -237,3 +241,16 @@ def test_a_line_that_is_not_utf8_is_named_by_file_and_line(tmp_path, capsys):
     assert (info.value.path, info.value.line) == (str(path), 2)
     assert main(["report", str(path)]) == 2  # a one-line error, not a traceback
     assert f"{path}:" in capsys.readouterr().out
+
+
+def test_mixed_cost_fields_name_the_records_that_lack_them(tmp_path):
+    from roi_agents.bench.simulate import choose_resource
+
+    path = tmp_path / "mixed.jsonl"
+    rows = [
+        {"query_id": "a", "option": "x", "score": 1, "cost_usd": 0.1},
+        {"query_id": "b", "option": "y", "score": 1, "input_tokens": 5, "output_tokens": 7},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match="query 'a' option 'x' has no token counts, and query 'b'"):
+        choose_resource(load_replay(path))

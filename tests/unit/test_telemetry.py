@@ -231,3 +231,37 @@ def test_configure_refuses_bad_arguments():
         configure("jsonl", set_global=False)
     with pytest.raises(InvalidValueError, match="exporter"):
         configure("zipkin", set_global=False)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"gen_ai.usage.input_tokens": -5}, "gen_ai.usage.input_tokens: Input should be greater"),
+        ({"roi.outcome.success": 5}, "roi.outcome.success: Input should be less than or equal"),
+        ({"gen_ai.usage.output_tokens": "many"}, "gen_ai.usage.output_tokens: Input should be"),
+        ({"roi.forecast.p_success": "high"}, "roi.forecast.p_success: Input should be"),
+    ],
+)
+def test_a_trace_with_wrong_figures_is_refused_by_line_and_attribute(
+    tmp_path, capsys, change, named
+):
+    from roi_agents.errors import DataError
+
+    good = {
+        "name": "roi.decision",
+        "trace_id": "t1",
+        "attributes": {
+            "roi.step.id": "s1",
+            "roi.option": "fast",
+            "roi.outcome.success": 1.0,
+            "gen_ai.usage.input_tokens": 10,
+            "gen_ai.usage.output_tokens": 20,
+        },
+    }
+    bad = {**good, "attributes": {**good["attributes"], **change}}
+    path = tmp_path / "traces.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(DataError, match=f"traces.jsonl:2: {named}"):
+        replay_records(path)
+    assert main(["report", str(path)]) == 2
+    assert named in " ".join(capsys.readouterr().out.split())
