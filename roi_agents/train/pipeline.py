@@ -99,6 +99,7 @@ class TrainReport(BaseModel):
 
     Attributes:
         rows: rows per part: ``fit`` (used), ``fit_available``, ``validation``, ``calibration``
+            (the maps' rows: calibration and validation), ``calibration_available``
             (the rows the maps were fitted on, validation's included), ``test`` (evaluated),
             ``test_available``.
         quality: on the test rows, all together.
@@ -421,6 +422,7 @@ class Parts:
     fit: list[Example]
     validation: list[Example]
     calibration: list[Example]
+    calibration_available: int
     test: list[Example]
     test_available: int
 
@@ -442,11 +444,14 @@ def split(config: TrainConfig) -> Parts:
         raise InvalidValueError("data", "no test rows: more queries or another --train-fraction")
     fit, left_over = _take_queries(fit_all, config.max_rows, config.seed)
     left_over, _ = _take_queries(left_over, config.eval_rows, config.seed)
+    # Bounded on a large file (whole queries, the report says so): the maps' fit grows with it.
+    calibration, _ = _take_queries(calibration_rows, config.eval_rows, config.seed)
     return Parts(
         fit_all=fit_all,
         fit=fit,
         validation=_sample(val, max(config.max_rows // 8, 200), config.seed),
-        calibration=calibration_rows + left_over,
+        calibration=calibration + left_over,
+        calibration_available=len(calibration_rows) + len(left_over),
         test=test,
         test_available=len(held),
     )
@@ -577,6 +582,7 @@ def finish(
             "fit_available": len(parts.fit_all),
             "validation": len(parts.validation),
             "calibration": len(held_out),
+            "calibration_available": parts.calibration_available + len(parts.validation),
             "test": len(parts.test),
             "test_available": parts.test_available,
         },

@@ -20,9 +20,13 @@ def print_train_report(report: TrainReport, console: Console) -> None:
     rows, seconds = report.rows, report.seconds
     if "fine_tuning" in seconds:
         subsampled = " (subsampled: --max-rows)" if rows["fit"] < rows["fit_available"] else ""
+        available = rows.get("calibration_available", rows["calibration"])
+        bounded = (
+            f" of {available} (subsampled: --eval-rows)" if rows["calibration"] < available else ""
+        )
         fitted = (
             f"fine-tuned on {rows['fit']} of {rows['fit_available']} training rows{subsampled}, "
-            f"{rows['validation']} validation, {rows['calibration']} calibration rows; "
+            f"{rows['validation']} validation, {rows['calibration']}{bounded} calibration rows; "
             f"{seconds['fine_tuning']:.0f} s fine-tuning"
         )
     else:  # --calibrate-only

@@ -241,3 +241,23 @@ def test_calibration_reads_the_prompt_size_that_the_logits_miss():
     assert evaluate(rows, outputs, calibration)[0].brier < (
         evaluate(rows, outputs, blind)[0].brier - 0.02
     )
+
+
+def test_train_calibrates_on_at_most_eval_rows_of_a_large_file(tmp_path):
+    """A large file's calibration split is bounded, by whole queries, and the report says so."""
+    import json
+
+    from roi_agents.train.pipeline import TrainConfig, split
+
+    path = tmp_path / "large.jsonl"
+    with path.open("w") as out:
+        for q in range(3000):
+            for option in ("a", "b"):
+                row = {"query_id": f"q{q}", "option": option, "score": q % 2, "cost_usd": 0.1}
+                out.write(json.dumps(row) + "\n")
+    parts = split(TrainConfig(data=[path], out=tmp_path / "out", max_rows=400, eval_rows=100))
+    assert len(parts.calibration) <= 200  # its own 10%, then the left-over fit rows
+    assert parts.calibration_available > 300 > len(parts.calibration) - 100  # 10% of 3,000 rows
+    for rows in (parts.calibration, parts.fit, parts.test):
+        ids = {e.query_id for e in rows}
+        assert len(rows) == 2 * len(ids)  # whole queries
