@@ -2,6 +2,7 @@
 
 python ledger_worker.py URL SCHEMA SCOPE THREADS OPS SEED   hammer, print the reservation ids
 python ledger_worker.py URL SCHEMA SCOPE crash TTL          hold 3 reservations, then SIGKILL
+python ledger_worker.py URL SCHEMA SCOPE forever SEED        hammer with 4 threads until killed
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def main() -> None:
         ids = [ledger.reserve(scope, Amount(tokens=100), ttl=ttl).id for _ in range(3)]
         print(json.dumps(ids), flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
+    if sys.argv[4] == "forever":
+        print("started", flush=True)
+        hammer_threads(ledger, scope, 4, 10**9, int(sys.argv[5]))
     threads, ops, seed = (int(x) for x in sys.argv[4:7])
     print(json.dumps(hammer_threads(ledger, scope, threads, ops, seed)), flush=True)
     ledger.close()

@@ -458,3 +458,43 @@ def test_a_malformed_postgres_url_is_refused_at_once():
     with pytest.raises(InvalidValueError, match="url"):
         PostgresLedger(POSTGRES_URL + "?schema=x")
     assert time.monotonic() - started < 2
+
+
+def test_kill_9_mid_reserve_or_commit_leaves_the_counters_equal_to_the_rows(backend):
+    """A worker killed at a random moment of its reserves and commits: every transaction it
+    finished is whole, none it did not is half-done (counters = the sums of the rows)."""
+    import random
+    import signal
+
+    name, ledger, url, schema = backend
+    if name == "memory":
+        pytest.skip("a memory ledger dies with its process")
+    ledger.set_budget(ScopeBudget(scope="fault", tokens=10**9))
+    rng = random.Random(7)
+    for round_ in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, str(WORKER), url, schema, "fault", "forever", str(round_)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout.readline().strip() == "started"
+        time.sleep(rng.uniform(0.3, 1.2))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        with ledger.transaction() as execute:
+            (rows,) = execute(
+                "SELECT COALESCE(SUM(CASE WHEN state = 'committed' THEN actual_tokens END), 0), "
+                "COALESCE(SUM(CASE WHEN state = 'held' THEN tokens END), 0), COUNT(*) "
+                f"FROM {ledger.prefix}roi_reservations",
+                (),
+            )
+            (counters,) = execute(
+                f"SELECT committed_tokens, held_tokens FROM {ledger.prefix}roi_budgets "
+                "WHERE scope = %s",
+                ("fault",),
+            )
+        assert rows[2] > 0  # it got work done before it died
+        assert (int(counters[0]), int(counters[1])) == (int(rows[0]), int(rows[1]))
+    hold = ledger.reserve("fault", Amount(tokens=5), ttl=60)  # and the ledger goes on
+    assert ledger.commit(hold, Amount(tokens=5)).state == "committed"
