@@ -70,6 +70,7 @@ __all__ = [
     "Hold",
     "OnExhausted",
     "SessionPool",
+    "check_budget",
     "check_on_exhausted",
     "extra_budget",
     "price",
@@ -118,6 +119,20 @@ def price(
     )
 
 
+def check_budget(budget: object) -> Budget:
+    """Return ``budget`` if it is a `Budget` that limits something, else raise.
+
+    Raises:
+        InvalidValueError: not a `Budget`, or one without a limit (nothing to plan against).
+    """
+    if not isinstance(budget, Budget):
+        raise InvalidValueError("budget", f"expected a Budget, got {type(budget).__name__}")
+    if all(budget.get(r) is None for r in RESOURCES):
+        msg = "limits nothing: give tokens=, usd= or tool_calls= (e.g. Budget(tokens=2_000))"
+        raise InvalidValueError("budget", msg)
+    return budget
+
+
 def extra_budget(value: object) -> Budget | None:
     """Read what a human granted when asked for more budget: a `Budget`, or ``None`` for no more.
 
@@ -135,11 +150,9 @@ def extra_budget(value: object) -> Budget | None:
         return None
     if isinstance(value, Budget):
         return value
-    if type(value) is int and value > 0:
-        return Budget(tokens=value)
-    if isinstance(value, dict):
+    if (type(value) is int and value > 0) or isinstance(value, dict):
         try:
-            return Budget.model_validate(value)
+            return Budget.model_validate({"tokens": value} if type(value) is int else value)
         except ValueError as error:
             raise InvalidValueError("resume", f"not a budget: {error}") from None
     msg = (
@@ -181,7 +194,7 @@ class BudgetQuestion(BaseModel):
     shortfall: Budget
     prompt_tokens: NonNegativeInt | None = None
     reason: str
-    resume_with: str = "None to stop, or more budget: a token count or e.g. {'tokens': 2000}"
+    resume_with: str = "more budget: a token count or e.g. {'tokens': 2000}; or 0 to decline"
     error: str | None = None
 
 
@@ -284,8 +297,8 @@ class BudgetSession:
     ) -> None:
         if retries < 0:
             raise InvalidValueError("retries", f"must be >= 0, got {retries}")
-        if budget is not None and not isinstance(budget, Budget):
-            raise InvalidValueError("budget", f"expected a Budget, got {type(budget).__name__}")
+        if budget is not None:
+            check_budget(budget)
         if ledger is None:
             if budget is None:
                 raise InvalidValueError("budget", "a session without a ledger needs a budget")
@@ -535,7 +548,8 @@ class BudgetSession:
             lines.append(
                 f"The budget ran out before {steps}: {them} "
                 f"{'needs' if len(out) == 1 else 'need'} about {_amount(resource, needs)}, "
-                f"{_amount(resource, left, bare=True)} {'is' if resource == 'usd' else 'are'} "
+                f"{_amount(resource, left, bare=True)} "
+                f"{'is' if resource == 'usd' or math.ceil(left - 1e-9) == 1 else 'are'} "
                 f"left (add at least {_amount(resource, max(needs - left, 0.0))} to run {them})."
             )
         return " ".join(lines)
@@ -1095,8 +1109,9 @@ def _amount(resource: Resource, value: float, *, bare: bool = False) -> str:
     """``value`` of ``resource`` for people: ``1,294 tokens``, ``$0.0412``, ``3 tool calls``."""
     if resource == "usd":
         return f"${value:,.4f}"
-    text = f"{math.ceil(value - 1e-9):,}"
-    return text if bare else f"{text} {resource.replace('_', ' ')}"
+    count = math.ceil(value - 1e-9)
+    unit = resource.replace("_", " ")
+    return f"{count:,}" if bare else f"{count:,} {unit.removesuffix('s') if count == 1 else unit}"
 
 
 def _refused_by_server(error: BaseException) -> bool:

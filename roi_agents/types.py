@@ -215,7 +215,8 @@ class Step(BaseModel):
     """A pending unit of work: a subtask of a plan or a tool call an LLM asked for.
 
     Attributes:
-        id: unique within a run.
+        id: unique within a run; a name of at most 256 characters, without control
+            characters.
         text: what the step is; the predictor reads it.
         weight: what success on this step is worth (>= 0).
         options: the ways of doing it. ``skip`` is always available, listed or not.
@@ -225,7 +226,8 @@ class Step(BaseModel):
 
     model_config = _STRICT
 
-    id: Annotated[str, Field(min_length=1)]
+    # A name, shown in summaries, spans and ledger keys: printable, no line breaks.
+    id: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")]
     text: str = ""
     weight: NonNegativeFloat = 1.0
     options: Annotated[tuple[Option, ...], Field(min_length=1)]

@@ -299,17 +299,28 @@ def test_ask_for_more_budget_with_interrupt_and_resume(tiny_chat_server):
     assert asked.shortfall.tokens == asked.needs.tokens - 30
     assert calls == []
     # A resume that is no budget is not taken: asked again, the thread is not stuck.
-    for bad in (-5, "2000", True, {"token": 2000}, {"tokens": -5}):
+    for bad in (-5, "2000", True, {"token": 2000}, {"tokens": -5}, 2**62, [2000]):
         again = graph.invoke(Command(resume=bad), config)
         (question,) = again["__interrupt__"]
         assert "resume" in question.value["error"]
     final = graph.invoke(Command(resume={"tokens": 2000}), config)
-    while "__interrupt__" in final:  # asked again later: this time, no more
-        final = graph.invoke(Command(resume=None), config)
+    assert "__interrupt__" not in final
     assert final["budget"]["tokens"] == 2030
     spent = final["spent"]["input_tokens"] + final["spent"]["output_tokens"]
     assert 0 < spent <= 2030
     assert calls  # the extra budget paid for real calls
+    # Declining (0; LangGraph takes resume=None for no answer at all) skips each step asked for.
+    calls.clear()
+    config = _config()
+    state = graph.invoke(_start(30, n=3), config)
+    declined = 0
+    while "__interrupt__" in state:
+        state = graph.invoke(Command(resume=0), config)
+        declined += 1
+    assert declined == 3
+    assert [d["option"] for d in state["decisions"]] == ["skip"] * 3
+    assert calls == []
+    assert state["budget"]["tokens"] == 30
 
 
 def test_send_fan_out_branches_share_the_budget_through_reservations(tiny_chat_server):
@@ -456,6 +467,7 @@ def test_a_run_resumed_in_a_new_process_does_not_spend_its_budget_twice(tiny_cha
         ({"budget": {"tokens": -5}, "pending": []}, "budget['tokens']: Input should be"),
         ({"budget": {"tokens": 100}, "pending": "s0"}, "pending: expected a list of steps"),
         ({"budget": {"tokens": 100}, "pending": [{"id": "s0"}]}, "pending[0]['options']"),
+        ({"budget": {}, "pending": []}, "budget: limits nothing: give tokens="),
     ],
 )
 def test_a_malformed_input_is_refused_naming_the_key_and_the_shape(tiny_chat_server, given, named):
@@ -465,8 +477,21 @@ def test_a_malformed_input_is_refused_naming_the_key_and_the_shape(tiny_chat_ser
     with pytest.raises(InvalidValueError) as refused:
         graph.invoke(given, _config())
     assert named in str(refused.value)
-    assert "'pending': [Step(...).model_dump(), ...]" in str(refused.value)
+    if "limits nothing" not in named:
+        assert "'pending': [Step(...).model_dump(), ...]" in str(refused.value)
     assert calls == []
+
+
+def test_a_run_with_nothing_to_do_still_has_its_report(tiny_chat_server):
+    from roi_agents.errors import InvalidValueError
+
+    graph, control, calls = _graph(tiny_chat_server)
+    final = graph.invoke(_start(300, n=0), _config())
+    assert final["scope"].startswith("run/")
+    assert control.summary(final) == "Spent 0 of 300 tokens in 0 calls."
+    assert calls == []
+    with pytest.raises(InvalidValueError, match="the state has no 'scope'"):
+        control.session({"budget": {"tokens": 300}})  # outside a run: said, not a RuntimeError
 
 
 def test_a_step_without_input_tokens_gets_its_prompt_counted(tiny_chat_server):

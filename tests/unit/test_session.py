@@ -11,6 +11,7 @@ from roi_agents import (
     BudgetExceeded,
     BudgetSession,
     Controller,
+    Decision,
     InvalidValueError,
     Option,
     PriorPredictor,
@@ -327,3 +328,35 @@ def test_a_pool_takes_up_a_restored_runs_spend_once():
     again = pool.get("run/t", Budget(tokens=300), spent=spent)
     assert again.remaining().tokens == 200
     assert again.report().spent == spent
+
+
+@pytest.mark.parametrize("value", [10**30, [2000], "2000", True, -5, {"tokens": 2**60}])
+def test_a_granted_budget_out_of_range_is_an_error_that_asks_again(value):
+    from roi_agents.session import extra_budget
+
+    with pytest.raises(InvalidValueError, match="resume"):
+        extra_budget(value)
+
+
+def test_a_budget_that_limits_nothing_is_refused_at_once():
+    with pytest.raises(InvalidValueError, match="limits nothing"):
+        BudgetSession(Budget())
+
+
+@pytest.mark.parametrize("step_id", ["a\nfake log line", "\x1b[31mred", "x" * 257, "tab\there"])
+def test_step_ids_are_printable_names(step_id):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="id"):
+        Step(id=step_id, options=(Option(name="fast"),))
+
+
+def test_the_summary_counts_in_words():
+    session = BudgetSession(Budget(tokens=100))
+    session.charge(Spend(input_tokens=50, output_tokens=49), step_id="s1")
+    out = Decision.skip("s2", "skip: no option fits", exhausted=True)
+    said = session.summary([out.model_copy(update={"needs": {"tokens": 2.0}})])
+    assert said == (
+        "Spent 99 of 100 tokens in 1 call. The budget ran out before s2: it needs about 2 "
+        "tokens, 1 is left (add at least 1 token to run it)."
+    )

@@ -28,7 +28,7 @@ from roi_agents.ledger.base import Ledger
 from roi_agents.predict.base import Learner, Predictor
 from roi_agents.predict.prior import PriorPredictor
 from roi_agents.prompt import PromptCounter
-from roi_agents.session import BudgetSession, OnExhausted
+from roi_agents.session import BudgetSession, OnExhausted, check_budget
 from roi_agents.types import Budget, Cap, Decision, Option, Spend, Step
 from roi_agents_langgraph.chat import BudgetedChatModel, budgeted, count_prompt, stopped_at_cap
 from roi_agents_langgraph.middleware import DEFAULT_OPTIONS
@@ -123,6 +123,7 @@ def create_budgeted_agent(
         invocations on one thread id spend from it together, and the report's figures are the
         thread's so far.
     """
+    check_budget(budget)
     bound = model.bind_tools(list(tools)) if tools else model
     forecaster = predictor or PriorPredictor()
     learner = forecaster if grade is not None and isinstance(forecaster, Learner) else None

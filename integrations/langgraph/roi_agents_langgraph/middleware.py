@@ -33,7 +33,13 @@ from roi_agents.ledger.base import Ledger
 from roi_agents.predict.base import Learner, Predictor
 from roi_agents.predict.prior import PriorPredictor
 from roi_agents.prompt import PromptCount, PromptCounter
-from roi_agents.session import BudgetSession, OnExhausted, SessionPool, check_on_exhausted
+from roi_agents.session import (
+    BudgetSession,
+    OnExhausted,
+    SessionPool,
+    check_budget,
+    check_on_exhausted,
+)
 from roi_agents.types import Budget, Decision, Option, Spend, Step
 from roi_agents_langgraph.chat import acount_prompt, count_prompt, spend_of, stopped_at_cap
 from roi_agents_langgraph.state import ask_for_budget
@@ -111,8 +117,7 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         meter_provider: MeterProvider | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(budget, Budget):
-            raise InvalidValueError("budget", f"expected a Budget, got {type(budget).__name__}")
+        check_budget(budget)
         if not options:
             raise InvalidValueError("options", "at least one option")
         if expected_calls < 1:

@@ -168,9 +168,14 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         restart with the in-memory ledger) is charged what its state says it spent first, so
         the budget is not spent twice; one whose spend the ledger knows reports from it.
         """
-        scope = state.get("scope") or self.sessions.scope_of(
-            (get_config().get("configurable") or {}).get("thread_id")
-        )
+        scope = state.get("scope")
+        if not scope:
+            try:
+                config = get_config()
+            except RuntimeError:  # outside a run, with a state that never went through one
+                msg = "the state has no 'scope': pass a state this graph returned"
+                raise InvalidValueError("state", msg) from None
+            scope = self.sessions.scope_of((config.get("configurable") or {}).get("thread_id"))
         return self.sessions.get(
             scope,
             run_budget(state),
@@ -179,12 +184,12 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
 
     def _decide(self, state: BudgetState) -> dict[str, Any]:
         steps = pending_steps(state)
-        if not steps:
-            return {"decision": None}
         session = self.session(state)
+        update: dict[str, Any] = {"scope": session.scope, "budget": session.budget.model_dump()}
+        if not steps:
+            return {**update, "decision": None}
         forecasts = [Forecast.model_validate(f) for f in state.get("forecasts") or []] or None
         decision = session.decide(steps, forecasts)
-        update: dict[str, Any] = {"scope": session.scope, "budget": session.budget.model_dump()}
         dumped = decision.model_dump()
         if decision.exhausted and self.on_exhausted == "end":
             session.record(steps[0], decision, Spend())

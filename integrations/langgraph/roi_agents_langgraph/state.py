@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from typing_extensions import TypedDict
 
 from roi_agents.errors import InvalidValueError
-from roi_agents.session import BudgetQuestion, extra_budget
+from roi_agents.session import BudgetQuestion, check_budget, extra_budget
 from roi_agents.types import Budget, Decision, Spend, Step
 
 __all__ = [
@@ -88,9 +88,10 @@ def run_budget(state: Mapping[str, Any]) -> Budget:
     if state.get("budget") is None:
         raise InvalidValueError("budget", f"the graph's state has no 'budget': {_INPUT}")
     try:
-        return Budget.model_validate(state["budget"])
+        budget = Budget.model_validate(state["budget"])
     except ValidationError as error:
         raise _invalid("budget", error) from None
+    return check_budget(budget)
 
 
 def pending_steps(state: Mapping[str, Any]) -> list[Step]:
@@ -134,10 +135,11 @@ def ask_for_budget(question: BudgetQuestion) -> Budget | None:
     The interrupt's value is the `BudgetQuestion` as JSON, ``None`` fields left out: what the
     step needs per resource, what is left, the shortfall, the step's options
     (``BudgetQuestion.model_validate(value)`` reads it back). Resume with
-    ``Command(resume=...)``: ``None`` (or ``False``, ``0``) for no more, a positive number of
-    tokens, or a mapping such as ``{"tokens": 2000}`` or ``{"usd": 0.5}`` (see
-    `roi_agents.session.extra_budget`). An answer that is none of these is not taken: the
-    question is asked again with the error in ``error``, so a typo never wedges the thread.
+    ``Command(resume=...)``: ``0`` (or ``False``) to decline, a positive number of tokens, or a
+    mapping such as ``{"tokens": 2000}`` or ``{"usd": 0.5}`` (see
+    `roi_agents.session.extra_budget`; LangGraph takes ``resume=None`` for no answer at all).
+    An answer that is none of these is not taken: the question is asked again with the error
+    in ``error``, so a typo never wedges the thread.
     """
     while True:
         try:
