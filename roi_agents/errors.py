@@ -8,6 +8,7 @@ The tree::
     ├── DataError (also a ValueError)           a replay file that does not follow the format
     ├── MissingExtra (also an ImportError)      a feature whose optional dependencies are absent
     └── LedgerError                             a ledger call that cannot be carried out
+        ├── LedgerUnavailable                   the database is unreachable or dropped the call
         ├── UnknownScope (also InvalidValueError)     no budget set for the scope
         ├── UnknownReservation (also InvalidValueError)
         └── ReservationConflict                 commit of a released hold, or a second commit
@@ -24,6 +25,7 @@ __all__ = [
     "DataError",
     "InvalidValueError",
     "LedgerError",
+    "LedgerUnavailable",
     "MissingExtra",
     "ReservationConflict",
     "RoiAgentsError",
@@ -103,6 +105,14 @@ class BudgetExceeded(RoiAgentsError):
 
 class LedgerError(RoiAgentsError):
     """A ledger call that cannot be carried out; nothing was changed."""
+
+
+class LedgerUnavailable(LedgerError):
+    """The database cannot be reached, or dropped the connection during the call.
+
+    Whether the call took effect is not known: commit and release, and a reserve with an
+    idempotency key, are safe to call again with the same arguments.
+    """
 
 
 class UnknownScope(LedgerError, InvalidValueError):

@@ -28,9 +28,11 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -41,7 +43,7 @@ from opentelemetry import metrics, trace
 from pydantic import BaseModel, ConfigDict, NonNegativeInt
 
 from roi_agents.allocate import Controller
-from roi_agents.errors import BudgetExceeded, InvalidValueError, UnknownScope
+from roi_agents.errors import BudgetExceeded, InvalidValueError, LedgerUnavailable, UnknownScope
 from roi_agents.ledger.base import Amount, Ledger, ScopeBudget, check_scope, check_ttl
 from roi_agents.ledger.memory import MemoryLedger
 from roi_agents.predict.base import Learner
@@ -88,6 +90,8 @@ human for more (LangGraph's ``interrupt``); ``end``: stop the run with a message
 ON_EXHAUSTED: tuple[OnExhausted, ...] = ("degrade", "ask", "end", "error")
 
 _STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+# Seconds between the tries of a commit whose database is away: about 4 s in all.
+_COMMIT_BACKOFF = (0.2, 0.5, 1.0, 2.0)
 _N = TypeVar("_N", int, float)
 _ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 
@@ -749,17 +753,34 @@ class BudgetSession:
         """Charge what the call really spent (``None``: unknown, charged at its cap), once.
 
         Committing a hold again with the same spend changes nothing. More than was held is
-        recorded as is and flagged by the ledger: spend that happened is never dropped.
+        recorded as is and flagged by the ledger: spend that happened is never dropped. A
+        database that is unreachable or drops the connection (a restart) is tried again for
+        about 4 s (a commit is safe to repeat); after that `LedgerUnavailable` is raised, and
+        this same call may be made again later.
         """
         charged = spend if spend is not None else self._at_cap(hold)
-        self.ledger.commit(hold.reservation, Amount.of(charged))
+        for wait in (*_COMMIT_BACKOFF, None):
+            try:
+                self.ledger.commit(hold.reservation, Amount.of(charged))
+                break
+            except LedgerUnavailable:
+                if wait is None:
+                    raise
+                time.sleep(wait)
         self._settled(hold, charged, failed=failed, unmetered=spend is None and not failed)
         return charged
 
     async def acommit(self, hold: Hold, spend: Spend | None, *, failed: bool = False) -> Spend:
         """Async `commit`."""
         charged = spend if spend is not None else self._at_cap(hold)
-        await self.ledger.acommit(hold.reservation, Amount.of(charged))
+        for wait in (*_COMMIT_BACKOFF, None):
+            try:
+                await self.ledger.acommit(hold.reservation, Amount.of(charged))
+                break
+            except LedgerUnavailable:
+                if wait is None:
+                    raise
+                await asyncio.sleep(wait)
         self._settled(hold, charged, failed=failed, unmetered=spend is None and not failed)
         return charged
 

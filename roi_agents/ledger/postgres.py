@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from roi_agents.errors import InvalidValueError, LedgerError
+from roi_agents.errors import InvalidValueError, LedgerError, LedgerUnavailable, MissingExtra
 from roi_agents.ledger._sql import Execute, SQLLedger, iter_rows
 
 __all__ = ["PostgresLedger"]
@@ -56,10 +56,7 @@ class PostgresLedger(SQLLedger):
         try:
             from psycopg_pool import ConnectionPool
         except ImportError as error:
-            msg = (
-                "the PostgreSQL ledger needs the [postgres] extra: pip install roi-agents[postgres]"
-            )
-            raise InvalidValueError("url", msg) from error
+            raise MissingExtra("postgres", error.name) from error
         import psycopg
 
         try:
@@ -80,6 +77,8 @@ class PostgresLedger(SQLLedger):
             max_size=max_size,
             timeout=timeout,
             open=True,
+            # A connection the server closed (a restart) is replaced before it is handed out.
+            check=ConnectionPool.check_connection,
             kwargs={"connect_timeout": max(1, math.ceil(min(timeout, 5.0)))},
         )
 
@@ -92,8 +91,8 @@ class PostgresLedger(SQLLedger):
         """A pooled connection in one transaction.
 
         Raises:
-            LedgerError: the database cannot be reached, or the ledger's tables are missing
-                (run ``roi-agents ledger init``); the message says which.
+            LedgerError: the ledger's tables are missing (run ``roi-agents ledger init``).
+            LedgerUnavailable: the database cannot be reached, or dropped the connection.
         """
         import psycopg
         from psycopg_pool import PoolTimeout
@@ -114,7 +113,9 @@ class PostgresLedger(SQLLedger):
             )
             raise LedgerError(msg) from None
         except PoolTimeout as error:
-            raise LedgerError(f"cannot reach PostgreSQL: {error}") from None
+            raise LedgerUnavailable(f"cannot reach PostgreSQL: {error}") from None
+        except psycopg.OperationalError as error:  # the server went away during the call
+            raise LedgerUnavailable(f"lost the connection to PostgreSQL: {error}") from None
 
     def lock_budgets(self, execute: Execute, scopes: list[str]) -> None:
         """Row locks on the scopes' budget rows, in a fixed order."""
