@@ -126,3 +126,11 @@ def test_every_flag_has_help_and_shows_its_default():
             assert action.help, f"{parser.prog} {action.dest}: no help"
             shows = action.default in (None, False, [], argparse.SUPPRESS) or "default" in text
             assert shows, f"{parser.prog} {action.dest}: default not shown"
+
+
+def test_every_name_of_the_langgraph_package_resolves_lazily():
+    import roi_agents_langgraph as package
+
+    assert set(package._MODULES) == set(package.__all__)
+    for name in package.__all__:
+        assert getattr(package, name) is not None

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
         count_prompt,
         prompt_token_bound,
         spend_of,
+        stopped_at_cap,
     )
     from roi_agents_langgraph.middleware import (
         DEFAULT_OPTIONS,
@@ -63,6 +64,7 @@ __all__ = [
     "remaining",
     "route_budget",
     "spend_of",
+    "stopped_at_cap",
     "tool_call_allowance",
     "union",
 ]
@@ -90,6 +92,7 @@ _MODULES: dict[str, str] = {
     "remaining": "state",
     "route_budget": "nodes",
     "spend_of": "chat",
+    "stopped_at_cap": "chat",
     "tool_call_allowance": "tools",
     "union": "state",
 }
