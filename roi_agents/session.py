@@ -405,6 +405,23 @@ class BudgetSession:
         with self._lock:
             return self._spent
 
+    def run_trace(self) -> RunTrace:
+        """The run's trace, its ``roi.plan`` span open: every call's decision span is a child.
+
+        The span opens with the run's first call and stays open until `finish`, so a run that
+        goes on across many graph nodes is one trace.
+        """
+        self._trace.start()
+        return self._trace
+
+    def finish(self) -> None:
+        """The run is over: close its ``roi.plan`` span with what it spent and decided.
+
+        The session's next call starts another run (another trace) in the same scope, with the
+        same run id: a thread's invocations, one trace each.
+        """
+        self._trace.end()
+
     def report(self) -> BudgetReport:
         """Spent, budget, what is left (signed) and whether the scope overran."""
         balance = self.ledger.balance(self.scope)
@@ -840,7 +857,7 @@ class BudgetSession:
         truncated: bool = False,
     ) -> None:
         """Trace a decision whose calls were not made through `call` (a skip, a settled step)."""
-        with self._trace.decision(step, decision=decision) as traced:
+        with self.run_trace().decision(step, decision=decision) as traced:
             traced.record(spend, success=success, truncated=truncated)
 
     def learn(
@@ -914,7 +931,7 @@ class Call:
             expected_cost={},
             reason="no plan: capped at what is left",
         )
-        traced = self.session._trace.decision(step, decision=decision)
+        traced = self.session.run_trace().decision(step, decision=decision)
         traced.span.set_attributes(
             {
                 names.PROMPT_TOKENS: hold.prompt_tokens,

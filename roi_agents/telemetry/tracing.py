@@ -182,7 +182,20 @@ class RunTrace:
             for resource, limit, name_before, name_after in self._limits
         }
 
-    def __enter__(self) -> RunTrace:
+    @property
+    def open(self) -> bool:
+        """Whether the run's ``roi.plan`` span is open."""
+        return self._span is not None
+
+    def start(self) -> None:
+        """Open the run's ``roi.plan`` span without making it current; `end` closes it.
+
+        For a run that goes on across many calls of your code (a LangGraph graph's nodes): its
+        decisions are the plan span's children all the same, so the run is one trace. The span
+        is a child of the span current now. Starting an open run does nothing.
+        """
+        if self._span is not None:
+            return
         attributes: dict[str, Any] = {
             names.RESOURCE: self.resource,
             names.QUANTILE: self.quantile,
@@ -192,8 +205,13 @@ class RunTrace:
             attributes[names.RUN_ID] = self.run_id
         if self.scope is not None:
             attributes[names.SCOPE] = self.scope
+        self.decisions = self.skips = 0
         self._span = self._tracer.start_span(names.SPAN_PLAN, attributes=attributes)
         self._context = trace.set_span_in_context(self._span)
+
+    def __enter__(self) -> RunTrace:
+        self.start()
+        assert self._span is not None
         self._activation = trace.use_span(self._span, end_on_exit=False)
         self._activation.__enter__()
         return self
@@ -204,8 +222,19 @@ class RunTrace:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        assert self._span is not None, "RunTrace used outside a with block"
+        self._activation.__exit__(exc_type, exc, traceback)
+        self.end(exc)
+
+    def end(self, exc: BaseException | None = None) -> None:
+        """Close the run's ``roi.plan`` span with what it spent; a closed run does nothing.
+
+        Args:
+            exc: the error that ended the run, if one did (recorded on the span).
+        """
         span = self._span
-        assert span is not None, "RunTrace used outside a with block"
+        if span is None:
+            return
         if isinstance(exc, BudgetExceeded):
             self.refused(exc)
         elif exc is not None:
@@ -220,8 +249,8 @@ class RunTrace:
             utilization = self.spent.get(self.resource) / limit
             span.set_attribute(names.UTILIZATION, utilization)
             self._instruments.utilization.record(utilization, {names.RESOURCE: self.resource})
-        self._activation.__exit__(exc_type, exc, traceback)
         span.end()
+        self._span = self._context = None
 
     def decision(
         self,

@@ -124,7 +124,14 @@ def test_each_call_is_a_decision_span_with_its_real_usage(tiny_chat_server):
             model=runaway_chat(tiny_chat_server), tools=[], middleware=[middleware]
         )
         result = agent.invoke({"messages": [HumanMessage("plan a trip")]})
-        (span,) = exporter.get_finished_spans()
+        # One invocation, one trace: a roi.plan span, its decision a child spanning the call.
+        finished = exporter.get_finished_spans()
+        (plan,) = [s for s in finished if s.name == names.SPAN_PLAN]
+        (span,) = [s for s in finished if s.name == names.SPAN_DECISION]
+        assert span.parent.span_id == plan.context.span_id
+        assert plan.attributes[names.DECISIONS] == 1
+        assert plan.attributes[names.SCOPE].startswith("thread/")
+        assert span.end_time > span.start_time
         exporter.clear()
         spans[tokens] = (span.attributes, _answer(result).usage_metadata)
     for tokens, option, cap in ((2000, "deep", 300), (200, "fast", 40)):
@@ -161,7 +168,9 @@ async def test_an_async_call_is_traced_the_same(tiny_chat_server):
         result = await agent.ainvoke({"messages": [HumanMessage("plan a trip")]})
     finally:
         await client.aclose()
-    (span,) = exporter.get_finished_spans()
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == names.SPAN_DECISION]
+    (plan,) = [s for s in exporter.get_finished_spans() if s.name == names.SPAN_PLAN]
+    assert span.parent.span_id == plan.context.span_id
     assert span.attributes[names.OPTION] == "deep"
     assert (
         span.attributes[names.GEN_AI_USAGE_OUTPUT_TOKENS]

@@ -391,8 +391,47 @@ def test_the_nodes_trace_every_decision_with_its_real_usage(tiny_chat_server):
     ran = [s.attributes.get(names.GEN_AI_USAGE_OUTPUT_TOKENS, 0) > 0 for s in spans]
     assert any(ran)
     assert [s.attributes[names.TRUNCATED] for s in spans] == ran
-    assert all(s.parent is not None for s in spans)
+    # One run, one trace: a roi.plan span under the caller's span, every decision its child.
+    (plan,) = [s for s in exporter.get_finished_spans() if s.name == names.SPAN_PLAN]
+    assert plan.parent.span_id == outer.get_span_context().span_id
+    assert {s.parent.span_id for s in spans} == {plan.context.span_id}
     assert {s.context.trace_id for s in spans} == {outer.get_span_context().trace_id}
+    assert plan.attributes[names.DECISIONS] == len(spans)
+    assert plan.attributes[names.RUN_ID] == final["scope"]
+    assert plan.attributes[f"{names.SPENT}.tokens"] == _served(control, final)
+    assert all(s.end_time > s.start_time for s in spans if s.attributes[names.OPTION] != "skip")
+    provider.shutdown()
+
+
+def test_each_invocation_of_a_thread_is_a_trace_of_its_own(tiny_chat_server):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from roi_agents.telemetry import names
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    graph, _, _ = _graph(tiny_chat_server, tracer_provider=provider, checkpointer=InMemorySaver())
+    config = _config()
+    for _ in range(2):  # no caller span: each invocation is a root of its own
+        graph.invoke(_start(2_000, n=2), config)
+    finished = exporter.get_finished_spans()
+    plans = [s for s in finished if s.name == names.SPAN_PLAN]
+    assert len(plans) == 2
+    assert all(p.parent is None for p in plans)
+    assert len({p.context.trace_id for p in plans}) == 2
+    assert {p.attributes[names.RUN_ID] for p in plans} == {
+        f"run/{config['configurable']['thread_id']}"
+    }
+    for plan in plans:
+        children = [
+            s
+            for s in finished
+            if s.name == names.SPAN_DECISION and s.parent.span_id == plan.context.span_id
+        ]
+        assert len(children) == 2 == plan.attributes[names.DECISIONS]
     provider.shutdown()
 
 

@@ -360,3 +360,33 @@ def test_the_summary_counts_in_words():
         "Spent 99 of 100 tokens in 1 call. The budget ran out before s2: it needs about 2 "
         "tokens, 1 is left (add at least 1 token to run it)."
     )
+
+
+def test_a_run_is_one_trace_until_it_finishes():
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from roi_agents.telemetry import names
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    session = BudgetSession(Budget(tokens=1_000), run_id="thread-1", tracer_provider=provider)
+    option = Option(name="o", max_tokens=50)
+    for _ in range(2):  # two runs of the same thread
+        for _ in range(2):
+            with session.call(None, option, prompt=10) as call:
+                call.charge(Spend(input_tokens=10, output_tokens=20))
+        session.finish()
+    session.finish()  # a finished run: nothing more to close
+    spans = exporter.get_finished_spans()
+    plans = [s for s in spans if s.name == names.SPAN_PLAN]
+    assert [p.attributes[names.DECISIONS] for p in plans] == [2, 2]
+    assert [p.attributes[f"{names.SPENT}.tokens"] for p in plans] == [60, 120]  # the thread's
+    assert {p.attributes[names.RUN_ID] for p in plans} == {"thread-1"}
+    for plan in plans:
+        children = [s for s in spans if s.parent and s.parent.span_id == plan.context.span_id]
+        assert len(children) == 2
+        assert {c.context.trace_id for c in children} == {plan.context.trace_id}
+    provider.shutdown()

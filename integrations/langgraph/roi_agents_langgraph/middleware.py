@@ -181,6 +181,19 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         """Async `before_agent`."""
         return self.before_agent(state, runtime)
 
+    def after_agent(
+        self, state: BudgetMiddlewareState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        """The invocation is over: close its trace (one ``roi.plan`` span per invocation)."""
+        self.session(state).finish()
+        return None
+
+    async def aafter_agent(
+        self, state: BudgetMiddlewareState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        """Async `after_agent`."""
+        return self.after_agent(state, runtime)
+
     # -- one call ---------------------------------------------------------------------------
 
     def _messages(self, request: ModelRequest[Any]) -> list[BaseMessage]:

@@ -186,13 +186,15 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
         steps = pending_steps(state)
         session = self.session(state)
         update: dict[str, Any] = {"scope": session.scope, "budget": session.budget.model_dump()}
-        if not steps:
+        if not steps:  # the run is over: its trace is closed
+            session.finish()
             return {**update, "decision": None}
         forecasts = [Forecast.model_validate(f) for f in state.get("forecasts") or []] or None
         decision = session.decide(steps, forecasts)
         dumped = decision.model_dump()
         if decision.exhausted and self.on_exhausted == "end":
             session.record(steps[0], decision, Spend())
+            session.finish()
             return {**update, "decision": None, "pending": [], "decisions": [dumped]}
         return {**update, "decision": dumped, "decisions": [dumped]}
 
