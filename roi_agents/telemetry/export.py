@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +43,8 @@ except ModuleNotFoundError as error:
 __all__ = ["JsonlMetricExporter", "JsonlSpanExporter", "Telemetry", "configure", "span_to_dict"]
 
 ExporterName = Literal["console", "otlp", "jsonl"]
+PROJECT_ATTRIBUTE = "openinference.project.name"
+"""The resource attribute Arize Phoenix (OpenInference) files spans under, by project."""
 
 
 def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
@@ -120,6 +123,36 @@ class JsonlMetricExporter(MetricExporter):
         """Nothing to release."""
 
 
+class _RepeatsQuiet(logging.Filter):
+    """Let an exporter's failure through once, with the endpoint; drop its repeats.
+
+    A backend without a metrics route answers every periodic export with the same error: one
+    line says so, not one per interval.
+    """
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__()
+        self.endpoint = endpoint
+        self._seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.getMessage())
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        record.msg = f"{key[1]} (to {self.endpoint}; the same failure is not logged again)"
+        record.args = ()
+        return True
+
+
+_OTLP_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+)
+
+
 @dataclass
 class Telemetry:
     """The providers `configure` set up; `shutdown` flushes and stops them."""
@@ -127,6 +160,7 @@ class Telemetry:
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
     _stopped: bool = False
+    _quiet: list[tuple[logging.Logger, logging.Filter]] = field(default_factory=list)
 
     def force_flush(self) -> bool:
         """Export every finished span and the current metrics now."""
@@ -142,6 +176,8 @@ class Telemetry:
         atexit.unregister(self.shutdown)
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown()
+        for logger, quiet in self._quiet:
+            logger.removeFilter(quiet)
 
 
 def configure(
@@ -153,6 +189,8 @@ def configure(
     export_interval_ms: int = 10_000,
     set_global: bool = True,
     exemplars: bool = False,
+    metrics_export: bool = True,
+    project: str | None = None,
 ) -> Telemetry:
     """Set up tracing and metrics in one call.
 
@@ -163,20 +201,27 @@ def configure(
         endpoint: the OTLP collector's base URL (default: the exporter's own default and
             ``OTEL_EXPORTER_OTLP_ENDPOINT``).
         service_name: the ``service.name`` resource attribute.
+        project: the project trace UIs file the spans under (the resource attribute
+            ``openinference.project.name``, which Arize Phoenix reads; default: the service
+            name).
         export_interval_ms: how often metrics are exported.
         set_global: install the providers as OpenTelemetry's global ones.
         exemplars: attach trace exemplars to metric points (the SDK's default); off, each
             metric record costs less (about 15% of a traced decision, see
             ``benchmarks/telemetry_overhead.py``).
+        metrics_export: export metrics too; off, spans only (for a backend without a metrics
+            endpoint, which would refuse every export).
 
     Returns:
         The providers; spans and metrics are flushed at exit or by `Telemetry.shutdown`.
 
     Raises:
-        InvalidValueError: on an unknown exporter, ``"jsonl"`` without a path, or ``"otlp"``
-            without the extra installed.
+        InvalidValueError: on an unknown exporter, or ``"jsonl"`` without a path.
+        MissingExtra: ``"otlp"`` without the extra ``[otlp]`` installed.
     """
-    resource = Resource.create({"service.name": service_name})
+    resource = Resource.create(
+        {"service.name": service_name, PROJECT_ATTRIBUTE: project or service_name}
+    )
     span_exporter: SpanExporter
     metric_exporter: MetricExporter
     if exporter == "console":
@@ -194,8 +239,7 @@ def configure(
             )
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         except ImportError as error:
-            msg = "the otlp exporter needs the [otlp] extra: pip install roi-agents[otlp]"
-            raise InvalidValueError("exporter", msg) from error
+            raise MissingExtra("otlp", error.name) from error
         base = endpoint.rstrip("/") if endpoint else None
         span_exporter = OTLPSpanExporter(endpoint=f"{base}/v1/traces" if base else None)
         metric_exporter = OTLPMetricExporter(endpoint=f"{base}/v1/metrics" if base else None)
@@ -204,17 +248,25 @@ def configure(
         raise InvalidValueError("exporter", msg)
     tracer_provider = TracerProvider(resource=resource)
     tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
-    reader = PeriodicExportingMetricReader(
-        metric_exporter, export_interval_millis=export_interval_ms
+    readers = (
+        [PeriodicExportingMetricReader(metric_exporter, export_interval_millis=export_interval_ms)]
+        if metrics_export
+        else []
     )
     meter_provider = MeterProvider(
         resource=resource,
-        metric_readers=[reader],
+        metric_readers=readers,
         exemplar_filter=None if exemplars else AlwaysOffExemplarFilter(),
     )
     if set_global:
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(meter_provider)
     telemetry = Telemetry(tracer_provider, meter_provider)
+    if exporter == "otlp":
+        quiet = _RepeatsQuiet(endpoint or "the default OTLP endpoint")
+        for name in _OTLP_LOGGERS:
+            logger = logging.getLogger(name)
+            logger.addFilter(quiet)
+            telemetry._quiet.append((logger, quiet))
     atexit.register(telemetry.shutdown)
     return telemetry

@@ -56,6 +56,7 @@ def test_spans_and_metrics_arrive_at_an_otlp_receiver():
     finally:
         server.shutdown()
         server.server_close()
+        server.server_close()
     spans = [
         span
         for request in _Receiver.received["/v1/traces"]
@@ -91,3 +92,56 @@ def test_spans_and_metrics_arrive_at_an_otlp_receiver():
         names.METRIC_UTILIZATION,
         names.METRIC_FORECAST_RATIO,
     } <= metric_names
+
+
+class _NoMetrics(BaseHTTPRequestHandler):
+    """A trace backend without a metrics route (as Phoenix): 405 on /v1/metrics."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(405 if self.path == "/v1/metrics" else 200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_backend_that_refuses_metrics_is_said_once_or_not_asked(caplog):
+    import time
+
+    from roi_agents import Budget
+    from roi_agents.telemetry import RunTrace
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NoMetrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for metrics_export in (True, False):
+            caplog.clear()
+            telemetry = configure(
+                "otlp",
+                endpoint=endpoint,
+                export_interval_ms=50,
+                set_global=False,
+                metrics_export=metrics_export,
+            )
+            with RunTrace(
+                Budget(tokens=10),
+                tracer_provider=telemetry.tracer_provider,
+                meter_provider=telemetry.meter_provider,
+            ):
+                pass
+            time.sleep(0.5)  # several export intervals
+            telemetry.shutdown()
+            failures = [
+                r.getMessage() for r in caplog.records if "Failed to export" in r.getMessage()
+            ]
+            if metrics_export:
+                assert len(failures) == 1
+                assert "405" in failures[0]
+                assert endpoint in failures[0]
+            else:
+                assert failures == []
+    finally:
+        server.shutdown()
+        server.server_close()

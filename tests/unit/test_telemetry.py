@@ -265,3 +265,20 @@ def test_a_trace_with_wrong_figures_is_refused_by_line_and_attribute(
         replay_records(path)
     assert main(["report", str(path)]) == 2
     assert named in " ".join(capsys.readouterr().out.split())
+
+
+def test_configure_names_the_project_and_can_leave_metrics_out(tmp_path):
+    from roi_agents.telemetry.export import PROJECT_ATTRIBUTE
+
+    path = tmp_path / "traces.jsonl"
+    telemetry = configure(
+        "jsonl", path=path, metrics_export=False, project="acme-agents", set_global=False
+    )
+    resource = telemetry.tracer_provider.resource.attributes
+    assert (resource["service.name"], resource[PROJECT_ATTRIBUTE]) == ("roi-agents", "acme-agents")
+    with RunTrace(Budget(tokens=100), tracer_provider=telemetry.tracer_provider) as run:
+        pass
+    telemetry.shutdown()
+    assert [s["name"] for s in read_spans(path)] == [names.SPAN_PLAN]
+    assert run.spent == Spend()
+    assert not path.with_suffix(".metrics.jsonl").exists()  # no metrics exported, none written
