@@ -22,6 +22,15 @@ GEN_AI_TOKEN_TYPE = "gen_ai.token.type"
 GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
 """The ``max_tokens`` a call was sent with (-1: nothing limited it)."""
 METRIC_TOKEN_USAGE = "gen_ai.client.token.usage"
+GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
+"""``invoke_agent`` on a run's span, ``chat`` on a call's."""
+OPERATION_RUN = "invoke_agent"
+OPERATION_CALL = "chat"
+
+# OpenInference (Arize Phoenix reads it to show a span as a chain, an LLM call, a tool)
+OPENINFERENCE_SPAN_KIND = "openinference.span.kind"
+KIND_RUN = "CHAIN"
+KIND_CALL = "LLM"
 
 # Run (roi.plan) attributes
 RUN_ID = "roi.run.id"

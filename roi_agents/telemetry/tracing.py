@@ -199,6 +199,8 @@ class RunTrace:
         attributes: dict[str, Any] = {
             names.RESOURCE: self.resource,
             names.QUANTILE: self.quantile,
+            names.GEN_AI_OPERATION_NAME: names.OPERATION_RUN,
+            names.OPENINFERENCE_SPAN_KIND: names.KIND_RUN,
             **_budget_attributes(names.BUDGET, self.budget),
         }
         if self.run_id is not None:
@@ -281,8 +283,11 @@ class RunTrace:
             names.OPTIONS_CONSIDERED: [*(o.name for o in step.options if o.name != SKIP), SKIP],
             names.P_SUCCESS: chosen.p_success,
             names.REASON: chosen.reason,
+            names.OPENINFERENCE_SPAN_KIND: names.KIND_RUN if chosen.skipped else names.KIND_CALL,
             **self._left_attributes(after=False),
         }
+        if not chosen.skipped:
+            attributes[names.GEN_AI_OPERATION_NAME] = names.OPERATION_CALL
         if step.group is not None:
             attributes[names.STEP_GROUP] = step.group
         if self.record_text and step.text:

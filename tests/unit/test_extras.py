@@ -100,6 +100,10 @@ def test_gen_ai_names_are_the_semantic_conventions():
     assert names.GEN_AI_TOKEN_TYPE == attributes.GEN_AI_TOKEN_TYPE
     assert names.GEN_AI_REQUEST_MAX_TOKENS == attributes.GEN_AI_REQUEST_MAX_TOKENS
     assert names.METRIC_TOKEN_USAGE == gen_ai_metrics.GEN_AI_CLIENT_TOKEN_USAGE
+    assert names.GEN_AI_OPERATION_NAME == attributes.GEN_AI_OPERATION_NAME
+    operations = attributes.GenAiOperationNameValues
+    assert operations.INVOKE_AGENT.value == names.OPERATION_RUN
+    assert operations.CHAT.value == names.OPERATION_CALL
 
 
 def test_version(capsys):

@@ -389,4 +389,9 @@ def test_a_run_is_one_trace_until_it_finishes():
         children = [s for s in spans if s.parent and s.parent.span_id == plan.context.span_id]
         assert len(children) == 2
         assert {c.context.trace_id for c in children} == {plan.context.trace_id}
+        # Kinds a trace UI shows (Phoenix: a chain of LLM calls), and the GenAI operation.
+        assert plan.attributes[names.OPENINFERENCE_SPAN_KIND] == "CHAIN"
+        assert plan.attributes[names.GEN_AI_OPERATION_NAME] == "invoke_agent"
+        assert {c.attributes[names.OPENINFERENCE_SPAN_KIND] for c in children} == {"LLM"}
+        assert {c.attributes[names.GEN_AI_OPERATION_NAME] for c in children} == {"chat"}
     provider.shutdown()
