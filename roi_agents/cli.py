@@ -346,7 +346,11 @@ def _predictor_factory(spec: str) -> Any:
         except (httpx.HTTPError, KeyError, IndexError, ValueError) as error:
             msg = f"no model served at {root}: {error}"
             raise InvalidValueError("predictor", msg) from None
-        remote = CachedPredictor(VLLMPredictor(root, served, calibration=checkpoint or None))
+        # Offline replay, not a live turn: a CPU server's batch of long texts may take more
+        # than a live deadline, and a fallback would measure the prior instead.
+        remote = CachedPredictor(
+            VLLMPredictor(root, served, calibration=checkpoint or None, timeout=60.0)
+        )
         return lambda train: remote
     msg = f"expected prior, local:DIR or vllm:URL[@DIR], got {spec!r}"
     raise InvalidValueError("predictor", msg)
