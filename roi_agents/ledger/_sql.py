@@ -40,6 +40,7 @@ from roi_agents.ledger.base import (
     check_ttl,
 )
 from roi_agents.ledger.rules import (
+    check_extendable,
     check_fits,
     is_over_commit,
     is_replayed_commit,
@@ -324,6 +325,24 @@ class SQLLedger(ABC):
                 self._add(execute, charged, held=_negative(current.amount))
         return current.model_copy(update={"state": "released"})
 
+    def extend(self, reservation: Reservation | str, *, ttl: float) -> Reservation:
+        """Keep a hold ``ttl`` more seconds from now (a call still running near its TTL).
+
+        Raises:
+            ReservationConflict: the hold was committed, released or has expired.
+            UnknownReservation: no such reservation.
+            InvalidValueError: on a malformed TTL.
+        """
+        ttl = check_ttl(ttl)
+        with self.transaction() as execute:
+            current, _, _, now, _, _ = self._locked(execute, _id(reservation))
+            check_extendable(current)
+            execute(
+                f"UPDATE {self.prefix}roi_reservations SET expires_at = %s WHERE id = %s",
+                (now + ttl, current.id),
+            )
+        return current.model_copy(update={"expires_at": now + ttl})
+
     def sweep(self, limit: int = 10_000) -> int:
         """Take up to ``limit`` holds past their TTL out of the counters; how many it took.
 
@@ -422,6 +441,10 @@ class SQLLedger(ABC):
     async def abalance(self, scope: str) -> Balance:
         """Async `balance`."""
         return await asyncio.to_thread(self.balance, scope)
+
+    async def aextend(self, reservation: Reservation | str, *, ttl: float) -> Reservation:
+        """Async `extend`."""
+        return await asyncio.to_thread(self.extend, reservation, ttl=ttl)
 
     # -- helpers ----------------------------------------------------------------------------
 

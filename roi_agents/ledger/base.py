@@ -185,6 +185,10 @@ class Ledger(Protocol):
         """Free a hold without spending it."""
         ...
 
+    def extend(self, reservation: Reservation | str, *, ttl: float) -> Reservation:
+        """Keep a hold ``ttl`` more seconds from now (a call still running near its TTL)."""
+        ...
+
     def balance(self, scope: str) -> Balance:
         """Where ``scope`` stands now."""
         ...
@@ -205,6 +209,10 @@ class Ledger(Protocol):
 
     async def arelease(self, reservation: Reservation | str) -> Reservation:
         """Async `release`."""
+        ...
+
+    async def aextend(self, reservation: Reservation | str, *, ttl: float) -> Reservation:
+        """Async `extend`."""
         ...
 
     async def abalance(self, scope: str) -> Balance:

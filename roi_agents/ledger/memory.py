@@ -36,6 +36,7 @@ from roi_agents.ledger.base import (
     check_ttl,
 )
 from roi_agents.ledger.rules import (
+    check_extendable,
     check_fits,
     is_over_commit,
     is_replayed_commit,
@@ -226,6 +227,24 @@ class MemoryLedger:
             hold.reservation = hold.reservation.model_copy(update={"state": "released"})
             return hold.reservation
 
+    def extend(self, reservation: Reservation | str, *, ttl: float) -> Reservation:
+        """Keep a hold ``ttl`` more seconds from now (a call still running near its TTL).
+
+        Raises:
+            ReservationConflict: the hold was committed, released or has expired.
+            UnknownReservation: no such reservation.
+            InvalidValueError: on a malformed TTL.
+        """
+        ttl = check_ttl(ttl)
+        with self._lock:
+            now = self.clock()
+            self._expire(now)
+            hold = self._hold(reservation)
+            check_extendable(hold.reservation)
+            hold.reservation = hold.reservation.model_copy(update={"expires_at": now + ttl})
+            heapq.heappush(self._expiry, (now + ttl, hold.reservation.id))
+            return hold.reservation
+
     def sweep(self, limit: int = 10_000) -> int:
         """Take up to ``limit`` holds past their TTL out of the counters; how many it took.
 
@@ -289,6 +308,10 @@ class MemoryLedger:
     async def abalance(self, scope: str) -> Balance:
         """Async `balance` (inline)."""
         return self.balance(scope)
+
+    async def aextend(self, reservation: Reservation | str, *, ttl: float) -> Reservation:
+        """Async `extend` (inline)."""
+        return self.extend(reservation, ttl=ttl)
 
     # -- helpers (called with the lock held) --------------------------------------------------
 
@@ -355,8 +378,8 @@ class MemoryLedger:
         while self._expiry and self._expiry[0][0] <= now and (limit is None or taken < limit):
             _, reservation_id = heapq.heappop(self._expiry)
             hold = self._holds[reservation_id]
-            if hold.reservation.state != "held":
-                continue  # committed or released before it expired
+            if hold.reservation.state != "held" or hold.reservation.expires_at > now:
+                continue  # committed or released before it expired, or extended
             self._uncount(hold)
             hold.reservation = hold.reservation.model_copy(update={"state": "expired"})
             taken += 1

@@ -15,6 +15,7 @@ from roi_agents.ledger.base import Amount, Reservation, ScopeBudget
 from roi_agents.types import RESOURCES, Resource
 
 __all__ = [
+    "check_extendable",
     "check_fits",
     "is_over_commit",
     "is_replayed_commit",
@@ -89,6 +90,16 @@ def is_replayed_commit(current: Reservation, actual: Amount) -> bool:
     if current.state == "released":
         raise ReservationConflict(f"reservation {current.id} was released")
     return False
+
+
+def check_extendable(current: Reservation) -> None:
+    """Raise `ReservationConflict` unless the hold is still held (not spent, freed or expired).
+
+    An expired hold has left the counters already: reserve again instead.
+    """
+    if current.state != "held":
+        msg = f"reservation {current.id} is {current.state}: only a held reservation is extended"
+        raise ReservationConflict(msg)
 
 
 def is_over_commit(current: Reservation, actual: Amount) -> bool:

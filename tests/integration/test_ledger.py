@@ -498,3 +498,25 @@ def test_kill_9_mid_reserve_or_commit_leaves_the_counters_equal_to_the_rows(back
         assert (int(counters[0]), int(counters[1])) == (int(rows[0]), int(rows[1]))
     hold = ledger.reserve("fault", Amount(tokens=5), ttl=60)  # and the ledger goes on
     assert ledger.commit(hold, Amount(tokens=5)).state == "committed"
+
+
+async def test_a_held_reservation_is_extended_and_only_a_held_one(backend):
+    ledger = _ledger(backend)
+    ledger.set_budget(ScopeBudget(scope="t", tokens=100))
+    hold = ledger.reserve("t", Amount(tokens=60), ttl=0.3)
+    extended = ledger.extend(hold, ttl=60)
+    assert extended.expires_at > hold.expires_at + 30
+    time.sleep(0.4)  # past the first TTL: still held, still counted
+    assert ledger.get(hold.id).state == "held"
+    assert ledger.balance("t").reserved.tokens == 60
+    done = ledger.commit(hold, Amount(tokens=50))
+    assert (done.state, done.over_commit) == ("committed", False)
+    with pytest.raises(ReservationConflict, match="committed"):
+        await ledger.aextend(hold, ttl=60)
+    lapsed = ledger.reserve("t", Amount(tokens=10), ttl=0.2)
+    time.sleep(0.3)
+    with pytest.raises(ReservationConflict, match="expired"):
+        ledger.extend(lapsed, ttl=60)
+    with pytest.raises(InvalidValueError, match="ttl"):
+        ledger.extend(hold.id, ttl=-1)
+    assert ledger.balance("t").committed.tokens == 50
