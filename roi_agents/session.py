@@ -385,7 +385,7 @@ class BudgetSession:
         return (await self.ledger.abalance(self.scope)).as_budget()
 
     def spent_on(self, step_id: str) -> Spend:
-        """What this session charged for ``step_id`` (every attempt included)."""
+        """What this run charged for ``step_id`` (every attempt included; since `finish`)."""
         with self._lock:
             return self._by_step.get(step_id, Spend())
 
@@ -418,9 +418,12 @@ class BudgetSession:
         """The run is over: close its ``roi.plan`` span with what it spent and decided.
 
         The session's next call starts another run (another trace) in the same scope, with the
-        same run id: a thread's invocations, one trace each.
+        same run id: a thread's invocations, one trace each; `spent_on` starts afresh, so a
+        later run's step of the same name is its own.
         """
         self._trace.end()
+        with self._lock:
+            self._by_step.clear()
 
     def report(self) -> BudgetReport:
         """Spent, budget, what is left (signed) and whether the scope overran."""

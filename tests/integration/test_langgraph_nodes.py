@@ -413,10 +413,18 @@ def test_each_invocation_of_a_thread_is_a_trace_of_its_own(tiny_chat_server):
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    graph, _, _ = _graph(tiny_chat_server, tracer_provider=provider, checkpointer=InMemorySaver())
+    graph, control, calls = _graph(
+        tiny_chat_server, tracer_provider=provider, checkpointer=InMemorySaver()
+    )
     config = _config()
     for _ in range(2):  # no caller span: each invocation is a root of its own
-        graph.invoke(_start(2_000, n=2), config)
+        final = graph.invoke(_start(2_000, n=2), config)
+    # The second run's steps have the first run's names: each is settled as its own.
+    assert len(calls) == 4
+    assert final["spent"]["input_tokens"] + final["spent"]["output_tokens"] == _served(
+        control, final
+    )
+    assert len(final["charged"]) == 4
     finished = exporter.get_finished_spans()
     plans = [s for s in finished if s.name == names.SPAN_PLAN]
     assert len(plans) == 2

@@ -216,8 +216,9 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
                 attempt included. A spend given here happened outside the session and is
                 charged now (a spend that no longer fits is charged all the same, flagged as
                 an overrun: never lost).
-            call_id: an id for this settlement (default: scope and step); settling again with
-                it (a replayed node) adds nothing.
+            call_id: an id for this settlement (default: the scope, the step and how many
+                decisions the thread has taken); settling again with it (a replayed node) adds
+                nothing.
             success: the step's graded outcome, told to the node's ``learner``.
             truncated: the step stopped at its cap (a ``finish_reason`` of ``"length"``): its
                 spend counts as a lower bound, for the learner and on the span.
@@ -229,7 +230,9 @@ class BudgetControllerNode(RunnableLambda[BudgetState, dict[str, Any]]):
             return update
         step, decision = current
         session = self.session(state)
-        call_id = call_id or f"{session.scope}:{step.id}"
+        # The step's place in the thread's history: a replayed node settles the same id, a later
+        # run's step of the same name another.
+        call_id = call_id or f"{session.scope}:{step.id}:{len(state.get('decisions') or [])}"
         if call_id in (state.get("charged") or []):
             return update
         if spend is None:
