@@ -774,9 +774,10 @@ class BudgetSession:
 
         Committing a hold again with the same spend changes nothing. More than was held is
         recorded as is and flagged by the ledger: spend that happened is never dropped. A
-        database that is unreachable or drops the connection (a restart) is tried again for
-        about 4 s (a commit is safe to repeat); after that `LedgerUnavailable` is raised, and
-        this same call may be made again later.
+        database that is unreachable or drops the connection (a restart) is tried 4 more times
+        over about 4 s beside the ledger's own waits for a connection (a commit is safe to
+        repeat); after that `LedgerUnavailable` is raised, and this same call may be made again
+        later.
         """
         charged = spend if spend is not None else self._at_cap(hold)
         for wait in (*_COMMIT_BACKOFF, None):

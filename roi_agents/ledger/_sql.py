@@ -19,6 +19,7 @@ the counters. Times are the database's (seconds since the epoch), never the work
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -151,10 +152,23 @@ class SQLLedger(ABC):
         ]
 
     def init_schema(self) -> None:
-        """Create the tables if they do not exist (the migration)."""
+        """Create the tables if they do not exist (the migration); safe to run again.
+
+        On tables of an earlier release it also rewrites the holds that kept their levels one
+        per line as JSON arrays (both forms are read; the lines form only until this runs).
+        """
         with self.transaction() as execute:
             for statement in self.schema_statements():
                 execute(statement, ())
+            old = execute(
+                f"SELECT id, charged FROM {self.prefix}roi_reservations WHERE charged NOT LIKE %s",
+                ("[%",),
+            )
+            for hold_id, charged in old:
+                execute(
+                    f"UPDATE {self.prefix}roi_reservations SET charged = %s WHERE id = %s",
+                    (json.dumps(_levels_of(charged)), hold_id),
+                )
 
     # -- budgets ----------------------------------------------------------------------------
 
@@ -246,7 +260,7 @@ class SQLLedger(ABC):
                 (
                     reservation_id,
                     scope,
-                    "\n".join(charged),
+                    json.dumps(charged),
                     key,
                     amount.tokens,
                     amount.usd,
@@ -359,7 +373,7 @@ class SQLLedger(ABC):
             )
             if not rows:
                 return 0
-            levels = {level for _, charged in rows for level in str(charged).split("\n")}
+            levels = {level for _, charged in rows for level in _levels_of(charged)}
             self.lock_budgets(execute, sorted(levels))
             # Under the locks, one statement: holds committed or released meanwhile are left.
             swept = execute(
@@ -371,7 +385,7 @@ class SQLLedger(ABC):
             freed: dict[str, Amount] = {}
             for tokens, usd, calls, charged in swept:
                 amount = Amount(tokens=int(tokens), usd=float(usd), tool_calls=int(calls))
-                for level in str(charged).split("\n"):
+                for level in _levels_of(charged):
                     freed[level] = freed.get(level, Amount()) + amount
             for level, amount in sorted(freed.items()):
                 self._add(execute, [level], held=_negative(amount))
@@ -499,7 +513,7 @@ class SQLLedger(ABC):
             (
                 row[0],
                 Amount(tokens=int(row[1]), usd=float(row[2]), tool_calls=int(row[3])),
-                str(row[4]).split("\n"),
+                _levels_of(row[4]),
             )
             for row in rows
         ]
@@ -556,7 +570,7 @@ class SQLLedger(ABC):
         )
         if not rows:
             raise UnknownReservation(reservation_id)
-        charged = str(rows[0][0]).split("\n")
+        charged = _levels_of(rows[0][0])
         self.lock_budgets(execute, charged)
         (row,) = execute(
             f"SELECT {_RESERVATION_COLUMNS} FROM {self.prefix}roi_reservations WHERE id = %s"
@@ -565,6 +579,12 @@ class SQLLedger(ABC):
         )
         now, day, month = self._clock(execute)
         return _reservation(row, now), str(row[6]), charged, now, day, month
+
+
+def _levels_of(charged: Any) -> list[str]:
+    """The levels a hold was charged to, as stored: a JSON array (one per line before)."""
+    text = str(charged)
+    return list(json.loads(text)) if text.startswith("[") else text.split("\n")
 
 
 def _id(reservation: Reservation | str) -> str:

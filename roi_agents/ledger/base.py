@@ -227,9 +227,8 @@ class Ledger(Protocol):
 def check_scope(scope: str) -> str:
     """Return ``scope`` if it is a well-formed path, else raise `InvalidValueError`.
 
-    The grammar: non-empty parts joined by ``/``; no control characters (a newline among them:
-    a hold's levels are stored one per line) and no lone surrogates; at most
-    ``MAX_SCOPE_BYTES`` bytes of UTF-8.
+    The grammar: non-empty parts joined by ``/``; no control characters (a scope is a name: in
+    logs, spans and keys) and no lone surrogates; at most ``MAX_SCOPE_BYTES`` bytes of UTF-8.
     """
     if not isinstance(scope, str) or not scope or any(not part for part in scope.split("/")):
         raise InvalidValueError(

@@ -520,3 +520,31 @@ async def test_a_held_reservation_is_extended_and_only_a_held_one(backend):
     with pytest.raises(InvalidValueError, match="ttl"):
         ledger.extend(hold.id, ttl=-1)
     assert ledger.balance("t").committed.tokens == 50
+
+
+def test_holds_stored_by_an_earlier_release_are_read_and_brought_up_to_date(backend):
+    """Levels were kept one per line; they are a JSON array now, and init rewrites old rows."""
+    name, ledger, *_ = backend
+    if name == "memory":
+        pytest.skip("a memory ledger has no tables")
+    for scope in ("acme", "acme/bob"):
+        ledger.set_budget(ScopeBudget(scope=scope, tokens=1000))
+    hold = ledger.reserve("acme/bob", Amount(tokens=100), ttl=60)
+
+    def stored():
+        with ledger.transaction() as execute:
+            return execute(
+                f"SELECT charged FROM {ledger.prefix}roi_reservations WHERE id = %s", (hold.id,)
+            )[0][0]
+
+    assert json.loads(stored()) == ["acme", "acme/bob"]
+    with ledger.transaction() as execute:  # as an earlier release wrote it
+        execute(
+            f"UPDATE {ledger.prefix}roi_reservations SET charged = %s WHERE id = %s",
+            ("acme\nacme/bob", hold.id),
+        )
+    ledger.commit(hold, Amount(tokens=40))  # read in its old form
+    assert ledger.balance("acme").committed.tokens == ledger.balance("acme/bob").committed.tokens
+    ledger.init_schema()
+    assert json.loads(stored()) == ["acme", "acme/bob"]
+    assert ledger.balance("acme").committed.tokens == 40

@@ -68,8 +68,8 @@ def test_a_restart_between_calls_is_not_seen_and_a_commit_waits_out_a_short_outa
 ):
     from roi_agents.ledger.postgres import PostgresLedger
 
-    # A connection is waited for 1 s at most: the outage below outlasts the pool's own wait.
-    ledger = PostgresLedger(private_postgres.url, schema="faults", timeout=1.0)
+    # A connection is waited for 3 s at most: the outage below outlasts the pool's own wait.
+    ledger = PostgresLedger(private_postgres.url, schema="faults", timeout=3.0)
     ledger.init_schema()
     ledger.set_budget(ScopeBudget(scope="t", tokens=10_000))
     session = BudgetSession(ledger=ledger, scope="t")
@@ -84,13 +84,13 @@ def test_a_restart_between_calls_is_not_seen_and_a_commit_waits_out_a_short_outa
     assert ledger.balance("t").committed.tokens == 110
 
     # The database goes away after the call was sent: its commit is tried again until the
-    # database is back (2 s here), and the spend is recorded once.
+    # database is back (4 s here), and the spend is recorded once.
     with session.call(None, option, prompt=10) as call:
         private_postgres.pg_ctl("stop", "-m", "fast")
-        threading.Timer(2.0, private_postgres.pg_ctl, args=("start",)).start()
+        threading.Timer(4.0, private_postgres.pg_ctl, args=("start",)).start()
         started = time.monotonic()
         call.charge(Spend(input_tokens=10, output_tokens=30))
-    assert 2.0 < time.monotonic() - started < 6.0
+    assert 4.0 < time.monotonic() - started < 20.0  # the pool reconnects with back-off
     balance = ledger.balance("t")
     assert (balance.committed.tokens, balance.reserved.tokens) == (150, 0)
     assert session.report().spent.tokens == 150
@@ -100,5 +100,13 @@ def test_a_restart_between_calls_is_not_seen_and_a_commit_waits_out_a_short_outa
     with pytest.raises(LedgerUnavailable, match="PostgreSQL"):
         ledger.reserve("t", Amount(tokens=1), ttl=60)
     private_postgres.pg_ctl("start")
-    assert ledger.balance("t").committed.tokens == 150
+    # The pool reconnects with back-off after failed attempts: it is back within seconds.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            balance = ledger.balance("t")
+            break
+        except LedgerUnavailable:
+            assert time.monotonic() < deadline
+    assert balance.committed.tokens == 150
     ledger.close()
