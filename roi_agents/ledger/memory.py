@@ -7,8 +7,8 @@ threads and asyncio tasks). Holds past their TTL leave the counters when any cal
 (a heap orders them by expiry), so nothing grows with abandoned holds. Times are this process's
 clock (``time.time``, or the ``clock`` given).
 
-The SQL ledgers are the reference: `tests/unit/test_memory_ledger.py` runs the same random
-sequences of calls against both and compares every answer.
+The SQL ledgers are the reference: `tests/integration/test_ledger_agreement.py` plays the
+same random sequences of calls against this ledger and each SQL one, and compares every answer.
 """
 
 from __future__ import annotations
