@@ -207,7 +207,11 @@ def _parser() -> argparse.ArgumentParser:
     ledger = commands.add_parser("ledger", help="shared budgets (SQLite or PostgreSQL)")
     ledger_commands = ledger.add_subparsers(required=True, metavar="ACTION")
     url_help = "memory:, sqlite:///PATH or postgresql://..."
-    init = ledger_commands.add_parser("init", help="create the ledger's tables (the migration)")
+    init = ledger_commands.add_parser(
+        "init",
+        aliases=["migrate"],
+        help="create the ledger's tables, or bring an earlier release's up to date (safe to rerun)",
+    )
     budget = ledger_commands.add_parser("budget", help="set a scope's limits")
     balance = ledger_commands.add_parser("balance", help="show where a scope stands")
     for sub in (init, budget, balance):

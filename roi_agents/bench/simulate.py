@@ -185,12 +185,14 @@ def choose_resource(queries: Sequence[ReplayQuery]) -> Resource:
         return "tokens"
     lacking = next(r for r in records if r.cost("tokens") is None)  # and some lack cost_usd
     usd = next(r for r in records if r.cost_usd is None)
+    file, line = lacking.where or ("replay", None)
+    other = f"line {usd.where[1]} of {usd.where[0]}" if usd.where else "another record"
     msg = (
-        "neither cost_usd nor both token counts on every line: query "
-        f"{lacking.query_id!r} option {lacking.option!r} has no token counts, and query "
-        f"{usd.query_id!r} option {usd.option!r} no cost_usd"
+        f"query {lacking.query_id!r} option {lacking.option!r} has no token counts, and "
+        f"{other} (query {usd.query_id!r} option {usd.option!r}) no cost_usd: give "
+        "cost_usd on every line, or both token counts on every line"
     )
-    raise DataError("replay", None, msg)
+    raise DataError(file, line, msg)
 
 
 def split_queries(

@@ -36,6 +36,7 @@ from pydantic import (
     Field,
     NonNegativeFloat,
     NonNegativeInt,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
@@ -68,6 +69,12 @@ class ReplayRecord(BaseModel):
     thinking_tokens: NonNegativeInt | None = None
     dataset: str | None = None
     text: str = ""
+    _where: tuple[str, int] | None = PrivateAttr(None)
+
+    @property
+    def where(self) -> tuple[str, int] | None:
+        """The file and 1-based line it was read from (`read_records`), if it was."""
+        return self._where
 
     @model_validator(mode="after")
     def _has_a_cost(self) -> Self:
@@ -176,6 +183,7 @@ def read_records(path: str | Path) -> Iterator[ReplayRecord]:
                 f"(first on line {first})"
             )
             raise DataError(str(path), number, msg)
+        record._where = (str(path), number)
         yield record
 
 

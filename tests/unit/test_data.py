@@ -243,7 +243,7 @@ def test_a_line_that_is_not_utf8_is_named_by_file_and_line(tmp_path, capsys):
     assert f"{path}:" in capsys.readouterr().out
 
 
-def test_mixed_cost_fields_name_the_records_that_lack_them(tmp_path):
+def test_mixed_cost_fields_name_the_lines_that_lack_them(tmp_path):
     from roi_agents.bench.simulate import choose_resource
 
     path = tmp_path / "mixed.jsonl"
@@ -252,5 +252,7 @@ def test_mixed_cost_fields_name_the_records_that_lack_them(tmp_path):
         {"query_id": "b", "option": "y", "score": 1, "input_tokens": 5, "output_tokens": 7},
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(DataError, match="query 'a' option 'x' has no token counts, and query 'b'"):
+    with pytest.raises(DataError, match="has no token counts, and line 2 of ") as info:
         choose_resource(load_replay(path))
+    assert (info.value.path, info.value.line) == (str(path), 1)
+    assert "(query 'b' option 'y') no cost_usd" in str(info.value)
