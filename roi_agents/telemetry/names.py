@@ -26,11 +26,30 @@ GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
 """``invoke_agent`` on a run's span, ``chat`` on a call's."""
 OPERATION_RUN = "invoke_agent"
 OPERATION_CALL = "chat"
+OPERATION_TOOLS = "execute_tool"
+GEN_AI_TOOL_NAME = "gen_ai.tool.name"
+"""On a turn of tool calls that ran one tool."""
+
+# Experimental: the cost shape proposed in open-telemetry/semantic-conventions-genai#443 (not
+# in a release of the conventions yet); ``roi.actual.usd`` carries the same figure.
+GEN_AI_USAGE_COST_AMOUNT = "gen_ai.usage.cost.amount"
+GEN_AI_USAGE_COST_CURRENCY = "gen_ai.usage.cost.currency"
+GEN_AI_USAGE_COST_SOURCE = "gen_ai.usage.cost.source"
+"""``local``: priced here, from the option's list prices."""
 
 # OpenInference (Arize Phoenix reads it to show a span as a chain, an LLM call, a tool)
 OPENINFERENCE_SPAN_KIND = "openinference.span.kind"
 KIND_RUN = "CHAIN"
 KIND_CALL = "LLM"
+KIND_TOOLS = "TOOL"
+INPUT_VALUE = "input.value"
+"""A run's budget (JSON) and a call's step text: what a trace UI shows as the span's input."""
+INPUT_MIME_TYPE = "input.mime_type"
+OUTPUT_VALUE = "output.value"
+"""A run's spend and decisions (JSON): what a trace UI shows as the run's output."""
+OUTPUT_MIME_TYPE = "output.mime_type"
+GEN_AI_CONVERSATION_ID = "gen_ai.conversation.id"
+"""On a run's span: its run id (a thread's), so a trace UI groups a thread's runs as a session."""
 
 # Run (roi.plan) attributes
 RUN_ID = "roi.run.id"
@@ -52,6 +71,10 @@ STEP_GROUP = "roi.step.group"
 # The step's text as the learned predictor reads it (cut like its input); off with record_text.
 STEP_TEXT = "roi.step.text"
 OPTION = "roi.option"
+OPTION_TOOLS = "tools"
+"""The option of a turn of tool calls' decision (held and charged as one)."""
+TOOLS = "roi.tools"
+"""The tools a turn of tool calls ran, in order."""
 OPTIONS_CONSIDERED = "roi.options.considered"
 P_SUCCESS = "roi.forecast.p_success"
 COST_MEAN = "roi.forecast.cost.mean"

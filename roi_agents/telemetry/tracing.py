@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import weakref
@@ -34,6 +35,7 @@ from roi_agents.types import (
     RESOURCES,
     SKIP,
     Budget,
+    Cap,
     Decision,
     Forecast,
     Plan,
@@ -204,7 +206,9 @@ class RunTrace:
             **_budget_attributes(names.BUDGET, self.budget),
         }
         if self.run_id is not None:
-            attributes[names.RUN_ID] = self.run_id
+            attributes[names.RUN_ID] = attributes[names.GEN_AI_CONVERSATION_ID] = self.run_id
+        attributes[names.INPUT_VALUE] = self.budget.model_dump_json(exclude_none=True)
+        attributes[names.INPUT_MIME_TYPE] = "application/json"
         if self.scope is not None:
             attributes[names.SCOPE] = self.scope
         self.decisions = self.skips = 0
@@ -246,6 +250,10 @@ class RunTrace:
             span.set_attribute(names.per_resource(names.SPENT, resource), self.spent.get(resource))
         span.set_attribute(names.DECISIONS, self.decisions)
         span.set_attribute(names.SKIPS, self.skips)
+        spent = {r: self.spent.get(r) for r in self.budget.limited()}
+        output = {"spent": spent, "decisions": self.decisions, "skips": self.skips}
+        span.set_attribute(names.OUTPUT_VALUE, json.dumps(output))
+        span.set_attribute(names.OUTPUT_MIME_TYPE, "application/json")
         limit = self.budget.get(self.resource)
         if limit:
             utilization = self.spent.get(self.resource) / limit
@@ -291,7 +299,7 @@ class RunTrace:
         if step.group is not None:
             attributes[names.STEP_GROUP] = step.group
         if self.record_text and step.text:
-            attributes[names.STEP_TEXT] = model_input((), step.text)
+            attributes[names.STEP_TEXT] = attributes[names.INPUT_VALUE] = model_input((), step.text)
         if option.model is not None:
             attributes[names.GEN_AI_REQUEST_MODEL] = option.model
         planned = chosen.expected_cost.get(self.resource)
@@ -303,6 +311,50 @@ class RunTrace:
                 if distribution is not None:
                     attributes[names.COST_MEAN] = distribution.mean
                 break
+        return self._open(chosen, attributes, option.model, planned, priced=option.priced)
+
+    def tool_calls(self, step_id: str, n: int, tools: Sequence[str] = ()) -> DecisionTrace:
+        """Open the ``roi.decision`` span of one turn of tool calls, held as one.
+
+        A decision like any other (option ``tools``, kind TOOL, ``execute_tool``), capped at
+        the calls it holds; `DecisionTrace.record` its spend (the calls that ran) to close it.
+
+        Args:
+            step_id: the step the calls are charged to.
+            n: the calls held.
+            tools: the names of the tools called, in order, where known.
+        """
+        decision = Decision(
+            step_id=step_id,
+            option=names.OPTION_TOOLS,
+            cap=Cap(tool_calls=n),
+            expected_value=0.0,
+            expected_cost={"tool_calls": float(n)},
+            reason=f"{n} tool call{'s' if n != 1 else ''} held before they run",
+        )
+        attributes: dict[str, Any] = {
+            names.STEP_ID: step_id,
+            names.OPTION: names.OPTION_TOOLS,
+            names.REASON: decision.reason,
+            names.OPENINFERENCE_SPAN_KIND: names.KIND_TOOLS,
+            names.GEN_AI_OPERATION_NAME: names.OPERATION_TOOLS,
+            **self._left_attributes(after=False),
+        }
+        if tools:
+            attributes[names.TOOLS] = list(tools)
+        if len(set(tools)) == 1:
+            attributes[names.GEN_AI_TOOL_NAME] = tools[0]
+        return self._open(decision, attributes, None, None, priced=False)
+
+    def _open(
+        self,
+        chosen: Decision,
+        attributes: dict[str, Any],
+        model: str | None,
+        planned: float | None,
+        *,
+        priced: bool,
+    ) -> DecisionTrace:
         cap = chosen.cap
         for resource, name in _CAP_NAMES:
             limit = getattr(cap, resource)
@@ -316,8 +368,8 @@ class RunTrace:
         self.decisions += 1
         if chosen.skipped:
             self.skips += 1
-        self._instruments.count_decision(chosen.option, option.model or "")
-        return DecisionTrace(self, span, chosen, option.model, planned)
+        self._instruments.count_decision(chosen.option, model or "")
+        return DecisionTrace(self, span, chosen, model, planned, priced=priced)
 
     def fallback(self, reason: str, **attributes: str | float) -> None:
         """A predictor fell back to the prior: an event on the run's span."""
@@ -348,12 +400,15 @@ class DecisionTrace:
         decision: Decision,
         model: str | None,
         planned: float | None,
+        *,
+        priced: bool = False,
     ) -> None:
         self.run = run
         self.span = span
         self.decision = decision
         self.model = model
         self.planned = planned
+        self.priced = priced
         self._ended = False
 
     def record(
@@ -380,6 +435,10 @@ class DecisionTrace:
         }
         if success is not None:
             attributes[names.SUCCESS] = success
+        if self.priced or spend.usd > 0:
+            attributes[names.GEN_AI_USAGE_COST_AMOUNT] = spend.usd
+            attributes[names.GEN_AI_USAGE_COST_CURRENCY] = "USD"
+            attributes[names.GEN_AI_USAGE_COST_SOURCE] = "local"
         labels = {names.OPTION: self.decision.option, names.GEN_AI_REQUEST_MODEL: self.model or ""}
         actual = spend.get(run.resource)
         if self.planned and actual > 0:

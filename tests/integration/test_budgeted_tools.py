@@ -79,12 +79,19 @@ def test_unlimited_tool_calls_all_run():
 @pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
 async def test_with_the_controller_tool_calls_are_reserved_in_the_run_and_never_overrun(mode):
     """Two turns of 3 calls each under an allowance of 4: the second turn gets the 1 left."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from roi_agents_langgraph import BudgetControllerNode
 
     from roi_agents import Controller
+    from roi_agents.telemetry import names
 
     RAN.clear()
-    control = BudgetControllerNode(Controller())
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    control = BudgetControllerNode(Controller(), tracer_provider=provider)
     node = BudgetedToolNode([lookup], control=control)
 
     def ask(state: State) -> dict:
@@ -113,3 +120,20 @@ async def test_with_the_controller_tool_calls_are_reserved_in_the_run_and_never_
     report = control.session(start).report()
     assert report.committed.tool_calls == report.spent.tool_calls == 4
     assert report.reserved.tool_calls == 0
+    # Each turn is a decision of its own, a TOOL span spanning the calls, charged what ran.
+    control.session(start).finish()
+    spans = exporter.get_finished_spans()
+    (plan,) = [s for s in spans if s.name == names.SPAN_PLAN]
+    turns = sorted((s for s in spans if s.name == names.SPAN_DECISION), key=lambda s: s.start_time)
+    assert [t.attributes[names.ACTUAL_TOOL_CALLS] for t in turns] == [3, 1]
+    assert [t.attributes[f"{names.CAP}.tool_calls"] for t in turns] == [3, 1]
+    for turn in turns:
+        a = turn.attributes
+        assert a[names.OPTION] == names.OPTION_TOOLS
+        assert a[names.OPENINFERENCE_SPAN_KIND] == "TOOL"
+        assert a[names.GEN_AI_OPERATION_NAME] == "execute_tool"
+        assert a[names.GEN_AI_TOOL_NAME] == "lookup"
+        assert turn.parent.span_id == plan.context.span_id
+        assert turn.end_time > turn.start_time
+    assert plan.attributes[f"{names.SPENT}.tool_calls"] == 4
+    provider.shutdown()

@@ -104,6 +104,8 @@ def test_gen_ai_names_are_the_semantic_conventions():
     operations = attributes.GenAiOperationNameValues
     assert operations.INVOKE_AGENT.value == names.OPERATION_RUN
     assert operations.CHAT.value == names.OPERATION_CALL
+    assert operations.EXECUTE_TOOL.value == names.OPERATION_TOOLS
+    assert names.GEN_AI_TOOL_NAME == attributes.GEN_AI_TOOL_NAME
 
 
 def test_version(capsys):

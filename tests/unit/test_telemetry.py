@@ -282,3 +282,35 @@ def test_configure_names_the_project_and_can_leave_metrics_out(tmp_path):
     assert [s["name"] for s in read_spans(path)] == [names.SPAN_PLAN]
     assert run.spent == Spend()
     assert not path.with_suffix(".metrics.jsonl").exists()  # no metrics exported, none written
+
+
+def test_a_priced_call_carries_its_cost_and_an_unpriced_one_none(providers):
+    from roi_agents import Decision, Option
+    from roi_agents.types import Cap
+
+    tracer_provider, meter_provider, exporter, _ = providers
+    priced = Option(name="paid", model="m", input_price=1.0, output_price=4.0)
+    free = Option(name="free", model="m")
+    step = Step(id="s", options=(priced, free))
+    with RunTrace(
+        Budget(tokens=10_000), tracer_provider=tracer_provider, meter_provider=meter_provider
+    ) as run:
+        for option in (priced, free):
+            decision = Decision(
+                step_id="s",
+                option=option.name,
+                cap=Cap(tokens=500),
+                expected_value=0.5,
+                expected_cost={"tokens": 300.0},
+                reason="test",
+            )
+            spend = Spend(input_tokens=100, output_tokens=50, usd=option.usd(100, 50))
+            with run.decision(step, decision=decision) as traced:
+                traced.record(spend)
+    paid, unpaid = [
+        s.attributes for s in exporter.get_finished_spans() if s.name == names.SPAN_DECISION
+    ]
+    assert paid[names.GEN_AI_USAGE_COST_AMOUNT] == pytest.approx(0.0003) == paid[names.ACTUAL_USD]
+    assert paid[names.GEN_AI_USAGE_COST_CURRENCY] == "USD"
+    assert paid[names.GEN_AI_USAGE_COST_SOURCE] == "local"
+    assert names.GEN_AI_USAGE_COST_AMOUNT not in unpaid  # no price: no cost claimed

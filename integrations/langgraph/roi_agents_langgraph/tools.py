@@ -71,14 +71,19 @@ class BudgetedToolNode(RunnableLambda[Any, dict[str, Any]]):
         self.control = control
         super().__init__(self._run, afunc=self._arun, name=name)
 
-    def _hold(self, state: Any, n: int) -> tuple[BudgetSession | None, Hold | None, int]:
-        """Reserve the ``n`` calls in the run's session (none, if a parallel branch was first)."""
+    def _hold(self, state: Any, calls: list[Any]) -> tuple[BudgetSession | None, Hold | None, int]:
+        """Reserve the calls in the run's session (none, if a parallel branch was first)."""
+        n = len(calls)
         if self.control is None or n == 0:
             return None, None, n
         session = self.control.session(state)
         current = current_step(state)
         try:
-            hold = session.reserve_tool_calls(n, step_id=current[0].id if current else "tools")
+            hold = session.reserve_tool_calls(
+                n,
+                step_id=current[0].id if current else "tools",
+                tools=[call["name"] for call in calls],
+            )
         except BudgetExceeded:
             return session, None, 0
         return session, hold, n
@@ -93,7 +98,7 @@ class BudgetedToolNode(RunnableLambda[Any, dict[str, Any]]):
         allowance = tool_call_allowance(state, left)
         calls = list(last.tool_calls)
         n = len(calls) if allowance is None else max(0, min(allowance, len(calls)))
-        session, hold, n = self._hold(state, n)
+        session, hold, n = self._hold(state, calls[:n])
         allowed, refused = calls[:n], calls[n:]
         narrowed = {
             **state,
