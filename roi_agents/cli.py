@@ -202,6 +202,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("traces", type=Path, help="a JSONL file written by the jsonl exporter")
     report.add_argument("--json", type=Path, help="write the report as JSON here")
     report.add_argument("--plot", type=Path, help="write a PNG here")
+    report.add_argument(
+        "--html", type=Path, help="write the report as one HTML page here (opens offline)"
+    )
     report.set_defaults(run=_report)
 
     ledger = commands.add_parser("ledger", help="shared budgets (SQLite or PostgreSQL)")
@@ -534,6 +537,10 @@ def _report(args: argparse.Namespace, console: Console) -> int:
         console.print(f"wrote {args.json}")
     if args.plot:
         console.print(f"wrote {plot_report(report, args.plot)}")
+    if args.html:
+        from roi_agents.telemetry.report_html import write_html
+
+        console.print(f"wrote {write_html(report, args.html, source=str(args.traces))}")
     return 0
 
 

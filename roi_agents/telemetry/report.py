@@ -21,6 +21,7 @@ __all__ = [
     "OptionReport",
     "Report",
     "RunReport",
+    "ScopeReport",
     "build_report",
     "plot_report",
     "print_report",
@@ -28,16 +29,39 @@ __all__ = [
 
 
 class RunReport(BaseModel):
-    """One ``roi.plan`` span: a run's budget and what it spent."""
+    """One run: a ``roi.plan`` span, or the decisions of a trace that has none.
+
+    Attributes:
+        planned: whether the trace had a ``roi.plan`` span; without one, the budget is unknown
+            and the spend is the sum of the run's decisions.
+        refused: calls or reservations a budget refused during the run.
+    """
 
     run_id: str | None
+    trace_id: str | None
+    scope: str | None
     resource: str
     budget: dict[str, float]
     spent: dict[str, float]
     utilization: float | None
     decisions: int
     skips: int
+    refused: int
     forecast_error: float | None
+    planned: bool
+
+
+class ScopeReport(BaseModel):
+    """What the runs of one ledger scope and every scope under it spent (a tenant, a user).
+
+    Summed from the runs' decisions, so runs traced without a plan span count too.
+    """
+
+    scope: str
+    runs: int
+    tokens: int
+    usd: float
+    tool_calls: int
 
 
 class OptionReport(BaseModel):
@@ -50,6 +74,7 @@ class OptionReport(BaseModel):
     """Decisions that stopped at their cap (``roi.outcome.truncated``)."""
     tokens: int
     usd: float
+    tool_calls: int
     success_rate: float | None
     mean_p_success: float | None
     forecast_error: float | None
@@ -68,6 +93,7 @@ class Report(BaseModel):
     """Everything `build_report` found in a trace file."""
 
     runs: list[RunReport]
+    scopes: list[ScopeReport]
     options: list[OptionReport]
     calibration: Calibration
     points: list[tuple[float, float]]
@@ -84,39 +110,112 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+_NO_SCOPE = "(no scope)"
+
+
+def _traced(decisions: list[dict[str, Any]]) -> dict[str, float]:
+    """What decision spans say their calls spent, per resource."""
+    return {
+        "tokens": float(sum(_tokens(d["attributes"]) for d in decisions)),
+        "usd": sum(float(d["attributes"].get(names.ACTUAL_USD, 0.0)) for d in decisions),
+        "tool_calls": float(
+            sum(int(d["attributes"].get(names.ACTUAL_TOOL_CALLS, 0)) for d in decisions)
+        ),
+    }
+
+
+def _refusals(spans: list[dict[str, Any]]) -> int:
+    return sum(e.get("name") == names.EVENT_REFUSED for s in spans for e in s.get("events") or [])
+
+
+def _runs(spans: list[dict[str, Any]]) -> list[tuple[RunReport, list[dict[str, Any]]]]:
+    """Each run with its decision spans: a plan span's children, or a trace's decisions."""
+    plans = {s.get("span_id"): s for s in spans if s["name"] == names.SPAN_PLAN}
+    children: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    orphans: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for span in spans:
+        if span["name"] != names.SPAN_DECISION:
+            continue
+        parent = span.get("parent_span_id")
+        if parent in plans:
+            children[parent].append(span)
+        else:  # traced without an open plan span (a node tracing one decision at a time)
+            orphans[span.get("trace_id")].append(span)
+    out = []
+    for span_id, span in plans.items():
+        a = span["attributes"]
+        decisions = children.get(span_id, [])
+        errors = [d["attributes"].get(names.FORECAST_ERROR) for d in decisions]
+        spent = {r: a[key] for r in RESOURCES if (key := f"{names.SPENT}.{r}") in a}
+        run = RunReport(
+            run_id=_text(a.get(names.RUN_ID)),
+            trace_id=span.get("trace_id"),
+            scope=_text(a.get(names.SCOPE)),
+            resource=a.get(names.RESOURCE, "tokens"),
+            budget={r: a[key] for r in RESOURCES if (key := f"{names.BUDGET}.{r}") in a},
+            spent=spent or _traced(decisions),
+            utilization=a.get(names.UTILIZATION),
+            decisions=int(a.get(names.DECISIONS, len(decisions))),
+            skips=int(a.get(names.SKIPS, 0)),
+            refused=_refusals([span]),
+            forecast_error=_mean([e for e in errors if e is not None]),
+            planned=True,
+        )
+        out.append((run, decisions))
+    for trace_id, decisions in orphans.items():
+        errors = [d["attributes"].get(names.FORECAST_ERROR) for d in decisions]
+        run = RunReport(
+            run_id=None,
+            trace_id=trace_id,
+            scope=None,
+            resource="tokens",
+            budget={},
+            spent=_traced(decisions),
+            utilization=None,
+            decisions=len(decisions),
+            skips=sum(d["attributes"].get(names.OPTION) == SKIP for d in decisions),
+            refused=_refusals(decisions),
+            forecast_error=_mean([e for e in errors if e is not None]),
+            planned=False,
+        )
+        out.append((run, decisions))
+    return out
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _scopes(runs: list[tuple[RunReport, list[dict[str, Any]]]]) -> list[ScopeReport]:
+    """Totals per scope and per every scope above it (``acme`` holds ``acme/bob/thread-1``)."""
+    totals: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0.0, 0])
+    for run, decisions in runs:
+        spent = _traced(decisions)
+        parts = (run.scope or _NO_SCOPE).split("/")
+        for k in range(1, len(parts) + 1):
+            total = totals["/".join(parts[:k])]
+            total[0] += 1
+            total[1] += spent["tokens"]
+            total[2] += spent["usd"]
+            total[3] += spent["tool_calls"]
+    return [
+        ScopeReport(scope=scope, runs=int(n), tokens=int(tokens), usd=usd, tool_calls=int(calls))
+        for scope, (n, tokens, usd, calls) in sorted(totals.items())
+    ]
+
+
 def build_report(path: str | Path) -> Report:
-    """Read a JSONL trace and aggregate it per run, per option and model, and for calibration.
+    """Read a JSONL trace and aggregate it per run, scope, option and model, and calibration.
+
+    Traces from any entry point are read: a run is a ``roi.plan`` span with its decisions, or,
+    in a trace without one, the trace's decisions.
 
     Raises:
         DataError: when the file cannot be read or a line is not a span.
     """
     spans = list(read_spans(path))
-    children: dict[str | None, list[dict[str, Any]]] = defaultdict(list)
-    for span in spans:
-        if span["name"] == names.SPAN_DECISION:
-            children[span.get("parent_span_id")].append(span)
-    runs = []
-    for span in spans:
-        if span["name"] != names.SPAN_PLAN:
-            continue
-        a = span["attributes"]
-        errors = [
-            d["attributes"][names.FORECAST_ERROR]
-            for d in children.get(span.get("span_id"), [])
-            if names.FORECAST_ERROR in d["attributes"]
-        ]
-        runs.append(
-            RunReport(
-                run_id=a.get(names.RUN_ID),
-                resource=a.get(names.RESOURCE, "tokens"),
-                budget={r: a[key] for r in RESOURCES if (key := f"{names.BUDGET}.{r}") in a},
-                spent={r: a[key] for r in RESOURCES if (key := f"{names.SPENT}.{r}") in a},
-                utilization=a.get(names.UTILIZATION),
-                decisions=int(a.get(names.DECISIONS, 0)),
-                skips=int(a.get(names.SKIPS, 0)),
-                forecast_error=_mean(errors),
-            )
-        )
+    runs_with_decisions = _runs(spans)
+    runs = [run for run, _ in runs_with_decisions]
     groups: dict[tuple[str, str | None], list[dict[str, Any]]] = defaultdict(list)
     decisions = [s["attributes"] for s in spans if s["name"] == names.SPAN_DECISION]
     for a in decisions:
@@ -132,6 +231,7 @@ def build_report(path: str | Path) -> Report:
                 cut_off=sum(bool(r.get(names.TRUNCATED)) for r in rows),
                 tokens=sum(_tokens(r) for r in rows),
                 usd=sum(float(r.get(names.ACTUAL_USD, 0.0)) for r in rows),
+                tool_calls=sum(int(r.get(names.ACTUAL_TOOL_CALLS, 0)) for r in rows),
                 success_rate=_mean(outcomes),
                 mean_p_success=_mean(
                     [
@@ -193,40 +293,63 @@ def build_report(path: str | Path) -> Report:
         resource = resource_of.get(span.get("parent_span_id"), "tokens")
         actual = float(a.get(names.ACTUAL_USD, 0.0)) if resource == "usd" else _tokens(a)
         points.append((float(a[names.COST_PLANNED]), actual))
-    return Report(runs=runs, options=options, calibration=calibration, points=points)
+    return Report(
+        runs=runs,
+        scopes=_scopes(runs_with_decisions),
+        options=options,
+        calibration=calibration,
+        points=points,
+    )
 
 
-def _fmt(x: float | None, spec: str = "{:.3g}") -> str:
+def _fmt(x: float | None, spec: str = "{:,.6g}") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else spec.format(x)
 
 
+def _budget_cell(run: RunReport) -> str:
+    limit = run.budget.get(run.resource)
+    return _fmt(limit) if limit is not None else "-"
+
+
 def print_report(report: Report, console: Console | None = None) -> None:
-    """Three tables: runs, options, calibration."""
+    """Four tables: runs, scopes, options, calibration."""
     console = console or Console()
     runs = Table(title="runs", title_justify="left")
     for column in (
         "run",
+        "scope",
         "resource",
         "budget",
         "spent",
         "utilisation",
         "decisions",
         "skips",
+        "refused",
         "forecast error",
     ):
-        runs.add_column(column, justify="left" if column in ("run", "resource") else "right")
+        left = column in ("run", "scope", "resource")
+        runs.add_column(column, justify="left" if left else "right")
     for r in report.runs:
         runs.add_row(
-            r.run_id or "-",
+            r.run_id or (f"trace {r.trace_id[:8]}" if r.trace_id else "-"),
+            r.scope or "-",
             r.resource,
-            _fmt(r.budget.get(r.resource)),
+            _budget_cell(r),
             _fmt(r.spent.get(r.resource)),
             _fmt(r.utilization, "{:.1%}"),
             str(r.decisions),
             str(r.skips),
+            str(r.refused),
             _fmt(r.forecast_error, "{:+.2f}"),
         )
     console.print(runs)
+    scopes = Table(title="scopes (each with every scope under it)", title_justify="left")
+    for column in ("scope", "runs", "tokens", "USD", "tool calls"):
+        scopes.add_column(column, justify="left" if column == "scope" else "right")
+    for sc in report.scopes:
+        cells = (str(sc.runs), f"{sc.tokens:,}", f"{sc.usd:.4g}", str(sc.tool_calls))
+        scopes.add_row(sc.scope, *cells)
+    console.print(scopes)
     options = Table(title="options", title_justify="left")
     for column in (
         "option",
@@ -235,6 +358,7 @@ def print_report(report: Report, console: Console | None = None) -> None:
         "cut off",
         "tokens",
         "USD",
+        "tool calls",
         "success",
         "mean p",
         "forecast error",
@@ -248,6 +372,7 @@ def print_report(report: Report, console: Console | None = None) -> None:
             str(o.cut_off),
             f"{o.tokens:,}",
             f"{o.usd:.4g}",
+            str(o.tool_calls),
             _fmt(o.success_rate, "{:.2f}"),
             _fmt(o.mean_p_success, "{:.2f}"),
             _fmt(o.forecast_error, "{:+.2f}"),
@@ -268,7 +393,7 @@ def plot_report(report: Report, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
-    labels = [r.run_id or str(i) for i, r in enumerate(report.runs)]
+    labels = [r.run_id or (r.trace_id or str(i))[:8] for i, r in enumerate(report.runs)]
     budgets = [r.budget.get(r.resource, 0.0) for r in report.runs]
     spent = [r.spent.get(r.resource, 0.0) for r in report.runs]
     xs = range(len(labels))

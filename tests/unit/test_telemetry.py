@@ -192,12 +192,19 @@ def test_jsonl_round_trip_report_and_training_records(tmp_path):
                 str(tmp_path / "r.json"),
                 "--plot",
                 str(tmp_path / "r.png"),
+                "--html",
+                str(tmp_path / "r.html"),
             ]
         )
         == 0
     )
     assert json.loads((tmp_path / "r.json").read_text())["runs"][0]["run_id"] == "run-0"
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("<circle") == len(report.points) + len(report.calibration.bins)
+    assert all(f">run-{k}<" in page for k in range(3))
+    assert "<script" not in page
+    assert "http" not in page
 
 
 def test_a_step_cut_off_at_its_cap_is_traced_as_such_and_not_learned_from(tmp_path):
@@ -314,3 +321,72 @@ def test_a_priced_call_carries_its_cost_and_an_unpriced_one_none(providers):
     assert paid[names.GEN_AI_USAGE_COST_CURRENCY] == "USD"
     assert paid[names.GEN_AI_USAGE_COST_SOURCE] == "local"
     assert names.GEN_AI_USAGE_COST_AMOUNT not in unpaid  # no price: no cost claimed
+
+
+def _span(name, trace, span_id, parent=None, events=(), **attributes):
+    return {
+        "name": name,
+        "trace_id": trace,
+        "span_id": span_id,
+        "parent_span_id": parent,
+        "attributes": attributes,
+        "events": list(events),
+    }
+
+
+def test_the_report_reads_runs_without_plan_spans_and_totals_every_scope(tmp_path):
+    """Runs from a plan span (scoped) and from bare decisions; hostile text stays text."""
+    from roi_agents.telemetry.report_html import write_html
+
+    call = {
+        names.OPTION: "fast",
+        names.GEN_AI_USAGE_INPUT_TOKENS: 10,
+        names.GEN_AI_USAGE_OUTPUT_TOKENS: 30,
+        names.ACTUAL_USD: 0.5,
+    }
+    refused = {"name": names.EVENT_REFUSED, "attributes": {}}
+    spans = [
+        _span(names.SPAN_DECISION, "t1", "d1", "p1", **call),
+        _span(names.SPAN_DECISION, "t1", "d2", "p1", **{**call, names.ACTUAL_TOOL_CALLS: 2}),
+        _span(
+            names.SPAN_PLAN,
+            "t1",
+            "p1",
+            events=[refused],
+            **{
+                names.RUN_ID: "<script>alert(1)</script>",
+                names.SCOPE: "acme/bob/thread-1",
+                f"{names.BUDGET}.tokens": 100,
+                f"{names.SPENT}.tokens": 80,
+                names.DECISIONS: 2,
+            },
+        ),
+        _span(names.SPAN_PLAN, "t2", "p2", **{names.SCOPE: "acme/eve/t", names.DECISIONS: 1}),
+        _span(names.SPAN_DECISION, "t2", "d3", "p2", **call),
+        # A trace with no plan span: two decisions, one skipped.
+        _span(names.SPAN_DECISION, "t3", "d4", "outer", **call),
+        _span(names.SPAN_DECISION, "t3", "d5", "outer", **{names.OPTION: "skip"}),
+    ]
+    path = tmp_path / "traces.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in spans))
+    report = build_report(path)
+    by_trace = {r.trace_id: r for r in report.runs}
+    assert by_trace["t1"].refused == 1
+    assert by_trace["t1"].spent == {"tokens": 80}
+    assert by_trace["t2"].spent == {"tokens": 40.0, "usd": 0.5, "tool_calls": 0.0}
+    bare = by_trace["t3"]
+    assert not bare.planned
+    assert bare.run_id is None
+    assert bare.decisions == 2
+    assert bare.skips == 1
+    assert bare.spent["tokens"] == 40
+    scopes = {s.scope: s for s in report.scopes}
+    assert (scopes["acme"].runs, scopes["acme"].tokens, scopes["acme"].tool_calls) == (2, 120, 2)
+    assert scopes["acme/bob"].tokens == scopes["acme/bob/thread-1"].tokens == 80
+    assert scopes["acme/eve"].usd == pytest.approx(0.5)
+    assert scopes["(no scope)"].runs == 1
+    page = write_html(report, tmp_path / "r.html").read_text()
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "trace t3" in page
+    assert main(["report", str(path)]) == 0
