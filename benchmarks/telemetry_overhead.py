@@ -1,10 +1,15 @@
 """Overhead of tracing one decision: the roi.decision span, its attributes and the metrics.
 
-Run: ``.venv/bin/python benchmarks/telemetry_overhead.py [--repeat N]``. Times
-``RunTrace.decision(...)`` plus ``DecisionTrace.record(...)`` per step, (a) with OpenTelemetry's
-no-op providers (no SDK configured) and (b) with the SDK, a BatchSpanProcessor feeding an
-exporter that drops the spans, and a metric reader, with exemplars off (as ``configure`` sets
-up) and on; p50 and p99 in microseconds, in this run.
+Run: ``.venv/bin/python benchmarks/telemetry_overhead.py [--repeat N]``. Two measures, each
+(a) with OpenTelemetry's no-op providers (no SDK configured) and (b) with the SDK, a
+BatchSpanProcessor feeding an exporter that drops the spans, and a metric reader, with
+exemplars off (as ``configure`` sets up) and on; p50 and p99 in microseconds, in this run:
+
+- ``decision``: ``RunTrace.decision(...)`` plus ``DecisionTrace.record(...)``, the tracing
+  alone;
+- ``session call``: one call as the nodes, the middleware and ``budgeted`` make it
+  (``BudgetSession.call`` on the memory ledger: reserve, the decision span current during the
+  call, charge), with the run's ``roi.plan`` span opened and closed every 10 calls.
 """
 
 from __future__ import annotations
@@ -20,8 +25,20 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from roi_agents import Budget, Controller, CostForecast, Forecast, Option, Spend, Step
+from roi_agents import (
+    Budget,
+    BudgetSession,
+    Controller,
+    CostForecast,
+    Forecast,
+    Option,
+    Spend,
+    Step,
+)
 from roi_agents.telemetry import RunTrace
+
+_RUN = 10
+"""Calls per run in the session measure: the plan span opens and closes once per run."""
 
 
 class _Drop(SpanExporter):
@@ -54,24 +71,51 @@ def measure(
     return float(np.percentile(us, 50)), float(np.percentile(us, 99))
 
 
+def measure_session(
+    tracer_provider: trace.TracerProvider, meter_provider: metrics.MeterProvider, repeat: int
+) -> tuple[float, float]:
+    option = Option(name="fast", model="small", max_tokens=300)
+    step = Step(id="s", group="g", options=(option,))
+    session = BudgetSession(
+        Budget(tokens=10**15),
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+    )
+    spend = Spend(input_tokens=30, output_tokens=300)
+    times = []
+    for k in range(repeat):
+        started = time.perf_counter()
+        with session.call(None, option, prompt=30, step=step) as call:
+            call.charge(spend, success=1.0)
+        if k % _RUN == _RUN - 1:
+            session.finish()
+        times.append(time.perf_counter() - started)
+    us = np.array(times[repeat // 10 :]) * 1e6
+    return float(np.percentile(us, 50)), float(np.percentile(us, 99))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=20_000)
     args = parser.parse_args()
-    noop = measure(trace.NoOpTracerProvider(), metrics.NoOpMeterProvider(), args.repeat)
-    print(f"{'no-op providers:':<36} p50 {noop[0]:.1f} us, p99 {noop[1]:.1f} us per decision")
-    # As configure() sets them up: exemplars off by default, on when asked.
-    for label, exemplar_filter in (("", AlwaysOffExemplarFilter()), (", exemplars", None)):
-        tracer_provider = TracerProvider()
-        tracer_provider.add_span_processor(BatchSpanProcessor(_Drop()))
-        meter_provider = MeterProvider(
-            metric_readers=[InMemoryMetricReader()], exemplar_filter=exemplar_filter
-        )
-        sdk = measure(tracer_provider, meter_provider, args.repeat)
-        tracer_provider.shutdown()
-        meter_provider.shutdown()
-        name = f"SDK + batch processor{label}:"
-        print(f"{name:<36} p50 {sdk[0]:.1f} us, p99 {sdk[1]:.1f} us per decision")
+    for what, timed in (("decision", measure), ("session call", measure_session)):
+        noop = timed(trace.NoOpTracerProvider(), metrics.NoOpMeterProvider(), args.repeat)
+        print(f"{what}, {'no-op providers:':<30} p50 {noop[0]:.1f} us, p99 {noop[1]:.1f} us")
+        # As configure() sets them up: exemplars off by default, on when asked.
+        for label, exemplar_filter in (("", AlwaysOffExemplarFilter()), (", exemplars", None)):
+            tracer_provider = TracerProvider()
+            tracer_provider.add_span_processor(BatchSpanProcessor(_Drop()))
+            meter_provider = MeterProvider(
+                metric_readers=[InMemoryMetricReader()], exemplar_filter=exemplar_filter
+            )
+            sdk = timed(tracer_provider, meter_provider, args.repeat)
+            tracer_provider.shutdown()
+            meter_provider.shutdown()
+            name = f"SDK + batch processor{label}:"
+            print(
+                f"{what}, {name:<30} p50 {sdk[0]:.1f} us, p99 {sdk[1]:.1f} us "
+                f"({sdk[0] / noop[0]:.1f}x the no-op p50)"
+            )
 
 
 if __name__ == "__main__":
