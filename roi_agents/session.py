@@ -58,6 +58,7 @@ from roi_agents.types import (
     Decision,
     Forecast,
     Option,
+    Plan,
     Resource,
     Spend,
     Step,
@@ -465,12 +466,10 @@ class BudgetSession:
             # Once: for the plan, a re-plan after asking, and the figures of running out.
             forecasts = self.controller.predictor.predict(pending)
         left = self.remaining()
-        decision = self.controller.plan(pending, left, forecasts=forecasts).next
-        assert decision is not None
+        decision = self._planned(self.controller.plan(pending, left, forecasts=forecasts))
         if self._asked(pending[0], decision, left):
             left = self.remaining()
-            decision = self.controller.plan(pending, left, forecasts=forecasts).next
-            assert decision is not None
+            decision = self._planned(self.controller.plan(pending, left, forecasts=forecasts))
         self._hint.left = left
         return self._exhausted(pending[0], decision, left)
 
@@ -483,14 +482,20 @@ class BudgetSession:
         if forecasts is None and self.controller.predictor is not None:
             forecasts = await self.controller.predictor.apredict(pending)
         left = await self.aremaining()
-        decision = (await self.controller.aplan(pending, left, forecasts=forecasts)).next
-        assert decision is not None
+        decision = self._planned(await self.controller.aplan(pending, left, forecasts=forecasts))
         if self._asked(pending[0], decision, left):
             left = await self.aremaining()
-            decision = (await self.controller.aplan(pending, left, forecasts=forecasts)).next
-            assert decision is not None
+            plan = await self.controller.aplan(pending, left, forecasts=forecasts)
+            decision = self._planned(plan)
         self._hint.left = left
         return self._exhausted(pending[0], decision, left)
+
+    def _planned(self, plan: Plan) -> Decision:
+        """The plan's first decision; the plan is an event on the run's span (opened here)."""
+        self.run_trace().planned(plan)
+        decision = plan.next
+        assert decision is not None
+        return decision
 
     def _asked(self, step: Step, decision: Decision, left: Budget) -> bool:
         """Ask for more when the step cannot be paid for; whether more was granted."""

@@ -371,6 +371,30 @@ class RunTrace:
         self._instruments.count_decision(chosen.option, model or "")
         return DecisionTrace(self, span, chosen, model, planned, priced=priced)
 
+    def planned(self, plan: Plan) -> None:
+        """A plan or a re-plan: an event on the run's span with what it chose and expects.
+
+        Attributes: the options chosen for the pending steps in order, the plan's expected
+        value and its upper bound, its planned cost and what was left, in the resource it was
+        made for, and the solver.
+        """
+        if self._span is None:
+            return
+        resource = plan.resource
+        left = plan.remaining.get(resource)
+        self._span.add_event(
+            names.EVENT_PLAN,
+            {
+                names.PLAN_OPTIONS: [d.option for d in plan.decisions],
+                names.PLAN_EXPECTED_VALUE: plan.expected_value,
+                names.PLAN_UPPER_BOUND: plan.upper_bound,
+                names.PLAN_COST: sum(d.expected_cost.get(resource, 0.0) for d in plan.decisions),
+                names.PLAN_LEFT: -1.0 if left is None else left,
+                names.RESOURCE: resource,
+                names.PLAN_SOLVER: plan.solver,
+            },
+        )
+
     def fallback(self, reason: str, **attributes: str | float) -> None:
         """A predictor fell back to the prior: an event on the run's span."""
         if self._span is not None:

@@ -400,6 +400,16 @@ def test_the_nodes_trace_every_decision_with_its_real_usage(tiny_chat_server):
     assert plan.attributes[names.RUN_ID] == final["scope"]
     assert plan.attributes[f"{names.SPENT}.tokens"] == _served(control, final)
     assert all(s.end_time > s.start_time for s in spans if s.attributes[names.OPTION] != "skip")
+    # The plan and every re-plan: an event on the run's span, fewer steps pending each time.
+    plans = [e for e in plan.events if e.name == names.EVENT_PLAN]
+    assert [len(e.attributes[names.PLAN_OPTIONS]) for e in plans] == [5, 4, 3, 2, 1]
+    assert [e.attributes[names.PLAN_OPTIONS][0] for e in plans] == [
+        d["option"] for d in final["decisions"]
+    ]
+    assert all(
+        e.attributes[names.PLAN_UPPER_BOUND] >= e.attributes[names.PLAN_EXPECTED_VALUE] - 1e-9
+        for e in plans
+    )
     provider.shutdown()
 
 
