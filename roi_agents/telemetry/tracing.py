@@ -291,6 +291,7 @@ class RunTrace:
             names.OPTIONS_CONSIDERED: [*(o.name for o in step.options if o.name != SKIP), SKIP],
             names.P_SUCCESS: chosen.p_success,
             names.REASON: chosen.reason,
+            names.OUTPUT_VALUE: chosen.reason,
             names.OPENINFERENCE_SPAN_KIND: names.KIND_RUN if chosen.skipped else names.KIND_CALL,
             **self._left_attributes(after=False),
         }

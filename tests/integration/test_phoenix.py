@@ -111,7 +111,7 @@ def test_a_budgeted_agent_run_is_one_trace_in_phoenix(phoenix, tiny_chat_server)
     report = json.loads(done.stdout.strip().splitlines()[-1])
     server_counted = served(tiny_chat_server) - before
     steps = len(report["decisions"])
-    spans = _spans(phoenix, project, expected=1 + steps)
+    spans = _spans(phoenix, project, expected=1 + steps + steps)
 
     # One run, one trace: a roi.plan root, one roi.decision child per step.
     assert len({s["context"]["trace_id"] for s in spans}) == 1
@@ -145,3 +145,17 @@ def test_a_budgeted_agent_run_is_one_trace_in_phoenix(phoenix, tiny_chat_server)
     assert report["spent"]["usd"] == pytest.approx(
         sum(c["attributes"][names.GEN_AI_USAGE_COST_AMOUNT] for c in calls)
     )
+    # The model call's own span (OpenInference's OpenAI instrumentation) nests under its
+    # decision, and its counts are the decision's.
+    by_id = {d["context"]["span_id"]: d for d in calls}
+    completions = [s for s in spans if s["parent_id"] in by_id]
+    assert len(completions) == len(calls)
+    for completion in completions:
+        decision = by_id[completion["parent_id"]]["attributes"]
+        a = completion["attributes"]
+        assert completion["span_kind"] == "LLM"
+        assert a["llm.token_count.prompt"] == decision["llm.token_count.prompt"]
+        assert a["llm.token_count.completion"] == decision["llm.token_count.completion"]
+        sent = json.loads(a["llm.invocation_parameters"])  # what it was sent with: the cap
+        cap = sent.get("max_completion_tokens", sent.get("max_tokens"))
+        assert cap == decision[names.GEN_AI_REQUEST_MAX_TOKENS]
