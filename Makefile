@@ -14,7 +14,7 @@ PHOENIX_VENV := .venv-phoenix
 PHOENIX_STAMP := $(PHOENIX_VENV)/.installed
 PHOENIX_PACKAGE := arize-phoenix==20.26.1
 
-.PHONY: setup vllm phoenix demo test lint bench clean
+.PHONY: setup vllm phoenix demo test lint bench adherence clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: set PYTHON=..." >&2; exit 1; }
@@ -64,6 +64,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/telemetry_overhead.py
 	$(BIN)/roi-agents bench --data ../shared/data/gsm8k.jsonl --budgets 0.1,0.25,0.5 \
 		--json benchmarks/results/gsm8k.json --plot benchmarks/results/gsm8k.png
+
+# roi-agents against the budget guards users pick instead, on the same server (installs each
+# peer in a virtualenv of its own; not in CI). Writes benchmarks/results/adherence/.
+adherence: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/python benchmarks/adherence/run.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(PHOENIX_VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -1,17 +1,19 @@
 """Helpers shared by the tests that talk to a real vLLM server or load the examples.
 
-`benchmarks/budget_breaker.py` uses them too: the same model, tools and ground truth.
+`benchmarks/adherence/` uses them too: the same model and ground truth.
 """
 
 import importlib.util
 import re
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 
 _METRIC = re.compile(r"^vllm:(prompt|generation)_tokens_total\{[^}]*\} ([0-9.e+]+)$", re.M)
+_REQUESTS = re.compile(r"^vllm:request_success_total\{[^}]*\} ([0-9.e+]+)$", re.M)
 
 
 def served(server) -> int:
@@ -20,6 +22,14 @@ def served(server) -> int:
 
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
     return int(sum(float(v) for _, v in _METRIC.findall(text)))
+
+
+def answered(server) -> int:
+    """Requests the server has finished since it started, for any reason (its /metrics)."""
+    import httpx
+
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return int(sum(float(v) for v in _REQUESTS.findall(text)))
 
 
 def four_tools():
@@ -78,11 +88,12 @@ def build_checkpoint(script: str, folder: Path) -> Path:
     return folder
 
 
-def load_example(name: str) -> ModuleType:
-    """Import examples/NAME.py as a module."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+def load_example(name: str, folder: str = "examples") -> ModuleType:
+    """Import FOLDER/NAME.py (a path under the project's root) as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
