@@ -38,6 +38,7 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
             "% oracle",
             "PGR",
             "gap closed",
+            "vs all",
             f"spend ({unit})",
             "budget",
             "overruns",
@@ -51,11 +52,12 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
             style = "bold green" if name == "ours" else ("dim" if name == "oracle" else None)
             value = f"{r.value:.2f}" + (" *" if r.value == best and name != "oracle" else "")
             table.add_row(
-                name,
+                f"{name} ({r.choice})" if r.choice else name,
                 value,
                 _num(r.pct_oracle, "{:.1f}"),
                 _num(r.pgr, "{:.2f}"),
                 _num(r.gap_closed, "{:.2f}") + _num(r.gap_closed_se, " ± {:.2f}", ""),
+                _num(r.gap_closed_all, "{:.2f}") + _num(r.gap_closed_all_se, " ± {:.2f}", ""),
                 f"{r.spend:.4g}",
                 f"{r.budget:.4g}",
                 str(r.overruns),
@@ -68,7 +70,10 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
     console.print(
         "value: mean successes per episode; * best policy at this budget; gap closed: (value - "
         "best fixed option or random mix) / (oracle - that), ± its standard error over the "
-        "episodes (paired); cut off and skipped: steps per episode"
+        "episodes (paired); vs all: the same against the best of every baseline, the two "
+        "threshold routers, best-single (the option that did best under this budget on "
+        "episodes of the training part) and the per-query router included; cut off and "
+        "skipped: steps per episode"
     )
 
 

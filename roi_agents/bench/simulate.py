@@ -104,7 +104,10 @@ class PolicyResult:
 
     ``value_se`` is the standard error of ``value`` over the episodes; ``gap_closed_se`` that of
     ``gap_closed``, from the per-episode differences to the best baseline on the same episodes
-    (paired), the oracle's margin over that baseline taken as known.
+    (paired), the oracle's margin over that baseline taken as known. ``gap_closed`` is measured
+    against the best fixed option or random mix; ``gap_closed_all`` against the best of every
+    baseline (the routers and ``best-single`` too). ``choice``: what a baseline tuned on the
+    training part chose (``best-single``'s option, ``threshold-pairs``' pair and threshold).
     """
 
     value: float
@@ -120,6 +123,9 @@ class PolicyResult:
     gap_closed: float = math.nan
     value_se: float = math.nan
     gap_closed_se: float = math.nan
+    gap_closed_all: float = math.nan
+    gap_closed_all_se: float = math.nan
+    choice: str = ""
 
 
 @dataclass(slots=True)
@@ -255,6 +261,8 @@ def _option(name: str, prices: Prices) -> Option:
 
 
 _ROUNDING = 1e-9
+_NOTHING = 1e-12
+"""A cap at or below this (what floating point leaves of a spent budget) runs nothing: a skip."""
 
 # A policy sees the episode's steps, the index of the current one and what is left, and answers
 # (option, cap on the resource).
@@ -298,7 +306,7 @@ def _play(
         run.latencies.append(time.perf_counter() - started)
         cap = min(cap, left)
         record = query.outcomes.get(option)
-        if option == SKIP or record is None or cap <= 0:
+        if option == SKIP or record is None or cap <= _NOTHING:
             run.skipped += 1
             run.steps.append(StepOutcome(SKIP, 0.0, 0.0, 0.0, cut_off=False))
             continue
@@ -389,6 +397,8 @@ def run_bench(
     )
     train_steps = [_step(q, config.group_by, setup.prices) for q in train]
     gains = _gains(model, train_steps, cheapest, dearest)
+    train_table = _forecast_table(model, train_steps, resource)
+    rehearsal = _rehearsal(train, config, dearest, resource)
     for fraction in config.budgets:
         per_step = fraction * means[dearest]
         mix = _mix_probability(per_step, means[cheapest], means[dearest])
@@ -397,6 +407,17 @@ def run_bench(
         policies: dict[str, Decide] = {f"fixed:{o}": _fixed(o) for o in options}
         policies["random-mix"] = _random_mix(mix, cheapest, dearest, mix_rng)
         policies["threshold"] = _threshold(model, threshold, cheapest, dearest)
+        single = _best_single(rehearsal, options, fraction, resource)
+        policies["best-single"] = _fixed(single)
+        pair, pair_threshold = _best_pair(train, train_table, per_step, means, resource)
+        policies["threshold-pairs"] = _threshold(model, pair_threshold, *pair)
+        price = _tune_router(train, train_table, per_step, resource)
+        policies["router"] = _router(model, price, resource)
+        choices = {
+            "best-single": single,
+            "threshold-pairs": f"{pair[0]} / {pair[1]} at {pair_threshold:.3g}",
+            "router": f"price {price:.3g} per {resource}",
+        }
         ours = setup.fit() if config.online else model
         policies["ours"] = _ours(_controller(ours, resource, config), resource)
         learner = ours if config.online and isinstance(ours, Learner) else None
@@ -413,6 +434,8 @@ def run_bench(
                 progress(1)
         budgets = [fraction * total for total in full]
         result.budgets[fraction] = _summarise(runs, budgets, unlimited, cheapest, dearest)
+        for name, choice in choices.items():
+            result.budgets[fraction][name].choice = choice
     return result
 
 
@@ -580,6 +603,128 @@ def _tune_threshold(
     return best
 
 
+def _forecast_table(
+    model: Predictor, steps: Sequence[Step], resource: Resource
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """(predicted success, predicted mean cost in ``resource``) per step id, then option."""
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for f in model.predict(steps):
+        cost = getattr(f, resource)
+        out.setdefault(f.step_id, {})[f.option] = (
+            f.p_success,
+            cost.mean if cost is not None else math.inf,
+        )
+    return out
+
+
+def _route(row: dict[str, tuple[float, float]], price: float) -> str:
+    """The option of most predicted success less ``price`` times its predicted cost."""
+    return max(row, key=lambda o: row[o][0] - (price * row[o][1] if price else 0.0))
+
+
+def _tune_router(
+    train: Sequence[ReplayQuery],
+    table: dict[str, dict[str, tuple[float, float]]],
+    per_step: float,
+    resource: Resource,
+) -> float:
+    """The price of cost at which the per-query router earns most in training within budget.
+
+    Candidates from 0 (always the likeliest to succeed) up to prices where only the cheapest
+    option is worth it; the training spend per query must fit the budget per step.
+    """
+    candidates = [0.0, *(10.0**e / max(per_step, 1e-12) for e in np.linspace(-4, 3, 57))]
+    best: tuple[float, float] | None = None
+    for price in candidates:
+        value = spend = 0.0
+        for q in train:
+            record = q.outcomes.get(_route(table[q.query_id], price))
+            if record is not None:
+                value += record.score
+                spend += record.cost(resource) or 0.0
+        fits = spend / max(len(train), 1) <= per_step * (1 + _ROUNDING)
+        if fits and (best is None or value > best[0]):
+            best = (value, price)
+    return candidates[-1] if best is None else best[1]
+
+
+_REHEARSALS = 50
+"""Episodes of the training part that `best-single` is chosen on."""
+
+
+def _rehearsal(
+    train: Sequence[ReplayQuery], config: BenchConfig, dearest: str, resource: Resource
+) -> list[tuple[list[ReplayQuery], float]]:
+    """Seeded episodes of the training part, each with its cost of always the dearest option."""
+    rng = np.random.default_rng([config.seed, 1])
+    size = min(config.steps, len(train))
+    episodes = [
+        [train[i] for i in rng.choice(len(train), size=size, replace=False)]
+        for _ in range(_REHEARSALS)
+    ]
+    return [(ep, sum(_dearest_cost(q, dearest, resource) for q in ep)) for ep in episodes]
+
+
+def _best_single(
+    rehearsal: list[tuple[list[ReplayQuery], float]],
+    options: Sequence[str],
+    fraction: float,
+    resource: Resource,
+) -> str:
+    """The option a team would pick after one eval: most value under this budget, on rehearsals.
+
+    The rehearsals are episodes of the training part (`_rehearsal`).
+    """
+
+    def value(option: str) -> float:
+        total = 0.0
+        for episode, full in rehearsal:  # a fixed option reads no step
+            total += _play(episode, (), fraction * full, resource, _fixed(option)).value
+        return total
+
+    return max(options, key=value)
+
+
+def _best_pair(
+    train: Sequence[ReplayQuery],
+    table: dict[str, dict[str, tuple[float, float]]],
+    per_step: float,
+    means: dict[str, float],
+    resource: Resource,
+) -> tuple[tuple[str, str], float]:
+    """The threshold router over the pair of options whose tuned threshold earns most in training.
+
+    Every pair, the cheaper first: its threshold tuned as the ``threshold`` policy's is
+    (`_tune_threshold`), its value per training query counted where it fits the budget per step.
+    """
+    best: tuple[float, tuple[str, str], float] | None = None
+    ranked = sorted(means, key=lambda o: means[o])
+    for k, cheap in enumerate(ranked):
+        for dear in ranked[k + 1 :]:
+            gains = {
+                q: row.get(dear, (0.0, 0.0))[0] - row.get(cheap, (0.0, 0.0))[0]
+                for q, row in table.items()
+            }
+            threshold = _tune_threshold(train, gains, per_step, cheap, dear, resource)
+            value = spend = 0.0
+            n = 0
+            for q in train:
+                a, b = q.outcomes.get(cheap), q.outcomes.get(dear)
+                if a is None or b is None:
+                    continue
+                chosen = b if gains[q.query_id] >= threshold else a
+                value += chosen.score
+                spend += chosen.cost(resource) or 0.0
+                n += 1
+            if n == 0 or spend / n > per_step * (1 + _ROUNDING):
+                continue
+            if best is None or value / n > best[0]:
+                best = (value / n, (cheap, dear), threshold)
+    if best is None:  # no pair fits: the cheapest two, never upgrading
+        return (ranked[0], ranked[min(1, len(ranked) - 1)]), math.inf
+    return best[1], best[2]
+
+
 def _fixed(option: str) -> Decide:
     def decide(steps: Sequence[Step], i: int, left: float) -> tuple[str, float]:
         return option, left
@@ -598,6 +743,16 @@ def _threshold(model: Predictor, threshold: float, cheap: str, dear: str) -> Dec
     def decide(steps: Sequence[Step], i: int, left: float) -> tuple[str, float]:
         gain = _gains(model, [steps[i]], cheap, dear)[steps[i].id]
         return (dear if gain >= threshold else cheap), left
+
+    return decide
+
+
+def _router(model: Predictor, price: float, resource: Resource) -> Decide:
+    """A per-query learned router: each step on its own, no plan (RouterBench / CARROT kind)."""
+
+    def decide(steps: Sequence[Step], i: int, left: float) -> tuple[str, float]:
+        row = _forecast_table(model, [steps[i]], resource)[steps[i].id]
+        return _route(row, price), left
 
     return decide
 
@@ -676,6 +831,15 @@ def _summarise(
             # Paired over the same episodes, the oracle's margin taken as known.
             paired = values - np.array([r.value for r in runs[best]])
             result.gap_closed_se = _standard_error(paired) / (oracle - baseline)
+    # Against the best of every baseline, the routers tuned on the training part included.
+    best_all = max((n for n in out if n not in ("ours", "oracle")), key=lambda n: out[n].value)
+    baseline_all = out[best_all].value
+    if oracle > baseline_all:
+        for name, result in out.items():
+            values = np.array([r.value for r in runs[name]])
+            result.gap_closed_all = (result.value - baseline_all) / (oracle - baseline_all)
+            paired = values - np.array([r.value for r in runs[best_all]])
+            result.gap_closed_all_se = _standard_error(paired) / (oracle - baseline_all)
     return out
 
 

@@ -30,6 +30,9 @@ def test_no_policy_overruns_and_the_oracle_is_the_ceiling(result):
             "fixed:mixtral-8x7b-instruct-v0.1",
             "random-mix",
             "threshold",
+            "best-single",
+            "threshold-pairs",
+            "router",
             "ours",
             "oracle",
         }
@@ -53,6 +56,15 @@ def test_no_policy_overruns_and_the_oracle_is_the_ceiling(result):
         assert policies["fixed:mixtral-8x7b-instruct-v0.1"].pgr == pytest.approx(0, abs=1e-9) or (
             policies["fixed:mixtral-8x7b-instruct-v0.1"].truncated > 0
         )
+        # The baselines tuned on the training part say what they chose; best-single plays it.
+        single = policies["best-single"]
+        assert single.value == policies[f"fixed:{single.choice}"].value
+        assert " / " in policies["threshold-pairs"].choice
+        # Against the best of every baseline, the tuned ones included.
+        best_all = max(r.value for n, r in policies.items() if n not in ("ours", "oracle"))
+        assert best_all >= baseline
+        assert ours.gap_closed_all == pytest.approx((ours.value - best_all) / (oracle - best_all))
+        assert ours.gap_closed_all <= ours.gap_closed + 1e-12
     assert any(p["ours"].gap_closed_se > 0 for p in result.budgets.values())
 
 
@@ -72,6 +84,8 @@ def test_json_shape(result):
         "pgr",
         "gap_closed",
         "gap_closed_se",
+        "gap_closed_all",
+        "gap_closed_all_se",
         "value_se",
         "latency_ms_p50",
     ):
@@ -205,3 +219,12 @@ def test_online_the_prior_learns_and_a_learned_predictor_is_guarded(gsm8k):
         # The other policies do not learn and replay exactly as before.
         for name in ("fixed:gpt-4-1106-preview", "random-mix", "threshold", "oracle"):
             assert learning.budgets[fraction][name].value == blind.budgets[fraction][name].value
+
+
+def test_a_cap_of_what_rounding_leaves_is_a_skip_not_a_cut_off(gsm8k):
+    from roi_agents.bench.simulate import _play
+
+    episode = gsm8k[:3]
+    option = next(iter(episode[0].outcomes))
+    run = _play(episode, (), 1e-17, "usd", lambda steps, i, left: (option, left))
+    assert (run.skipped, run.truncated, run.spend) == (3, 0, 0.0)
