@@ -24,8 +24,8 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
         f"[bold]{result.data}[/]: {result.config.episodes} episodes x {result.config.steps} "
         f"steps, seed {result.config.seed}, budget in {unit} as a fraction of always "
         f"[italic]{result.dearest}[/]; {result.train_queries} training / "
-        f"{result.test_queries} test queries; ours plans at {result.config.quantile}"
-        + (", learning online" if result.config.online else "")
+        f"{result.test_queries} test queries ({result.distinct_test_queries} drawn); ours plans "
+        f"at {result.config.quantile}" + (", learning online" if result.config.online else "")
     )
     if result.prices:
         listed = ", ".join(f"{n} {i:g} / {o:g}" for n, (i, o) in sorted(result.prices.items()))
@@ -50,14 +50,16 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
         best = max(r.value for name, r in policies.items() if name != "oracle")
         for name, r in policies.items():
             style = "bold green" if name == "ours" else ("dim" if name == "oracle" else None)
-            value = f"{r.value:.2f}" + (" *" if r.value == best and name != "oracle" else "")
+            value = f"{r.value:.2f}" + _num(r.value_se_queries, " ± {:.2f}", "")
+            value += " *" if r.value == best and name != "oracle" else ""
             table.add_row(
                 f"{name} ({r.choice})" if r.choice else name,
                 value,
                 _num(r.pct_oracle, "{:.1f}"),
                 _num(r.pgr, "{:.2f}"),
                 _num(r.gap_closed, "{:.2f}") + _num(r.gap_closed_se, " ± {:.2f}", ""),
-                _num(r.gap_closed_all, "{:.2f}") + _num(r.gap_closed_all_se, " ± {:.2f}", ""),
+                _num(r.gap_closed_all, "{:.2f}")
+                + _num(r.gap_closed_all_se_queries, " ± {:.2f}", ""),
                 f"{r.spend:.4g}",
                 f"{r.budget:.4g}",
                 str(r.overruns),
@@ -70,7 +72,8 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
     console.print(
         "value: mean successes per episode; * best policy at this budget; gap closed: (value - "
         "best fixed option or random mix) / (oracle - that), ± its standard error over the "
-        "episodes (paired); vs all: the same against the best of every baseline, the two "
+        "episodes (paired); value's ± and vs all's ±: bootstrapped over the test queries (the "
+        "episodes reuse them); vs all: the same against the best of every baseline, the two "
         "threshold routers, best-single (the option that did best under this budget on "
         "episodes of the training part) and the per-query router included; cut off and "
         "skipped: steps per episode"

@@ -108,6 +108,11 @@ class PolicyResult:
     against the best fixed option or random mix; ``gap_closed_all`` against the best of every
     baseline (the routers and ``best-single`` too). ``choice``: what a baseline tuned on the
     training part chose (``best-single``'s option, ``threshold-pairs``' pair and threshold).
+
+    Episodes draw from the same test queries, so the per-episode standard errors are too small
+    where there are few of them: ``value_se_queries`` and ``gap_closed_all_se_queries`` are
+    bootstrapped over the distinct test queries instead (each step's earned value weighted by
+    how often its query is drawn; the episodes' choices held fixed).
     """
 
     value: float
@@ -125,6 +130,8 @@ class PolicyResult:
     gap_closed_se: float = math.nan
     gap_closed_all: float = math.nan
     gap_closed_all_se: float = math.nan
+    value_se_queries: float = math.nan
+    gap_closed_all_se_queries: float = math.nan
     choice: str = ""
 
 
@@ -141,6 +148,8 @@ class BenchResult:
     train_queries: int
     test_queries: int
     unlimited: dict[str, float]
+    distinct_test_queries: int = 0
+    """Test queries the episodes drew at least once: the sample the query bootstrap resamples."""
     prices: Prices = field(default_factory=dict)
     budgets: dict[float, dict[str, PolicyResult]] = field(default_factory=dict)
 
@@ -159,6 +168,7 @@ class BenchResult:
             "most_expensive": self.dearest,
             "train_queries": self.train_queries,
             "test_queries": self.test_queries,
+            "distinct_test_queries": self.distinct_test_queries,
             "unlimited_value": self.unlimited,
             "list_prices": {name: list(price) for name, price in self.prices.items()},
             "budgets": [
@@ -395,6 +405,14 @@ def run_bench(
         unlimited=unlimited,
         prices=setup.prices,
     )
+    # Each step's query as an index into the distinct queries drawn, for the query bootstrap.
+    ids = dict.fromkeys(q.query_id for ep in episodes for q in ep)
+    drawn = {query_id: k for k, query_id in enumerate(ids)}
+    where = np.array([[drawn[q.query_id] for q in ep] for ep in episodes])
+    result.distinct_test_queries = len(drawn)
+    resample = np.random.default_rng([config.seed, 2]).multinomial(
+        len(drawn), np.full(len(drawn), 1 / len(drawn)), size=_BOOTSTRAPS
+    )
     train_steps = [_step(q, config.group_by, setup.prices) for q in train]
     gains = _gains(model, train_steps, cheapest, dearest)
     train_table = _forecast_table(model, train_steps, resource)
@@ -433,7 +451,9 @@ def run_bench(
             if progress is not None:
                 progress(1)
         budgets = [fraction * total for total in full]
-        result.budgets[fraction] = _summarise(runs, budgets, unlimited, cheapest, dearest)
+        result.budgets[fraction] = _summarise(
+            runs, budgets, unlimited, cheapest, dearest, where, resample
+        )
         for name, choice in choices.items():
             result.budgets[fraction][name].choice = choice
     return result
@@ -791,13 +811,24 @@ def _oracle(episode: Sequence[ReplayQuery], budget: float, resource: Resource) -
     return decide
 
 
+_BOOTSTRAPS = 1_000
+"""Resamples of the test queries for the query-bootstrap standard errors."""
+
+
 def _summarise(
     runs: dict[str, list[_Run]],
     budgets: list[float],
     unlimited: dict[str, float],
     cheapest: str,
     dearest: str,
+    where: np.ndarray,
+    resample: np.ndarray,
 ) -> dict[str, PolicyResult]:
+    """Each policy's means and errors.
+
+    ``where[e, i]``: the index of episode ``e``'s step ``i``'s query among the distinct queries
+    drawn; ``resample[b, k]``: how often query ``k`` is drawn in bootstrap sample ``b``.
+    """
     out: dict[str, PolicyResult] = {}
     for name, results in runs.items():
         latencies = np.array([t for r in results for t in r.latencies]) * 1e3
@@ -834,13 +865,27 @@ def _summarise(
     # Against the best of every baseline, the routers tuned on the training part included.
     best_all = max((n for n in out if n not in ("ours", "oracle")), key=lambda n: out[n].value)
     baseline_all = out[best_all].value
-    if oracle > baseline_all:
-        for name, result in out.items():
+    boot = {name: _query_bootstrap(results, where, resample) for name, results in runs.items()}
+    for name, result in out.items():
+        result.value_se_queries = float(np.std(boot[name], ddof=1))
+        if oracle > baseline_all:
             values = np.array([r.value for r in runs[name]])
-            result.gap_closed_all = (result.value - baseline_all) / (oracle - baseline_all)
+            margin = oracle - baseline_all
+            result.gap_closed_all = (result.value - baseline_all) / margin
             paired = values - np.array([r.value for r in runs[best_all]])
-            result.gap_closed_all_se = _standard_error(paired) / (oracle - baseline_all)
+            result.gap_closed_all_se = _standard_error(paired) / margin
+            result.gap_closed_all_se_queries = float(
+                np.std(boot[name] - boot[best_all], ddof=1) / margin
+            )
     return out
+
+
+def _query_bootstrap(results: list[_Run], where: np.ndarray, resample: np.ndarray) -> np.ndarray:
+    """A policy's mean value per episode in each bootstrap sample of the queries."""
+    earned = np.zeros(resample.shape[1])
+    for run, queries in zip(results, where, strict=True):
+        np.add.at(earned, queries, [step.value for step in run.steps])
+    return np.asarray(resample @ earned / len(results))
 
 
 def _standard_error(values: np.ndarray) -> float:

@@ -65,12 +65,16 @@ def test_no_policy_overruns_and_the_oracle_is_the_ceiling(result):
         assert best_all >= baseline
         assert ours.gap_closed_all == pytest.approx((ours.value - best_all) / (oracle - best_all))
         assert ours.gap_closed_all <= ours.gap_closed + 1e-12
+        assert ours.value_se_queries > 0
+    assert result.distinct_test_queries <= 8 * 12
     assert any(p["ours"].gap_closed_se > 0 for p in result.budgets.values())
 
 
 def test_json_shape(result):
     payload = json.loads(json.dumps(result.to_json()))
-    assert {"data", "episodes", "steps", "seed", "budgets"} <= payload.keys()
+    assert {"data", "episodes", "steps", "seed", "budgets", "distinct_test_queries"} <= (
+        payload.keys()
+    )
     assert (payload["episodes"], payload["steps"], payload["seed"]) == (8, 12, 3)
     assert payload["list_prices"]["gpt-4-1106-preview"] == pytest.approx([10.0, 30.0])
     assert [b["fraction"] for b in payload["budgets"]] == [0.1, 0.5]
@@ -86,6 +90,8 @@ def test_json_shape(result):
         "gap_closed_se",
         "gap_closed_all",
         "gap_closed_all_se",
+        "gap_closed_all_se_queries",
+        "value_se_queries",
         "value_se",
         "latency_ms_p50",
     ):
@@ -228,3 +234,21 @@ def test_a_cap_of_what_rounding_leaves_is_a_skip_not_a_cut_off(gsm8k):
     option = next(iter(episode[0].outcomes))
     run = _play(episode, (), 1e-17, "usd", lambda steps, i, left: (option, left))
     assert (run.skipped, run.truncated, run.spend) == (3, 0, 0.0)
+
+
+def test_the_query_bootstrap_weights_each_step_by_its_query():
+    import numpy as np
+
+    from roi_agents.bench.simulate import StepOutcome, _query_bootstrap, _Run
+
+    def run(values):
+        return _Run(steps=[StepOutcome("a", 1.0, 1.0, v, cut_off=False) for v in values])
+
+    # Two episodes over queries 0, 1, 2: query 1 is drawn twice.
+    runs = [run([1.0, 0.0]), run([1.0, 1.0])]
+    where = np.array([[0, 1], [1, 2]])
+    resample = np.array([[1, 1, 1], [0, 3, 0], [2, 0, 1]])
+    # Earned per query: 1, 1, 1; per sample: (1+1+1)/2, (3*1)/2, (2*1 + 1)/2.
+    assert _query_bootstrap(runs, where, resample).tolist() == [1.5, 1.5, 1.5]
+    runs = [run([1.0, 0.0]), run([0.0, 1.0])]  # earned: query 0 -> 1, 1 -> 0, 2 -> 1
+    assert _query_bootstrap(runs, where, resample).tolist() == [1.0, 0.0, 1.5]
