@@ -109,6 +109,9 @@ class PolicyResult:
     baseline (the routers and ``best-single`` too). ``choice``: what a baseline tuned on the
     training part chose (``best-single``'s option, ``threshold-pairs``' pair and threshold).
 
+    ``pgr`` is anchored on the dearest option's unlimited value (above 1 where it is not the
+    best); ``pgr_best`` on the best option's.
+
     Episodes draw from the same test queries, so the per-episode standard errors are too small
     where there are few of them: ``value_se_queries`` and ``gap_closed_all_se_queries`` are
     bootstrapped over the distinct test queries instead (each step's earned value weighted by
@@ -132,6 +135,7 @@ class PolicyResult:
     gap_closed_all_se: float = math.nan
     value_se_queries: float = math.nan
     gap_closed_all_se_queries: float = math.nan
+    pgr_best: float = math.nan
     choice: str = ""
 
 
@@ -847,6 +851,7 @@ def _summarise(
     oracle = out["oracle"].value
     low = unlimited[f"fixed:{cheapest}"]
     high = unlimited[f"fixed:{dearest}"]
+    top = max(unlimited.values())  # the best option without a budget, not always the dearest
     # The best policy a user has without a predictor: a fixed option or the random mix.
     best = max(
         (n for n in out if n.startswith("fixed:") or n == "random-mix"), key=lambda n: out[n].value
@@ -857,6 +862,7 @@ def _summarise(
         result.value_se = _standard_error(values)
         result.pct_oracle = 100 * result.value / oracle if oracle > 0 else math.nan
         result.pgr = (result.value - low) / (high - low) if high != low else math.nan
+        result.pgr_best = (result.value - low) / (top - low) if top != low else math.nan
         if oracle > baseline:
             result.gap_closed = (result.value - baseline) / (oracle - baseline)
             # Paired over the same episodes, the oracle's margin taken as known.

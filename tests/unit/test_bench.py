@@ -66,6 +66,9 @@ def test_no_policy_overruns_and_the_oracle_is_the_ceiling(result):
         assert ours.gap_closed_all == pytest.approx((ours.value - best_all) / (oracle - best_all))
         assert ours.gap_closed_all <= ours.gap_closed + 1e-12
         assert ours.value_se_queries > 0
+        low = result.unlimited["fixed:mixtral-8x7b-instruct-v0.1"]
+        top = max(result.unlimited.values())
+        assert ours.pgr_best == pytest.approx((ours.value - low) / (top - low))
     assert result.distinct_test_queries <= 8 * 12
     assert any(p["ours"].gap_closed_se > 0 for p in result.budgets.values())
 
@@ -92,6 +95,7 @@ def test_json_shape(result):
         "gap_closed_all_se",
         "gap_closed_all_se_queries",
         "value_se_queries",
+        "pgr_best",
         "value_se",
         "latency_ms_p50",
     ):
