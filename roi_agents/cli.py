@@ -18,10 +18,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from roi_agents import __version__
+from roi_agents._text import printable
 from roi_agents.errors import MissingExtra, RoiAgentsError
 
 try:
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -51,12 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.run(args, console)
     except RoiAgentsError as error:
-        console.print(f"[bold red]error:[/] {error}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(printable(error, 2_000))}", highlight=False)
         return 2
     except ValidationError as error:  # a flag's value out of range: name it, in one line
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "value"
-        console.print(f"[bold red]error:[/] {where}: {first['msg']}", highlight=False)
+        shown = escape(printable(f"{where}: {first['msg']}", 2_000))
+        console.print(f"[bold red]error:[/] {shown}", highlight=False)
         return 2
     return status
 

@@ -374,6 +374,7 @@ class BudgetSession:
         limits = self.ledger.balance(self.scope).budget  # its period stays
         self.ledger.set_budget(ScopeBudget.model_validate({**limits.model_dump(), **grown}))
         self.budget = budget
+        self._trace.grow(budget)
         return budget
 
     # -- what is left -------------------------------------------------------------------------

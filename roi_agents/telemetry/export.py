@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -138,13 +139,18 @@ class _RepeatsQuiet(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        key = (record.name, record.getMessage())
+        message = record.getMessage()
+        # Retries differ only by their jittered delay, errors by an object's address: the same.
+        key = (record.name, _VARYING.sub("#", message))
         if key in self._seen:
             return False
         self._seen.add(key)
-        record.msg = f"{key[1]} (to {self.endpoint}; the same failure is not logged again)"
+        record.msg = f"{message} (to {self.endpoint}; the same failure is not logged again)"
         record.args = ()
         return True
+
+
+_VARYING = re.compile(r"0x[0-9a-fA-F]+|\d+(?:\.\d+)?")
 
 
 _OTLP_LOGGERS = (

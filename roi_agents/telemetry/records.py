@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeFloat,
-    NonNegativeInt,
     ValidationError,
 )
 
@@ -24,10 +22,32 @@ from roi_agents.types import SKIP
 __all__ = ["read_spans", "replay_records"]
 
 
-_Count = NonNegativeInt | None
-_Amount = NonNegativeFloat | None
+_Count = Annotated[int, Field(ge=0, le=2**53)] | None
+"""Counts a float holds exactly (a larger one is no count a real run made)."""
+_Amount = Annotated[float, Field(ge=0.0, le=1e15)] | None
+"""Amounts whose sums stay finite."""
 _Share = Annotated[float, Field(ge=0.0, le=1.0)] | None
 _EXACT = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+
+class _Event(BaseModel):
+    model_config = _EXACT
+
+    name: str
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+class _Span(BaseModel):
+    """The shape every line must have: names and ids are text, events a list of events."""
+
+    model_config = _EXACT
+
+    name: str
+    trace_id: str | None = None
+    span_id: str | None = None
+    parent_span_id: str | None = None
+    attributes: dict[str, Any]
+    events: list[_Event] | None = None
 
 
 class _DecisionFigures(BaseModel):
@@ -36,6 +56,8 @@ class _DecisionFigures(BaseModel):
     model_config = _EXACT
 
     option: str | None = Field(None, alias=names.OPTION)
+    model: str | None = Field(None, alias=names.GEN_AI_REQUEST_MODEL)
+    tool_calls: _Count = Field(None, alias=names.ACTUAL_TOOL_CALLS)
     input_tokens: _Count = Field(None, alias=names.GEN_AI_USAGE_INPUT_TOKENS)
     output_tokens: _Count = Field(None, alias=names.GEN_AI_USAGE_OUTPUT_TOKENS)
     usd: _Amount = Field(None, alias=names.ACTUAL_USD)
@@ -51,9 +73,12 @@ class _PlanFigures(BaseModel):
 
     model_config = _EXACT
 
+    run_id: str | None = Field(None, alias=names.RUN_ID)
+    scope: str | None = Field(None, alias=names.SCOPE)
+    resource: Literal["tokens", "usd", "tool_calls"] | None = Field(None, alias=names.RESOURCE)
     decisions: _Count = Field(None, alias=names.DECISIONS)
     skips: _Count = Field(None, alias=names.SKIPS)
-    utilization: float | None = Field(None, alias=names.UTILIZATION)
+    utilization: _Amount = Field(None, alias=names.UTILIZATION)
     budget_tokens: _Amount = Field(None, alias=f"{names.BUDGET}.tokens")
     budget_usd: _Amount = Field(None, alias=f"{names.BUDGET}.usd")
     budget_tool_calls: _Amount = Field(None, alias=f"{names.BUDGET}.tool_calls")
@@ -86,19 +111,25 @@ def _numbered_spans(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             span = json.loads(line)
         except json.JSONDecodeError as error:
             raise DataError(str(path), number, f"not JSON: {error.msg}") from None
+        except ValueError as error:  # an integer of thousands of digits
+            raise DataError(str(path), number, f"not JSON: {error}") from None
         if not isinstance(span, dict) or "name" not in span:
             raise DataError(str(path), number, "not a span (needs name and attributes)")
-        if not isinstance(span.get("attributes"), dict):
-            raise DataError(str(path), number, "not a span (needs name and attributes)")
+        _check(path, number, _Span, span)
         figures = _FIGURES.get(span["name"])
         if figures is not None:
-            try:
-                figures.model_validate(span["attributes"])
-            except ValidationError as error:
-                first = error.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
-                raise DataError(str(path), number, f"{where}: {first['msg']}") from None
+            _check(path, number, figures, span["attributes"])
         yield number, span
+
+
+def _check(path: str | Path, number: int, shape: type[BaseModel], data: Any) -> None:
+    """Raise `DataError` naming the line and the field where ``data`` is not ``shape``."""
+    try:
+        shape.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "span"
+        raise DataError(str(path), number, f"{where}: {first['msg']}") from None
 
 
 def replay_records(path: str | Path) -> list[ReplayRecord]:

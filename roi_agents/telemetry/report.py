@@ -10,8 +10,11 @@ from typing import Any
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from roi_agents._optional import pyplot
+from roi_agents._text import printable
+from roi_agents.errors import DataError
 from roi_agents.telemetry import names
 from roi_agents.telemetry.records import read_spans
 from roi_agents.types import RESOURCES, SKIP
@@ -25,6 +28,7 @@ __all__ = [
     "build_report",
     "plot_report",
     "print_report",
+    "run_name",
 ]
 
 
@@ -32,6 +36,9 @@ class RunReport(BaseModel):
     """One run: a ``roi.plan`` span, or the decisions of a trace that has none.
 
     Attributes:
+        spent: what the run's thread had spent by the run's end (a thread invoked again carries
+            its earlier runs' spend against the same budget).
+        this_run: what this run's own decisions spent.
         planned: whether the trace had a ``roi.plan`` span; without one, the budget is unknown
             and the spend is the sum of the run's decisions.
         refused: calls or reservations a budget refused during the run.
@@ -43,6 +50,7 @@ class RunReport(BaseModel):
     resource: str
     budget: dict[str, float]
     spent: dict[str, float]
+    this_run: dict[str, float]
     utilization: float | None
     decisions: int
     skips: int
@@ -154,6 +162,7 @@ def _runs(spans: list[dict[str, Any]]) -> list[tuple[RunReport, list[dict[str, A
             resource=a.get(names.RESOURCE, "tokens"),
             budget={r: a[key] for r in RESOURCES if (key := f"{names.BUDGET}.{r}") in a},
             spent=spent or _traced(decisions),
+            this_run=_traced(decisions),
             utilization=a.get(names.UTILIZATION),
             decisions=int(a.get(names.DECISIONS, len(decisions))),
             skips=int(a.get(names.SKIPS, 0)),
@@ -171,6 +180,7 @@ def _runs(spans: list[dict[str, Any]]) -> list[tuple[RunReport, list[dict[str, A
             resource="tokens",
             budget={},
             spent=_traced(decisions),
+            this_run=_traced(decisions),
             utilization=None,
             decisions=len(decisions),
             skips=sum(d["attributes"].get(names.OPTION) == SKIP for d in decisions),
@@ -215,6 +225,8 @@ def build_report(path: str | Path) -> Report:
     """
     spans = list(read_spans(path))
     runs_with_decisions = _runs(spans)
+    if not runs_with_decisions:
+        raise DataError(str(path), None, "no roi.plan or roi.decision span: nothing to report")
     runs = [run for run, _ in runs_with_decisions]
     groups: dict[tuple[str, str | None], list[dict[str, Any]]] = defaultdict(list)
     decisions = [s["attributes"] for s in spans if s["name"] == names.SPAN_DECISION]
@@ -306,6 +318,32 @@ def _fmt(x: float | None, spec: str = "{:,.6g}") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else spec.format(x)
 
 
+_PRINTED = 200
+"""Rows of the runs and scopes tables printed at most; ``--json`` and ``--html`` have more."""
+
+
+def _said_more(console: Console, total: int, what: str) -> None:
+    if total > _PRINTED:
+        console.print(f"{total - _PRINTED:,} more {what} not printed: --json has them all")
+
+
+_PLOTTED = 40
+"""Runs drawn in the PNG at most (those that spent most): more bars are no longer readable."""
+
+
+def run_name(run: RunReport) -> str:
+    """How a run is named for people: its run id, else its trace's first characters."""
+    return run.run_id or (f"trace {run.trace_id[:8]}" if run.trace_id else "-")
+
+
+def _largest(runs: list[RunReport], n: int) -> list[RunReport]:
+    """The ``n`` runs that spent most of their resource, in the report's order."""
+    if len(runs) <= n:
+        return runs
+    keep = set(sorted(range(len(runs)), key=lambda i: -runs[i].spent.get(runs[i].resource, 0))[:n])
+    return [r for i, r in enumerate(runs) if i in keep]
+
+
 def _budget_cell(run: RunReport) -> str:
     limit = run.budget.get(run.resource)
     return _fmt(limit) if limit is not None else "-"
@@ -321,6 +359,7 @@ def print_report(report: Report, console: Console | None = None) -> None:
         "resource",
         "budget",
         "spent",
+        "this run",
         "utilisation",
         "decisions",
         "skips",
@@ -329,13 +368,14 @@ def print_report(report: Report, console: Console | None = None) -> None:
     ):
         left = column in ("run", "scope", "resource")
         runs.add_column(column, justify="left" if left else "right")
-    for r in report.runs:
+    for r in report.runs[:_PRINTED]:
         runs.add_row(
-            r.run_id or (f"trace {r.trace_id[:8]}" if r.trace_id else "-"),
-            r.scope or "-",
+            Text(printable(run_name(r))),
+            Text(printable(r.scope or "-")),
             r.resource,
             _budget_cell(r),
             _fmt(r.spent.get(r.resource)),
+            _fmt(r.this_run.get(r.resource)),
             _fmt(r.utilization, "{:.1%}"),
             str(r.decisions),
             str(r.skips),
@@ -343,13 +383,15 @@ def print_report(report: Report, console: Console | None = None) -> None:
             _fmt(r.forecast_error, "{:+.2f}"),
         )
     console.print(runs)
+    _said_more(console, len(report.runs), "runs")
     scopes = Table(title="scopes (each with every scope under it)", title_justify="left")
     for column in ("scope", "runs", "tokens", "USD", "tool calls"):
         scopes.add_column(column, justify="left" if column == "scope" else "right")
-    for sc in report.scopes:
+    for sc in report.scopes[:_PRINTED]:
         cells = (str(sc.runs), f"{sc.tokens:,}", f"{sc.usd:.4g}", str(sc.tool_calls))
-        scopes.add_row(sc.scope, *cells)
+        scopes.add_row(Text(printable(sc.scope)), *cells)
     console.print(scopes)
+    _said_more(console, len(report.scopes), "scopes")
     options = Table(title="options", title_justify="left")
     for column in (
         "option",
@@ -366,8 +408,8 @@ def print_report(report: Report, console: Console | None = None) -> None:
         options.add_column(column, justify="left" if column in ("option", "model") else "right")
     for o in report.options:
         options.add_row(
-            o.option,
-            o.model or "-",
+            Text(printable(o.option)),
+            Text(printable(o.model or "-")),
             str(o.decisions),
             str(o.cut_off),
             f"{o.tokens:,}",
@@ -393,14 +435,19 @@ def plot_report(report: Report, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
-    labels = [r.run_id or (r.trace_id or str(i))[:8] for i, r in enumerate(report.runs)]
-    budgets = [r.budget.get(r.resource, 0.0) for r in report.runs]
-    spent = [r.spent.get(r.resource, 0.0) for r in report.runs]
+    shown = _largest(report.runs, _PLOTTED)
+    # Labels are plain text: a "$" would start matplotlib's mathtext.
+    labels = [printable(run_name(r), 24).replace("$", r"\$") for r in shown]
+    budgets = [r.budget.get(r.resource, 0.0) for r in shown]
+    spent = [r.spent.get(r.resource, 0.0) for r in shown]
     xs = range(len(labels))
     left.bar([x - 0.2 for x in xs], budgets, width=0.4, label="budget", color="0.75")
     left.bar([x + 0.2 for x in xs], spent, width=0.4, label="spent", color="tab:green")
     left.set_xticks(list(xs), labels, rotation=45, ha="right", fontsize=7)
-    left.set_title("spend against budget per run")
+    title = "spend against budget per run"
+    if len(shown) < len(report.runs):
+        title += f" ({len(shown)} largest of {len(report.runs)})"
+    left.set_title(title)
     left.legend()
     if report.points:
         planned, actual = zip(*report.points, strict=True)

@@ -15,12 +15,15 @@ from html import escape
 from pathlib import Path
 
 from roi_agents import __version__
-from roi_agents.telemetry.report import Report, RunReport
+from roi_agents._text import printable
+from roi_agents.telemetry.report import Report, RunReport, run_name
 
 __all__ = ["write_html"]
 
 _MAX_POINTS = 4_000
 """Decisions drawn in the scatter at most (evenly picked): the page stays small."""
+_MAX_ROWS = 200
+"""Rows of the runs and scopes tables at most; the JSON report holds them all."""
 
 _STYLE = """
 :root { --ink:#1d2430; --muted:#667085; --line:#e4e7ec; --ok:#12a150; --warn:#e9a23b;
@@ -42,6 +45,7 @@ th, td { padding:6px 10px; border-bottom:1px solid var(--line); text-align:right
   white-space:nowrap; }
 th { font-size:12px; color:var(--muted); font-weight:600; }
 th:first-child, td:first-child, td.text { text-align:left; }
+td.text { max-width:280px; overflow:hidden; text-overflow:ellipsis; }
 tr:last-child td { border-bottom:0; }
 .bar { position:relative; display:inline-block; vertical-align:middle; width:160px; height:10px;
   background:#eef0f3; border-radius:5px; }
@@ -61,11 +65,34 @@ def _fmt(value: float | None, spec: str = "{:,.4g}") -> str:
     return spec.format(value)
 
 
-def _table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """A table; cells are markup already escaped by the caller."""
+def _text(value: object) -> str:
+    """Text from the trace, shown: printable, bounded, escaped."""
+    return escape(printable(value))
+
+
+def _table(head: Sequence[str], rows: Iterable[Sequence[str]], left: int = 1) -> str:
+    """A table whose first ``left`` columns are text; cells are markup escaped by the caller."""
     header = "".join(f"<th>{escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    cells = ('<td class="text">{}</td>', "<td>{}</td>")
+    body = "".join(
+        "<tr>" + "".join(cells[k >= left].format(c) for k, c in enumerate(row)) + "</tr>"
+        for row in rows
+    )
     return f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _more(shown: int, total: int, what: str) -> str:
+    if shown >= total:
+        return ""
+    return f'<p class="note">{total - shown:,} more {what} not shown: the JSON report has all.</p>'
+
+
+def _compact(x: float) -> str:
+    """An axis figure in few characters: 1.5k, 2M, 0.25."""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
 
 
 def _bar(fraction: float | None, level: str | None = None) -> str:
@@ -81,12 +108,6 @@ def _bar(fraction: float | None, level: str | None = None) -> str:
     )
 
 
-def _run_name(run: RunReport) -> str:
-    if run.run_id:
-        return escape(run.run_id)
-    return f"trace {escape((run.trace_id or '-')[:8])}"
-
-
 def _utilisation(run: RunReport) -> float | None:
     if run.utilization is not None:
         return run.utilization
@@ -94,24 +115,32 @@ def _utilisation(run: RunReport) -> float | None:
     return run.spent.get(run.resource, 0.0) / limit if limit else None
 
 
+def _ran_out(run: RunReport) -> bool:
+    return bool(run.skips or run.refused) or (_utilisation(run) or 0.0) > 1.0 + 1e-9
+
+
 def _runs(report: Report) -> str:
+    # Runs that ran out first, then those that spent most of their budget.
+    shown = sorted(report.runs, key=lambda r: (not _ran_out(r), -(_utilisation(r) or 0.0)))
+    shown = shown[:_MAX_ROWS]
     rows = []
-    for run in report.runs:
+    for run in shown:
         used = _utilisation(run)
         status = ""
         if used is not None and used > 1.0 + 1e-9:
             status = '<span class="tag over">over</span>'
         elif run.skips or run.refused:
             status = '<span class="tag warn">ran out</span>'
-        name = _run_name(run)
+        name = _text(run_name(run))
         if run.scope and run.scope != run.run_id:
-            name += f'<br><small class="note">{escape(run.scope)}</small>'
+            name += f'<br><small class="note">{_text(run.scope)}</small>'
         unit = "" if run.resource == "tokens" else f" {escape(run.resource)}"
         rows.append(
             [
                 name,
                 _fmt(run.budget.get(run.resource)) + unit,
                 _fmt(run.spent.get(run.resource)) + unit,
+                _fmt(run.this_run.get(run.resource)) + unit,
                 f'{_bar(used)}<span class="pct">{_fmt(used, "{:.0%}")}</span>',
                 str(run.decisions),
                 str(run.skips),
@@ -120,19 +149,23 @@ def _runs(report: Report) -> str:
                 status,
             ]
         )
-    head = ["run", "budget", "spent", "of budget", "decisions", "skipped", "refused"]
-    return _table([*head, "forecast error", ""], rows)
+    head = ["run", "budget", "spent", "this run", "of budget", "decisions", "skipped", "refused"]
+    return _table([*head, "forecast error", ""], rows) + _more(len(shown), len(report.runs), "runs")
 
 
 def _scopes(report: Report) -> str:
     top = max((s.tokens for s in report.scopes), default=0) or 1
+    shown = report.scopes
+    if len(shown) > _MAX_ROWS:  # tenants and users, not every thread
+        shown = [s for s in shown if s.scope.count("/") < 2]
+    shown = shown[:_MAX_ROWS]
     rows = []
-    for s in report.scopes:
+    for s in shown:
         depth = s.scope.count("/")
         rows.append(
             [
-                f'<span style="padding-left:{18 * depth}px" title="{escape(s.scope)}">'
-                f"{escape(s.scope.rsplit('/', 1)[-1] if depth else s.scope)}</span>",
+                f'<span style="padding-left:{18 * min(depth, 8)}px" title="{_text(s.scope)}">'
+                f"{_text(s.scope.rsplit('/', 1)[-1] if depth else s.scope)}</span>",
                 str(s.runs),
                 f"{s.tokens:,}",
                 _bar(s.tokens / top, "share"),
@@ -140,14 +173,15 @@ def _scopes(report: Report) -> str:
                 str(s.tool_calls),
             ]
         )
-    return _table(["scope", "runs", "tokens", "share of the largest", "USD", "tool calls"], rows)
+    head = ["scope", "runs", "tokens", "share of the largest", "USD", "tool calls"]
+    return _table(head, rows) + _more(len(shown), len(report.scopes), "scopes")
 
 
 def _options(report: Report) -> str:
     rows = [
         [
-            escape(o.option),
-            escape(o.model or "-"),
+            _text(o.option),
+            _text(o.model or "-"),
             str(o.decisions),
             str(o.cut_off),
             f"{o.tokens:,}",
@@ -160,7 +194,7 @@ def _options(report: Report) -> str:
         for o in report.options
     ]
     head = ["option", "model", "decisions", "cut off", "tokens", "USD", "tool calls"]
-    return _table([*head, "success", "mean p", "forecast error"], rows)
+    return _table([*head, "success", "mean p", "forecast error"], rows, left=2)
 
 
 def _nice_top(top: float) -> tuple[float, float]:
@@ -184,7 +218,7 @@ def _plot(
     width, height = size
     top, step = _nice_top(top)
     ticks = [step * k for k in range(round(top / step) + 1)]
-    left, bottom, pad = 56, 40, 12
+    left, bottom, pad = 56, 40, 20
     plot_w, plot_h = width - left - pad, height - bottom - pad
 
     def sx(x: float) -> float:
@@ -204,9 +238,8 @@ def _plot(
         f'<line x1="{left}" y1="{sy(t):.1f}" x2="{left + plot_w}" y2="{sy(t):.1f}" '
         'stroke="#eef0f3"/>'
         f'<text x="{sx(t):.1f}" y="{height - bottom + 16}" text-anchor="middle">'
-        f"{_fmt(t, '{:.3g}')}</text>"
-        f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_fmt(t, "{:.3g}")}'
-        "</text>"
+        f"{_compact(t)}</text>"
+        f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_compact(t)}</text>'
         for t in ticks
     )
     parts.append(
@@ -306,7 +339,9 @@ def write_html(report: Report, path: str | Path, *, source: str = "") -> Path:
 <p class="sub">{sub}</p>
 {_cards(report)}
 <section><h2>Runs</h2>{_runs(report)}
-<p class="note">The bar is spend against the run's budget in the resource it planned for
+<p class="note">Spent: the thread's spend by the run's end (a thread invoked again carries its
+earlier runs'); this run: what the run's own calls spent. The bar is spend against the budget in
+the resource it planned for
 (green under 90%, amber up to 100%, red over). "Ran out": a step skipped or a call refused.
 A trace without a plan span is shown by its trace id, with what its decisions spent.</p></section>
 <section><h2>Scopes</h2>{_scopes(report)}

@@ -160,8 +160,12 @@ class RunTrace:
         self._span: Span | None = None
         self._context: Context | None = None
         self._activation: Any = None
-        # (resource, limit, its budget-before and budget-after attribute names), worked out once.
-        self._limits = [
+        self._limits = self._limits_of(budget)
+
+    @staticmethod
+    def _limits_of(budget: Budget) -> list[tuple[Resource, float, str, str]]:
+        """(resource, limit, its budget-before and budget-after attribute names) per limit."""
+        return [
             (
                 resource,
                 limit,
@@ -171,6 +175,19 @@ class RunTrace:
             for resource in budget.limited()
             if (limit := budget.get(resource)) is not None
         ]
+
+    def grow(self, budget: Budget) -> None:
+        """The run's budget grew (a person granted more): an event, and the new limits from now.
+
+        The run's span ends with the grown budget, and later decisions count what is left
+        against it.
+        """
+        self.budget = budget
+        self._limits = self._limits_of(budget)
+        if self._span is not None:
+            grown = _budget_attributes(names.BUDGET, budget)
+            self._span.add_event(names.EVENT_GROWN, grown)
+            self._span.set_attributes(grown)
 
     @property
     def remaining(self) -> Budget:
@@ -331,7 +348,9 @@ class RunTrace:
             cap=Cap(tool_calls=n),
             expected_value=0.0,
             expected_cost={"tool_calls": float(n)},
-            reason=f"{n} tool call{'s' if n != 1 else ''} held before they run",
+            reason="1 tool call held before it runs"
+            if n == 1
+            else f"{n} tool calls held before they run",
         )
         attributes: dict[str, Any] = {
             names.STEP_ID: step_id,

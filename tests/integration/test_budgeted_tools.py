@@ -136,4 +136,9 @@ async def test_with_the_controller_tool_calls_are_reserved_in_the_run_and_never_
         assert turn.parent.span_id == plan.context.span_id
         assert turn.end_time > turn.start_time
     assert plan.attributes[f"{names.SPENT}.tool_calls"] == 4
+    # The two calls past the allowance are said on the run's span.
+    (refused_event,) = [e for e in plan.events if e.name == names.EVENT_REFUSED]
+    assert refused_event.attributes[names.RESOURCE] == "tool_calls"
+    assert refused_event.attributes["roi.requested"] == 3
+    assert refused_event.attributes["roi.limit"] == 1
     provider.shutdown()

@@ -390,3 +390,101 @@ def test_the_report_reads_runs_without_plan_spans_and_totals_every_scope(tmp_pat
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "trace t3" in page
     assert main(["report", str(path)]) == 0
+
+
+def test_an_export_failure_is_said_once_whatever_its_delay_or_address():
+    import logging
+
+    from roi_agents.telemetry.export import _RepeatsQuiet
+
+    quiet = _RepeatsQuiet("http://127.0.0.1:9")
+    template = "Transient error %s encountered while exporting span batch, retrying in %.2fs."
+
+    def record(error, delay):
+        return logging.LogRecord(
+            "otlp", logging.WARNING, __file__, 1, template, (error, delay), None
+        )
+
+    refused = "<urllib3.connection.HTTPConnection object at {}>: Connection refused"
+    passed = [
+        quiet.filter(record(refused.format(address), delay))
+        for address, delay in (("0x7f01", 1.07), ("0x7f99", 2.29), ("0x7fab", 4.51))
+    ]
+    assert passed == [True, False, False]
+    other = logging.LogRecord("otlp", logging.WARNING, __file__, 1, "Failed: %s", ("404",), None)
+    assert quiet.filter(other)  # another failure is said, once
+    assert "http://127.0.0.1:9" in other.getMessage()
+
+
+@pytest.mark.parametrize(
+    ("span", "named"),
+    [
+        ({"gen_ai.usage.input_tokens": 10**400}, "gen_ai.usage.input_tokens"),
+        ({"roi.actual.tool_calls": "three"}, "roi.actual.tool_calls"),
+        ({"roi.actual.tool_calls": -7}, "roi.actual.tool_calls"),
+        ({"gen_ai.request.model": ["a", "b"]}, "gen_ai.request.model"),
+        ({"roi.actual.usd": 1e308}, "roi.actual.usd"),
+        ("name", "name"),
+        ("span_id", "span_id"),
+        ("events", "events"),
+    ],
+)
+def test_a_hostile_trace_is_one_line_naming_what_is_wrong(tmp_path, capsys, span, named):
+    line = {"name": names.SPAN_DECISION, "span_id": "d", "attributes": {}, "events": []}
+    if isinstance(span, dict):
+        line["attributes"] = {names.OPTION: "fast", **span}
+    elif span == "events":
+        line["events"] = {"name": "x"}
+    else:
+        line[span] = ["not", "text"]
+    path = tmp_path / "hostile.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    assert main(["report", str(path)]) == 2
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    assert f"{path}:1: {named}" in out.replace("\n", "")
+
+
+def test_markup_and_control_characters_in_a_trace_are_shown_as_text(tmp_path, capsys):
+    spans = [
+        {
+            "name": names.SPAN_PLAN,
+            "span_id": "p",
+            "attributes": {names.RUN_ID: "[/red]run\x1b]0;x\x07", names.SCOPE: "a/[b]"},
+        },
+        {"name": names.SPAN_DECISION, "span_id": "d", "parent_span_id": "p", "attributes": {}},
+    ]
+    path = tmp_path / "[bold]t.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in spans))
+    assert main(["report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "[/red]run\\x1b]0;x\\x07" in out
+    assert "\x1b]0" not in out
+    empty = tmp_path / "[bold]empty.jsonl"
+    empty.write_text("")
+    assert main(["report", str(empty)]) == 2
+    assert f"{empty}: no roi.plan or roi.decision span" in capsys.readouterr().out
+
+
+def test_a_grown_budget_is_the_runs_from_then_on(providers):
+    tracer_provider, meter_provider, exporter, _ = providers
+    from roi_agents import BudgetSession, Option
+
+    session = BudgetSession(
+        Budget(tokens=300), tracer_provider=tracer_provider, meter_provider=meter_provider
+    )
+    option = Option(name="a", max_tokens=50)
+    with session.call(None, option, prompt=10) as call:
+        call.charge(Spend(input_tokens=10, output_tokens=50))
+    session.grow(Budget(tokens=29))
+    with session.call(None, option, prompt=10) as call:
+        call.charge(Spend(input_tokens=10, output_tokens=50))
+    session.finish()
+    spans = exporter.get_finished_spans()
+    (plan,) = [s for s in spans if s.name == names.SPAN_PLAN]
+    assert plan.attributes[f"{names.BUDGET}.tokens"] == 329
+    assert plan.attributes[names.UTILIZATION] == pytest.approx(120 / 329)
+    (grown,) = [e for e in plan.events if e.name == names.EVENT_GROWN]
+    assert grown.attributes[f"{names.BUDGET}.tokens"] == 329
+    second = [s for s in spans if s.name == names.SPAN_DECISION][1]
+    assert second.attributes[f"{names.BUDGET_BEFORE}.tokens"] == 329 - 60

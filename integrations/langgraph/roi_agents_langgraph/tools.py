@@ -115,6 +115,14 @@ class BudgetedToolNode(RunnableLambda[Any, dict[str, Any]]):
             }
             for call in refused
         ]
+        if refused and self.control is not None:  # the run's trace says what was refused
+            refusal = BudgetExceeded(
+                resource="tool_calls",
+                scope=self.control.session(state).scope,
+                limit=n,
+                requested=len(calls),
+            )
+            self.control.session(state).run_trace().refused(refusal)
         return narrowed, refusals, n, (session, hold)
 
     def _result(
