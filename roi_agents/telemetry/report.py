@@ -136,9 +136,12 @@ def _refusals(spans: list[dict[str, Any]]) -> int:
     return sum(e.get("name") == names.EVENT_REFUSED for s in spans for e in s.get("events") or [])
 
 
-def _runs(spans: list[dict[str, Any]]) -> list[tuple[RunReport, list[dict[str, Any]]]]:
-    """Each run with its decision spans: a plan span's children, or a trace's decisions."""
-    plans = {s.get("span_id"): s for s in spans if s["name"] == names.SPAN_PLAN}
+def _runs(spans: list[dict[str, Any]]) -> list[RunReport]:
+    """Each run: a plan span with its children, or the decisions of a trace without one."""
+    # A plan span without an id is a run of its own all the same.
+    plans = {
+        s.get("span_id") or f"#{k}": s for k, s in enumerate(spans) if s["name"] == names.SPAN_PLAN
+    }
     children: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     orphans: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for span in spans:
@@ -155,14 +158,15 @@ def _runs(spans: list[dict[str, Any]]) -> list[tuple[RunReport, list[dict[str, A
         decisions = children.get(span_id, [])
         errors = [d["attributes"].get(names.FORECAST_ERROR) for d in decisions]
         spent = {r: a[key] for r in RESOURCES if (key := f"{names.SPENT}.{r}") in a}
+        this_run = _traced(decisions)
         run = RunReport(
             run_id=_text(a.get(names.RUN_ID)),
             trace_id=span.get("trace_id"),
             scope=_text(a.get(names.SCOPE)),
             resource=a.get(names.RESOURCE, "tokens"),
             budget={r: a[key] for r in RESOURCES if (key := f"{names.BUDGET}.{r}") in a},
-            spent=spent or _traced(decisions),
-            this_run=_traced(decisions),
+            spent=spent or this_run,
+            this_run=this_run,
             utilization=a.get(names.UTILIZATION),
             decisions=int(a.get(names.DECISIONS, len(decisions))),
             skips=int(a.get(names.SKIPS, 0)),
@@ -170,17 +174,18 @@ def _runs(spans: list[dict[str, Any]]) -> list[tuple[RunReport, list[dict[str, A
             forecast_error=_mean([e for e in errors if e is not None]),
             planned=True,
         )
-        out.append((run, decisions))
+        out.append(run)
     for trace_id, decisions in orphans.items():
         errors = [d["attributes"].get(names.FORECAST_ERROR) for d in decisions]
+        this_run = _traced(decisions)
         run = RunReport(
             run_id=None,
             trace_id=trace_id,
             scope=None,
             resource="tokens",
             budget={},
-            spent=_traced(decisions),
-            this_run=_traced(decisions),
+            spent=this_run,
+            this_run=this_run,
             utilization=None,
             decisions=len(decisions),
             skips=sum(d["attributes"].get(names.OPTION) == SKIP for d in decisions),
@@ -188,7 +193,7 @@ def _runs(spans: list[dict[str, Any]]) -> list[tuple[RunReport, list[dict[str, A
             forecast_error=_mean([e for e in errors if e is not None]),
             planned=False,
         )
-        out.append((run, decisions))
+        out.append(run)
     return out
 
 
@@ -196,11 +201,11 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _scopes(runs: list[tuple[RunReport, list[dict[str, Any]]]]) -> list[ScopeReport]:
+def _scopes(runs: list[RunReport]) -> list[ScopeReport]:
     """Totals per scope and per every scope above it (``acme`` holds ``acme/bob/thread-1``)."""
     totals: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0.0, 0])
-    for run, decisions in runs:
-        spent = _traced(decisions)
+    for run in runs:
+        spent = run.this_run
         parts = (run.scope or _NO_SCOPE).split("/")
         for k in range(1, len(parts) + 1):
             total = totals["/".join(parts[:k])]
@@ -224,10 +229,9 @@ def build_report(path: str | Path) -> Report:
         DataError: when the file cannot be read or a line is not a span.
     """
     spans = list(read_spans(path))
-    runs_with_decisions = _runs(spans)
-    if not runs_with_decisions:
+    runs = _runs(spans)
+    if not runs:
         raise DataError(str(path), None, "no roi.plan or roi.decision span: nothing to report")
-    runs = [run for run, _ in runs_with_decisions]
     groups: dict[tuple[str, str | None], list[dict[str, Any]]] = defaultdict(list)
     decisions = [s["attributes"] for s in spans if s["name"] == names.SPAN_DECISION]
     for a in decisions:
@@ -307,7 +311,7 @@ def build_report(path: str | Path) -> Report:
         points.append((float(a[names.COST_PLANNED]), actual))
     return Report(
         runs=runs,
-        scopes=_scopes(runs_with_decisions),
+        scopes=_scopes(runs),
         options=options,
         calibration=calibration,
         points=points,
