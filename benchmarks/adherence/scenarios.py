@@ -86,6 +86,30 @@ def openai_request(scenario: Scenario) -> dict[str, Any]:
     return request
 
 
+def chat_settings(base_url: str) -> dict[str, Any]:
+    """Keyword arguments of LangChain's ``ChatOpenAI`` for the scenario's model."""
+    return {
+        "base_url": base_url,
+        "api_key": "-",
+        "model": MODEL,
+        "extra_body": {"ignore_eos": True},  # the model never stops before max_tokens
+        "max_retries": 0,
+        "timeout": 120,
+    }
+
+
+def langchain_tools(scenario: Scenario) -> list[Any]:
+    """`TOOLS` as LangChain tools (none where the scenario has none); needs langchain-core."""
+    from langchain_core.tools import StructuredTool
+
+    if not scenario.tools:
+        return []
+    return [
+        StructuredTool.from_function(lambda text: "no results", name=name, description=text)
+        for name, text in TOOLS
+    ]
+
+
 def in_threads(n: int, work: Callable[[], T]) -> list[T]:
     """Run ``work`` in ``n`` threads at once; their results. A thread's error is raised here."""
     results: list[T] = []

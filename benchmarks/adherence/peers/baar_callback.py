@@ -31,6 +31,7 @@ from scenarios import (
     USD_PER_TOKEN,
     Outcome,
     arguments,
+    chat_settings,
     openai_tools,
     report,
     run_calls,
@@ -53,13 +54,8 @@ def main() -> None:
     )
     router = BAARRouter(budget=scenario.budget * USD_PER_TOKEN)
     chat = ChatOpenAI(
-        base_url=args.base_url,
-        api_key="-",
-        model=MODEL,
+        **chat_settings(args.base_url),
         max_tokens=scenario.max_tokens,
-        extra_body={"ignore_eos": True},
-        max_retries=0,
-        timeout=120,
         callbacks=[BaarCallbackHandler(router)],
     )
     model = chat

@@ -18,34 +18,19 @@ from pathlib import Path
 from langchain.agents import create_agent
 from langchain.agents.middleware import ModelCallLimitMiddleware
 from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage
-from langchain_core.tools import StructuredTool
 from langchain_openai import ChatOpenAI
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scenarios import MODEL, PROMPT, TOOLS, Outcome, arguments, report
+from scenarios import PROMPT, Outcome, arguments, chat_settings, langchain_tools, report
 
 
 def main() -> None:
     args = arguments()
     scenario = args.scenario
-    chat = ChatOpenAI(
-        base_url=args.base_url,
-        api_key="-",
-        model=MODEL,
-        max_tokens=scenario.max_tokens,
-        extra_body={"ignore_eos": True},
-        max_retries=0,
-    )
-    tools = (
-        [
-            StructuredTool.from_function(lambda text: "no results", name=name, description=text)
-            for name, text in TOOLS
-        ]
-        if scenario.tools
-        else []
-    )
+    chat = ChatOpenAI(**chat_settings(args.base_url), max_tokens=scenario.max_tokens)
+    tools = langchain_tools(scenario)
     allowed = scenario.budget // scenario.max_tokens
     agent = create_agent(  # a thread's count lives in its checkpointed state
         model=chat,

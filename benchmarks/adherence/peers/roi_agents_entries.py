@@ -18,7 +18,6 @@ from pathlib import Path
 from langchain.agents import create_agent
 from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableLambda
-from langchain_core.tools import StructuredTool
 from langchain_openai import ChatOpenAI
 from langgraph.graph import StateGraph
 from roi_agents_langgraph import (
@@ -39,11 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scenarios import (
     MODEL,
     PROMPT,
-    TOOLS,
     Outcome,
     Scenario,
     arguments,
+    chat_settings,
     in_threads,
+    langchain_tools,
     report,
     run_calls,
 )
@@ -62,22 +62,8 @@ def _summed(scenario: Scenario, work: Callable[[], tuple[int, int, int]]) -> tup
 def main() -> None:
     args = arguments()
     scenario: Scenario = args.scenario
-    chat = ChatOpenAI(
-        base_url=args.base_url,
-        api_key="-",
-        model=MODEL,
-        extra_body={"ignore_eos": True},
-        max_retries=0,
-        timeout=120,
-    )
-    tools = (
-        [
-            StructuredTool.from_function(lambda text: "no results", name=name, description=text)
-            for name, text in TOOLS
-        ]
-        if scenario.tools
-        else []
-    )
+    chat = ChatOpenAI(**chat_settings(args.base_url))
+    tools = langchain_tools(scenario)
     option = Option(name="call", model=MODEL, max_tokens=scenario.max_tokens)
     budget = Budget(tokens=scenario.budget)
     entry = args.entry

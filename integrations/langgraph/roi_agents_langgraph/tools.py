@@ -71,12 +71,13 @@ class BudgetedToolNode(RunnableLambda[Any, dict[str, Any]]):
         self.control = control
         super().__init__(self._run, afunc=self._arun, name=name)
 
-    def _hold(self, state: Any, calls: list[Any]) -> tuple[BudgetSession | None, Hold | None, int]:
+    def _hold(
+        self, state: Any, session: BudgetSession | None, calls: list[Any]
+    ) -> tuple[BudgetSession | None, Hold | None, int]:
         """Reserve the calls in the run's session (none, if a parallel branch was first)."""
         n = len(calls)
-        if self.control is None or n == 0:
+        if session is None or n == 0:
             return None, None, n
-        session = self.control.session(state)
         current = current_step(state)
         try:
             hold = session.reserve_tool_calls(
@@ -94,11 +95,11 @@ class BudgetedToolNode(RunnableLambda[Any, dict[str, Any]]):
         if not isinstance(last, AIMessage):
             msg = f"the last message must be an AIMessage with tool calls, got {type(last)}"
             raise TypeError(msg)
-        left = self.control.session(state).remaining() if self.control is not None else None
-        allowance = tool_call_allowance(state, left)
+        run = self.control.session(state) if self.control is not None else None
+        allowance = tool_call_allowance(state, run.remaining() if run is not None else None)
         calls = list(last.tool_calls)
         n = len(calls) if allowance is None else max(0, min(allowance, len(calls)))
-        session, hold, n = self._hold(state, calls[:n])
+        session, hold, n = self._hold(state, run, calls[:n])
         allowed, refused = calls[:n], calls[n:]
         narrowed = {
             **state,
@@ -115,14 +116,11 @@ class BudgetedToolNode(RunnableLambda[Any, dict[str, Any]]):
             }
             for call in refused
         ]
-        if refused and self.control is not None:  # the run's trace says what was refused
+        if refused and run is not None:  # the run's trace says what was refused
             refusal = BudgetExceeded(
-                resource="tool_calls",
-                scope=self.control.session(state).scope,
-                limit=n,
-                requested=len(calls),
+                resource="tool_calls", scope=run.scope, limit=n, requested=len(calls)
             )
-            self.control.session(state).run_trace().refused(refusal)
+            run.run_trace().refused(refusal)
         return narrowed, refusals, n, (session, hold)
 
     def _result(
