@@ -2,9 +2,10 @@
 
 Run: ``.venv/bin/python benchmarks/paired.py --data FILE --a SPEC --b SPEC [--quantile-a Q]
 [--quantile-b Q] [--guard success|cost|both] [--alpha A] [--seed S]``. A ``SPEC`` is the bench's
-``--predictor`` (``prior``, ``local:DIR``, ``vllm:URL@DIR``), with ``+online`` to feed it each
-step's outcome as ``roi-agents bench --online`` does (a learned predictor guarded by the prior;
-each budget starts from the fitted predictor again). Both replay the same seeded episodes, and
+``--predictor`` (``prior``, ``local:DIR``, ``vllm:URL@DIR``: composed with the prior as the bench
+composes it, or on its own with ``+alone``), with ``+online`` to feed it each step's outcome as
+``roi-agents bench --online`` does (a learned predictor alone guarded by the prior; each budget
+starts from the fitted predictor again). Both replay the same seeded episodes, and
 the script prints the mean per-episode difference in value, a less b, at each budget with its
 paired standard error: the bench's own figures come with unpaired errors, too wide to tell a
 small change from noise. Examples: ``--a local:DIR+online --b local:DIR`` (what learning online
@@ -40,6 +41,7 @@ from roi_agents.predict.guard import GuardedPredictor
 from roi_agents.types import Quantile, Step
 
 ONLINE = "+online"
+ALONE = "+alone"
 
 
 @dataclass
@@ -59,7 +61,10 @@ class Side:
         predictor = spec.removesuffix(ONLINE)
         config = BenchConfig(seed=seed, quantile=quantile, online=spec.endswith(ONLINE))
         name = spec if quantile == "p90" else f"{spec} at {quantile}"
-        setup = prepare(queries, config, predictor=_predictor_factory(predictor))
+        factory = _predictor_factory(
+            predictor.removesuffix(ALONE), composed=not predictor.endswith(ALONE)
+        )
+        setup = prepare(queries, config, predictor=factory)
         steps = [[_step(q, config.group_by, setup.prices) for q in ep] for ep in setup.episodes]
         return cls(name, setup, config, alpha, steps)
 
@@ -80,8 +85,8 @@ class Side:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--a", required=True, help="SPEC[+online]")
-    parser.add_argument("--b", required=True, help="SPEC[+online]")
+    parser.add_argument("--a", required=True, help="SPEC[+alone][+online]")
+    parser.add_argument("--b", required=True, help="SPEC[+alone][+online]")
     quantiles = get_args(Quantile)
     parser.add_argument("--quantile-a", choices=quantiles, default="p90")
     parser.add_argument("--quantile-b", choices=quantiles, default="p90")

@@ -120,10 +120,25 @@ def _parser() -> argparse.ArgumentParser:
         help="share of the queries predictors and tuned baselines learn from",
     )
     bench.add_argument(
+        "--learned",
+        choices=["composed", "alone"],
+        default="composed",
+        help="how a local: or vllm: predictor forecasts: composed, the prior's level (fitted on "
+        "the training part) moved per step by the checkpoint (ComposedPredictor); alone, the "
+        "checkpoint's own forecasts",
+    )
+    bench.add_argument(
+        "--split",
+        choices=["query", "dataset"],
+        default="query",
+        help="test on held-out queries, or on datasets (subjects) that train --split dataset "
+        "held out, the prior learning them from the first part of their queries",
+    )
+    bench.add_argument(
         "--online",
         action="store_true",
-        help="feed ours each step's outcome: the prior learns; a learned predictor is guarded "
-        "by the prior (GuardedPredictor)",
+        help="feed ours each step's outcome: the prior (and a composed predictor's weights) "
+        "learn; a learned predictor alone is guarded by the prior (GuardedPredictor)",
     )
     bench.add_argument("--json", type=Path, help="write the result as JSON here")
     bench.add_argument("--plot", type=Path, help="write a PNG of value against budget here")
@@ -293,7 +308,9 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     from roi_agents.bench.simulate import BenchConfig, run_bench
     from roi_agents.data import load_replay
 
-    factory = _predictor_factory(args.predictor)
+    factory = _predictor_factory(
+        args.predictor, composed=args.learned == "composed", group_by=args.group_by == "dataset"
+    )
     paths = _resolve_data(args.data)
     queries = load_replay(paths)
     config = BenchConfig(
@@ -307,6 +324,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         resolution=args.resolution,
         group_by=args.group_by == "dataset",
         online=args.online,
+        split=args.split,
     )
     label = ", ".join(p.name for p in paths)
     total, done = config.episodes * len(config.budgets), 0
@@ -326,12 +344,25 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _predictor_factory(spec: str) -> Any:
+def _predictor_factory(spec: str, *, composed: bool = True, group_by: bool = True) -> Any:
     """``prior`` -> None (the bench fits one); ``local:DIR`` / ``vllm:URL[@DIR]`` -> a factory.
 
     The learned predictors are wrapped in a `CachedPredictor`: re-planning asks again for the
-    same pending steps, and a checkpoint answers them the same way.
+    same pending steps, and a checkpoint answers them the same way. ``composed``: each call
+    of the factory composes it with a prior fitted on the training queries it is given.
     """
+    learned = _learned(spec)
+    if learned is None or not composed:
+        return None if learned is None else lambda train: learned
+    from roi_agents.bench.simulate import fit_prior
+    from roi_agents.predict.composed import ComposedPredictor
+
+    prior = fit_prior(group_by)
+    return lambda train: ComposedPredictor(learned, prior(train))
+
+
+def _learned(spec: str) -> Any:
+    """The cached learned predictor ``spec`` names; None for ``prior``."""
     from roi_agents.errors import InvalidValueError
 
     if spec == "prior":
@@ -341,8 +372,7 @@ def _predictor_factory(spec: str) -> Any:
         from roi_agents.predict.cache import CachedPredictor
         from roi_agents.predict.local import LocalPredictor
 
-        local = CachedPredictor(LocalPredictor(target))
-        return lambda train: local
+        return CachedPredictor(LocalPredictor(target))
     if kind == "vllm" and target:
         import httpx
 
@@ -358,10 +388,9 @@ def _predictor_factory(spec: str) -> Any:
             raise InvalidValueError("predictor", msg) from None
         # Offline replay, not a live turn: a CPU server's batch of long texts may take more
         # than a live deadline, and a fallback would measure the prior instead.
-        remote = CachedPredictor(
+        return CachedPredictor(
             VLLMPredictor(root, served, calibration=checkpoint or None, timeout=60.0)
         )
-        return lambda train: remote
     msg = f"expected prior, local:DIR or vllm:URL[@DIR], got {spec!r}"
     raise InvalidValueError("predictor", msg)
 

@@ -33,6 +33,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -83,6 +84,7 @@ class BenchConfig:
     solver: SolverName = "auto"
     group_by: bool = True
     online: bool = False
+    split: Literal["query", "dataset"] = "query"
 
     def validate(self) -> None:
         """Raise `InvalidValueError` naming the first bad setting."""
@@ -167,6 +169,7 @@ class BenchResult:
             "resource": self.resource,
             "quantile": self.config.quantile,
             "online": self.config.online,
+            "split": self.config.split,
             "options": self.options,
             "cheapest": self.cheapest,
             "most_expensive": self.dearest,
@@ -216,13 +219,26 @@ def choose_resource(queries: Sequence[ReplayQuery]) -> Resource:
 
 
 def split_queries(
-    queries: Sequence[ReplayQuery], train_fraction: float, seed: int
+    queries: Sequence[ReplayQuery],
+    train_fraction: float,
+    seed: int,
+    by: Literal["query", "dataset"] = "query",
 ) -> tuple[list[ReplayQuery], list[ReplayQuery]]:
     """A seeded split into training and test queries by query id (`roi_agents.data.split`).
 
     ``roi-agents train`` splits the same way, so a checkpoint trained with the bench's seed and
     training fraction never saw the bench's test queries.
+
+    ``by="dataset"`` measures transfer to kinds of steps a checkpoint never saw: whole datasets
+    (subjects) are held out as ``roi-agents train --split dataset`` holds them out with the same
+    seed and fraction, and the held-out ones are split again by query. The training part is
+    every query of the other datasets and the first part of the held-out ones (what a prior
+    learns the new kinds from); the test part is the rest of the held-out ones.
     """
+    if by == "dataset":
+        known, held = split_by(queries, lambda q: q.dataset or "", [train_fraction], seed)
+        learn, test = split_by(held, lambda q: split_id(q.query_id), [train_fraction], seed)
+        return known + learn, test
     train, test = split_by(queries, lambda q: split_id(q.query_id), [train_fraction], seed)
     return train, test
 
@@ -504,7 +520,7 @@ def prepare(
     config.validate()
     rng = np.random.default_rng(config.seed)
     resource = config.resource or choose_resource(queries)
-    train, test = split_queries(queries, config.train_fraction, config.seed)
+    train, test = split_queries(queries, config.train_fraction, config.seed, config.split)
     if len(test) < config.steps:
         msg = f"{len(test)} test queries, fewer than {config.steps} steps per episode"
         raise InvalidValueError("steps", msg)

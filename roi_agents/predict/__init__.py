@@ -1,14 +1,17 @@
 """Predictors: forecast each (step, option)'s success probability and cost.
 
 `PriorPredictor` (history), `LocalPredictor` (the learned checkpoint in-process, extra
-``[train]``), `VLLMPredictor` (the same checkpoint behind a vLLM pooling server) and
-`GuardedPredictor` (a learned predictor overruled by the prior where it scores worse).
+``[train]``), `VLLMPredictor` (the same checkpoint behind a vLLM pooling server),
+`ComposedPredictor` (the prior's level moved per step by a learned predictor: the way to use
+one) and `GuardedPredictor` (a learned predictor overruled by the prior where it scores worse).
 """
 
 from roi_agents.predict.base import Learner, Predictor
+from roi_agents.predict.composed import ComposedPredictor
 from roi_agents.predict.prior import PriorPredictor
 
 __all__ = [
+    "ComposedPredictor",
     "GuardedPredictor",
     "Learner",
     "LocalPredictor",

@@ -59,6 +59,7 @@ __all__ = [
     "OWN",
     "PROMPT",
     "Calibration",
+    "Composition",
     "Maps",
     "ResidualQuantiles",
     "SuccessCalibration",
@@ -281,6 +282,33 @@ def _lookup(
     return by_option.get(key) if found is None else found
 
 
+class Composition(BaseModel):
+    """How far a `ComposedPredictor` lets the learned forecasts move the prior's level.
+
+    Per option key (`OWN` for any option without a weight of its own), the weight of the
+    step's learned deviation from its group's running mean: of the success logit, and of the
+    log of the median output tokens. Fitted on the held-out rows with the level of a prior
+    fitted on the fine-tuning rows (`roi_agents.predict.composed.fit_composition`); a weight
+    near 0 says the learned model's ranking of steps within a group did not help there.
+
+    Attributes:
+        success: per option key, the weight of the success deviation.
+        cost: per option key, the weight of the cost deviation.
+        rows: held-out (step, option) rows the weights were fitted on (0: the defaults).
+    """
+
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False, extra="forbid")
+
+    success: dict[str, float] = {OWN: 1.0}
+    cost: dict[str, float] = {OWN: 1.0}
+    rows: Annotated[int, Field(ge=0)] = 0
+
+    def weight(self, part: str, key: str) -> float:
+        """The weight of ``part`` (``success`` or ``cost``) for option ``key``."""
+        table = self.success if part == "success" else self.cost
+        return table.get(key, table.get(OWN, 1.0))
+
+
 class Calibration(Maps):
     """The success maps, and cost maps for all options, per option and per (group, option).
 
@@ -297,12 +325,15 @@ class Calibration(Maps):
         labels: the head's output labels (its ``id2label``, see `roi_agents.predict.head`), so
             that a client of a server can read rows with per-option outputs; empty: the
             standard 3 or 5.
+        composition: the weights a `ComposedPredictor` gives the learned deviations (the
+            defaults for a checkpoint calibrated by an earlier release).
     """
 
     success: SuccessCalibration
     by_option: dict[str, Maps] = {}
     by_group: dict[str, dict[str, Maps]] = {}
     labels: tuple[str, ...] = ()
+    composition: Composition = Composition()
 
     def maps(self, key: str, group: str | None = None) -> Maps:
         """The most specific cost maps there are for option ``key`` in ``group``."""

@@ -46,6 +46,8 @@ EFFORT_STEP = 0.1
 TAIL_ROWS = 100
 # The most recent costs kept per option (and group) for it.
 _RECENT = 2048
+# Forecasts remembered between outcomes.
+_MEMO = 10_000
 
 # Log-costs are of (cost + offset), so that zero costs have a finite log (the learned head's
 # offsets too; `GuardedPredictor` scores log-costs with them).
@@ -137,6 +139,9 @@ class PriorPredictor:
         self.default_tokens = default_tokens
         self.default_log_sigma = default_log_sigma
         self._stats: dict[tuple[str, str | None], _Stats] = {}
+        # Forecasts since the last outcome, by what they depend on: the controller re-plans
+        # after every step and asks again for every pending step's.
+        self._memo: dict[tuple[Option, str | None, int | None], Forecast] = {}
 
     def observe(
         self,
@@ -178,6 +183,7 @@ class PriorPredictor:
         if spend.usd > 0:
             observed["usd"] = spend.usd
         logs = {name: math.log(amount + LOG_OFFSET[name]) for name, amount in observed.items()}
+        self._memo.clear()
         for key in keys:
             stats = self._stats.setdefault(key, _Stats())
             if success is not None:
@@ -195,11 +201,21 @@ class PriorPredictor:
     def predict(self, steps: Sequence[Step]) -> list[Forecast]:
         """One forecast per (step, option), skip excluded."""
         return [
-            self._forecast(step, option)
+            self._remembered(step, option)
             for step in steps
             for option in step.options
             if option.name != SKIP
         ]
+
+    def _remembered(self, step: Step, option: Option) -> Forecast:
+        """`_forecast`, from memory when a step alike was forecast since the last outcome."""
+        key = (option, step.group if self.group_by else None, step.input_tokens)
+        found = self._memo.get(key)
+        if found is None:
+            if len(self._memo) >= _MEMO:
+                self._memo.clear()
+            found = self._memo[key] = self._forecast(step, option)
+        return found if found.step_id == step.id else found.model_copy(update={"step_id": step.id})
 
     async def apredict(self, steps: Sequence[Step]) -> list[Forecast]:
         """Same as `predict`: the prior does no I/O."""

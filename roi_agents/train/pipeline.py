@@ -41,6 +41,7 @@ from roi_agents.predict.calibration import (
     OWN,
     PROMPT,
     Calibration,
+    Composition,
     Maps,
     SuccessCalibration,
     SuccessMap,
@@ -48,17 +49,20 @@ from roi_agents.predict.calibration import (
     fit_success,
     option_set,
 )
-from roi_agents.predict.head import own_row, spread, success_probability
-from roi_agents.predict.prior import PRIOR_STRENGTH
+from roi_agents.predict.composed import fit_composition
+from roi_agents.predict.head import forecasts, own_row, spread, success_probability
+from roi_agents.predict.prior import PRIOR_STRENGTH, PriorPredictor
 from roi_agents.train.examples import Example, load_examples
 from roi_agents.train.fit import FitSettings, fine_tune, load_base
 from roi_agents.train.metrics import Quality, plot_reliability, quality
+from roi_agents.types import Option, Spend, Step
 
 __all__ = [
     "Parts",
     "TrainConfig",
     "TrainReport",
     "calibrate",
+    "compose",
     "default_base",
     "evaluate",
     "finish",
@@ -339,6 +343,53 @@ def calibrate(
     )
 
 
+def _spend(e: Example) -> Spend:
+    assert e.log_tokens is not None
+    return Spend(
+        input_tokens=e.input_tokens or 0, output_tokens=max(round(math.exp(e.log_tokens) - 1), 0)
+    )
+
+
+def compose(
+    rows: Sequence[Example],
+    outputs: Sequence[Sequence[float]],
+    calibration: Calibration,
+    fitted_on: Sequence[Example],
+) -> Composition:
+    """The weights a `ComposedPredictor` starts from, fitted on held-out rows.
+
+    The level is a `PriorPredictor` fitted on ``fitted_on`` (the fine-tuning rows); the
+    deviations are those of the calibrated forecasts of ``rows`` (a query's options together)
+    from their (option, group) means (`roi_agents.predict.composed.fit_composition`). Rows
+    without recorded tokens are left out.
+    """
+    prior = PriorPredictor()
+    for e in fitted_on:
+        if e.log_tokens is not None:
+            prior.record(e.option, e.dataset, _spend(e), e.success)
+    by_query: dict[str, dict[str, int]] = {}
+    for i, e in enumerate(rows):
+        if e.log_tokens is not None:
+            by_query.setdefault(e.query_id, {}).setdefault(e.option, i)
+    steps: list[Step] = []
+    ordered: list[Sequence[float]] = []
+    outcomes: dict[tuple[str, str], tuple[float, Spend]] = {}
+    for k, members in enumerate(by_query.values()):
+        first = rows[next(iter(members.values()))]
+        step = Step(
+            id=f"q{k}",
+            group=first.dataset,
+            options=tuple(Option(name=option) for option in members),
+            input_tokens=first.input_tokens,
+        )
+        steps.append(step)
+        for option, i in members.items():
+            ordered.append(outputs[i])
+            outcomes[(step.id, option)] = (rows[i].success, _spend(rows[i]))
+    learned = forecasts(steps, ordered, source="local", calibration=calibration)
+    return fit_composition(steps, learned, prior, outcomes)
+
+
 def _query_logits(
     rows: Sequence[Example], outputs: Sequence[Sequence[float]]
 ) -> dict[str, dict[str, float]]:
@@ -563,8 +614,12 @@ def finish(
         return [own_row(row, e.option, local.labels) for row, e in zip(raw, rows, strict=True)]
 
     held_out = [*parts.calibration, *parts.validation]
-    calibration = calibrate(held_out, outputs("calibrating", held_out), parts.fit_all)
-    calibration = calibration.model_copy(update={"labels": local.labels})
+    held_out_outputs = outputs("calibrating", held_out)
+    calibration = calibrate(held_out, held_out_outputs, parts.fit_all)
+    composition = compose(held_out, held_out_outputs, calibration, parts.fit_all)
+    calibration = calibration.model_copy(
+        update={"labels": local.labels, "composition": composition}
+    )
     calibration.save(checkpoint)
     evaluated = time.perf_counter()
     test_outputs = outputs("evaluating", parts.test)

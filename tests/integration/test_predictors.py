@@ -12,8 +12,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from roi_agents_vllm import VLLMServer
 
-from roi_agents import Option, PriorPredictor, Step
-from roi_agents.predict import LocalPredictor, VLLMPredictor
+from roi_agents import Option, PriorPredictor, Spend, Step
+from roi_agents.predict import ComposedPredictor, LocalPredictor, VLLMPredictor
 from roi_agents.predict.calibration import Calibration, SuccessMap, option_set
 from roi_agents.telemetry import names
 
@@ -114,6 +114,38 @@ def test_set_maps_and_group_rates_apply_the_same_on_both(pooling_server, checkpo
         expected = joint.p_success("deep", success.centred("g", logits), 0.9)
         assert expected is not None
         assert deep.p_success == pytest.approx(expected, abs=1e-3)
+
+
+def test_composed_forecasts_agree_on_both(pooling_server, checkpoint):
+    """The composition is client-side: over either predictor it gives the same forecasts."""
+
+    def composed(learned):
+        prior = PriorPredictor()
+        for i, step in enumerate(STEPS):
+            for option in OPTIONS:
+                spend = Spend(input_tokens=12 + i, output_tokens=40 + 30 * i)
+                prior.observe(step, option.name, spend, success=float(i % 2))
+        return ComposedPredictor(learned, prior)
+
+    local = composed(LocalPredictor(checkpoint, device="cpu"))
+    remote = composed(VLLMPredictor(pooling_server.url, "predictor", calibration=checkpoint))
+    assert local.composition == remote.composition
+    assert local.composition.rows > 0  # the checkpoint's own, fitted on its held-out rows
+    for _ in range(2):  # before and after both learn the same outcome
+        a, b = local.predict(STEPS), remote.predict(STEPS)
+        assert remote.learned.last_fallback is None
+        for x, y in zip(a, b, strict=True):
+            assert (x.step_id, x.option) == (y.step_id, y.option)
+            assert x.p_success == pytest.approx(y.p_success, abs=1e-3)
+            for field in ("mean", "p50", "p90", "p99"):
+                assert getattr(x.tokens, field) == pytest.approx(getattr(y.tokens, field), rel=1e-3)
+        assert {f.source for f in b} == {"prior + vllm"}
+        for predictor in (local, remote):
+            predictor.observe(STEPS[1], "deep", Spend(input_tokens=13, output_tokens=500), 1.0)
+    # The learned deviations moved the prior's level: the steps' forecasts differ.
+    prior_only = {round(f.p_success, 6) for f in remote.prior.predict(STEPS) if f.option == "deep"}
+    moved = {round(f.p_success, 6) for f in b if f.option == "deep"}
+    assert len(prior_only) == 1 < len(moved)
 
 
 async def test_async_predict_agrees(pooling_server, checkpoint):

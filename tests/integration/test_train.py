@@ -14,7 +14,7 @@ from roi_agents.data import read_records
 from roi_agents.data.split import split_by
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict import LocalPredictor
-from roi_agents.predict.calibration import Calibration
+from roi_agents.predict.calibration import Calibration, Composition
 from roi_agents.predict.head import head_labels
 from roi_agents.predict.pooling import asks_for_mean
 from roi_agents.telemetry import JsonlSpanExporter, RunTrace
@@ -68,6 +68,11 @@ def test_the_checkpoint_is_complete_and_reports_on_the_bench_test_queries(
         own = [e.success for e in parts.fit_all if e.option == option]
         assert rate == pytest.approx(sum(own) / len(own))
     assert set(rates.group_rates) == {e.dataset for e in parts.fit_all}
+    # The composition's weights are fitted on the same held-out rows (rows with tokens).
+    composition = calibration.composition
+    assert composition.rows == calibration.rows
+    assert set(composition.success) == {"", *options}
+    assert composition != Composition()
 
 
 def test_local_forecasts_are_calibrated_and_ordered(trained_checkpoint):

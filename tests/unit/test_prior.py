@@ -172,3 +172,29 @@ def test_an_ungraded_outcome_teaches_the_cost_and_not_the_success():
     taught = prior.predict([step])[0]
     assert taught.p_success == untaught.p_success == pytest.approx(0.6)
     assert taught.tokens.p50 < untaught.tokens.p50 / 5
+
+
+def test_a_forecast_remembered_between_outcomes_is_the_one_it_would_make():
+    prior = PriorPredictor()
+    a = Step(id="a", group="g", options=[Option(name="deep")], input_tokens=10)
+    b = a.model_copy(update={"id": "b"})
+    first = prior.predict([a, b])
+    assert [f.step_id for f in first] == ["a", "b"]
+    assert first[0].model_copy(update={"step_id": "b"}) == first[1]
+    prior.observe(a, "deep", Spend(input_tokens=10, output_tokens=40), success=0.0)
+    after = prior.predict([b])[0]  # an outcome forgets what was remembered
+    assert after.p_success < first[1].p_success
+    assert after.tokens.p50 < first[1].tokens.p50
+    # A different prompt size, group or option is a different forecast.
+    other = [
+        a.model_copy(update={"input_tokens": 99}),
+        a.model_copy(update={"group": "h"}),
+        a.model_copy(update={"options": (Option(name="deep", max_tokens=5),)}),
+    ]
+    assert (
+        len(
+            {f.model_copy(update={"step_id": ""}) for f in prior.predict(other)}
+            | {after.model_copy(update={"step_id": ""})}
+        )
+        == 4
+    )

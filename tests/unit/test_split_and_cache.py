@@ -26,6 +26,24 @@ def test_a_query_lands_on_the_same_side_whatever_else_is_loaded(shared_data):
     assert {q.query_id for q in other_seed} != {q.query_id for q in test_alone}
 
 
+def test_a_dataset_split_tests_on_subjects_training_held_out(shared_data):
+    queries = load_replay(shared_data / "mmlu.jsonl")
+    train, test = split_queries(queries, 0.5, seed=0, by="dataset")
+    assert len(train) + len(test) == len(queries)
+    # The held-out subjects are the ones `roi-agents train --split dataset` holds out ...
+    examples = load_examples([shared_data / "mmlu.jsonl"])
+    known, _ = split_by(examples, lambda e: e.dataset or "", [0.5], seed=0)
+    trained = {e.dataset for e in known}
+    tested = {q.dataset for q in test}
+    assert tested and not tested & trained
+    # ... and the bench's training part holds the first part of each of their queries, for
+    # the prior to learn the new subjects from, and never a test query.
+    learn = [q for q in train if q.dataset in tested]
+    assert {q.dataset for q in learn} == tested
+    assert 0.4 < len(learn) / (len(learn) + len(test)) < 0.6
+    assert not {q.query_id for q in train} & {q.query_id for q in test}
+
+
 class Counting:
     """A real predictor that counts the (step, option) pairs it is asked for."""
 

@@ -26,7 +26,7 @@ from langgraph.types import RetryPolicy
 from roi_agents.errors import BudgetExceeded
 from roi_agents.ledger.base import Ledger
 from roi_agents.predict.base import Learner, Predictor
-from roi_agents.predict.prior import PriorPredictor
+from roi_agents.predict.composed import learning
 from roi_agents.prompt import PromptCounter
 from roi_agents.session import BudgetSession, OnExhausted, check_budget
 from roi_agents.types import Budget, Cap, Decision, Option, Spend, Step
@@ -94,7 +94,9 @@ def create_budgeted_agent(
         model: the chat model every step calls (an option's ``model`` overrides its name).
         tools: tools the model may call; their calls count against ``budget.tool_calls``.
         budget: the run's budget (tokens, USD at the options' prices, tool calls).
-        predictor: forecasts per step and option (default: a `PriorPredictor`).
+        predictor: forecasts per step and option (default: a `PriorPredictor`; a learned one
+            that does not learn, such as a `VLLMPredictor`, is composed with one:
+            `ComposedPredictor`).
         options: the ways of doing a step (default: `DEFAULT_OPTIONS`, or
             `DEFAULT_TOOL_OPTIONS` when there are tools).
         controller: allocation settings (default: a `Controller` with a `PriorPredictor`).
@@ -111,7 +113,7 @@ def create_budgeted_agent(
             ``"ask"`` (needs a checkpointer) or ``"error"``.
         checkpointer: any LangGraph checkpointer.
         grade: (step, answer) -> success in [0, 1], or None when unknown. Each graded step is
-            told to the predictor when it learns (a `PriorPredictor`, a `GuardedPredictor`),
+            told to the predictor when it learns (a `PriorPredictor`, a `ComposedPredictor`),
             an answer cut off at its cap as ``truncated``; the grade is in the step's result.
         retry_policy: retries of a step that raised; every attempt's calls are charged.
 
@@ -125,7 +127,7 @@ def create_budgeted_agent(
     """
     check_budget(budget)
     bound = model.bind_tools(list(tools)) if tools else model
-    forecaster = predictor or PriorPredictor()
+    forecaster = learning(predictor)
     learner = forecaster if grade is not None and isinstance(forecaster, Learner) else None
     control = BudgetControllerNode(
         controller,

@@ -31,6 +31,7 @@ from opentelemetry.trace import TracerProvider
 from roi_agents.errors import BudgetExceeded, InvalidValueError
 from roi_agents.ledger.base import Ledger
 from roi_agents.predict.base import Learner, Predictor
+from roi_agents.predict.composed import learning
 from roi_agents.predict.prior import PriorPredictor
 from roi_agents.prompt import PromptCount, PromptCounter
 from roi_agents.session import (
@@ -79,7 +80,9 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         predictor: forecasts per call and option (default: a `PriorPredictor` that learns from
             this middleware's own calls: their cost, and their success when ``grade`` gives it.
             A call cut off at its ``max_tokens`` is not learned from: its cost is only a lower
-            bound).
+            bound). A learned one that does not learn (`LocalPredictor`, `VLLMPredictor`) is
+            composed with that prior (`ComposedPredictor`): the prior's level, moved per call
+            by the checkpoint.
         controller: allocation settings.
         expected_calls: how many model calls the plan assumes are still to come, this one
             included: the budget is spread over them.
@@ -125,7 +128,7 @@ class BudgetMiddleware(AgentMiddleware[BudgetMiddlewareState, Any, Any]):
         self.budget = budget
         self.options = tuple(options)
         self.models = dict(models or {})
-        self.prior = predictor if predictor is not None else PriorPredictor(group_by=False)
+        self.prior = learning(predictor, PriorPredictor(group_by=False))
         self.expected_calls = expected_calls
         self.on_exhausted = check_on_exhausted(on_exhausted)
         self.grade = grade
