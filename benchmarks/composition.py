@@ -28,14 +28,13 @@ from roi_agents.bench.simulate import (
     _ours,
     _play,
     _step,
-    fit_prior,
+    fit_composed,
     prepare,
     run_bench,
 )
 from roi_agents.cli import _learned
 from roi_agents.data import load_replay
 from roi_agents.predict.base import Learner
-from roi_agents.predict.composed import ComposedPredictor
 
 
 def main() -> None:
@@ -53,11 +52,10 @@ def main() -> None:
         seed=args.seed, online=args.online, split=args.split, episodes=args.episodes
     )
     learned = _learned(f"local:{args.checkpoint}")
-    prior = fit_prior(config.group_by)
     factories = {
         "prior": None,
         "alone": lambda train: learned,
-        "composed": lambda train: ComposedPredictor(learned, prior(train)),
+        "composed": fit_composed(learned, config.group_by),
     }
     table: dict[str, dict[str, dict[str, float]]] = {}
     values: dict[str, dict[float, np.ndarray]] = {}

@@ -124,8 +124,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=["composed", "alone"],
         default="composed",
         help="how a local: or vllm: predictor forecasts: composed, the prior's level (fitted on "
-        "the training part) moved per step by the checkpoint (ComposedPredictor); alone, the "
-        "checkpoint's own forecasts",
+        "the training part) moved per step by the checkpoint (ComposedPredictor; in groups the "
+        "checkpoint never saw, the training part also teaches how far to follow it); alone, "
+        "the checkpoint's own forecasts",
     )
     bench.add_argument(
         "--split",
@@ -354,11 +355,9 @@ def _predictor_factory(spec: str, *, composed: bool = True, group_by: bool = Tru
     learned = _learned(spec)
     if learned is None or not composed:
         return None if learned is None else lambda train: learned
-    from roi_agents.bench.simulate import fit_prior
-    from roi_agents.predict.composed import ComposedPredictor
+    from roi_agents.bench.simulate import fit_composed
 
-    prior = fit_prior(group_by)
-    return lambda train: ComposedPredictor(learned, prior(train))
+    return fit_composed(learned, group_by)
 
 
 def _learned(spec: str) -> Any:

@@ -17,9 +17,10 @@ Policies:
 * ``ours``: the predictor and the `Controller`, re-planning after every step. With ``online``,
   each step's outcome is fed back to the predictor, as in a deployment that learns from its own
   traffic (a step cut off at its cap as ``truncated``, with what it spent up to the cap): the
-  prior learns it, and a learned predictor is wrapped in a `GuardedPredictor` over the prior
-  fitted on the training part. Each budget starts again from the fitted predictor, so no budget
-  learns from another's episodes.
+  prior learns it, a `ComposedPredictor` learns its weights too, and a learned predictor that
+  does not learn is wrapped in a `GuardedPredictor` over the prior fitted on the training part.
+  Each budget starts again from the fitted predictor, so no budget learns from another's
+  episodes.
 * ``oracle``: the exact knapsack on the true outcomes (HiGHS): the ceiling.
 
 Options carry list prices where the training part's recorded USD costs are exactly prices times
@@ -43,6 +44,7 @@ from roi_agents.data.replay import ReplayQuery, split_id
 from roi_agents.data.split import split_by
 from roi_agents.errors import DataError, InvalidValueError
 from roi_agents.predict.base import Learner, Predictor
+from roi_agents.predict.composed import ComposedPredictor
 from roi_agents.predict.guard import GuardedPredictor
 from roi_agents.predict.prior import PriorPredictor
 from roi_agents.types import SKIP, Budget, Decision, Option, Quantile, Resource, Spend, Step
@@ -580,6 +582,44 @@ def fit_prior(group_by: bool) -> Callable[[list[ReplayQuery]], PriorPredictor]:
         return prior
 
     return build
+
+
+def fit_composed(
+    learned: Predictor, group_by: bool
+) -> Callable[[list[ReplayQuery]], ComposedPredictor]:
+    """A factory that composes ``learned`` with a prior fitted on the training queries.
+
+    The prior learns every training outcome. In a group the checkpoint was not fine-tuned on
+    (not in its `ComposedPredictor.known_groups`: it never saw those steps), the outcomes teach
+    the composition's weights too, in order, as `ComposedPredictor.observe` does online; in the
+    others the checkpoint's own weights stand, since its forecasts of its own fine-tuning rows
+    would overstate them.
+    """
+
+    def build(train: list[ReplayQuery]) -> ComposedPredictor:
+        composed = ComposedPredictor(learned, PriorPredictor(group_by=group_by))
+        prices = list_prices(train)
+        new = []
+        for query in train:
+            if query.dataset in composed.known_groups:
+                for record in query.outcomes.values():
+                    composed.prior.record(record.option, query.dataset, record.spend, record.score)
+            else:
+                new.append(query)
+        for start in range(0, len(new), _TEACH):
+            chunk = new[start : start + _TEACH]
+            steps = [_step(q, group_by, prices) for q in chunk]
+            composed.predict(steps)  # one batch: the groups' means, the signals remembered
+            for query, step in zip(chunk, steps, strict=True):
+                for record in query.outcomes.values():
+                    composed.observe(step, record.option, record.spend, record.score)
+        return composed
+
+    return build
+
+
+# Training queries forecast in one batch by `fit_composed`.
+_TEACH = 256
 
 
 def _mean_costs(queries: Sequence[ReplayQuery], resource: Resource) -> dict[str, float]:

@@ -17,10 +17,13 @@ prior and its per-step deviation from the learned model:
 
 A group seen on ``n`` steps gets ``n / (n + strength)`` of the weights: its running mean is
 noise while it is new. The weights start at the checkpoint's (`Composition`, fitted on its
-held-out rows) and learn online from the outcomes it is told of, per option over every group
-and per (option, group), each a ridge fit pulled towards the level above it (``strength``
-pseudo-observations): towards 0 where the learned deviation does not predict the outcomes,
-back up where it does. The learned predictor is read as it is (`LocalPredictor` and
+held-out rows) and learn online from the outcomes it is told of, per option over every group:
+a ridge fit on the latest ``window`` outcomes, pulled towards the checkpoint's weight by
+``strength`` pseudo-observations, that moves a weight towards 0 where the learned deviation
+does not predict the outcomes and back up where it does. Not per group: a weight fitted on one
+group's 45-310 outcomes is mostly noise (on MMLU subjects the probe never saw, such fits ranged
+from -0.5 to 2.1 about a pooled 0.4-0.5, and the bench's value fell by 0.04-0.07 per episode
+against the pooled ones). The learned predictor is read as it is (`LocalPredictor` and
 `VLLMPredictor` forecast alike), so the composition is the same for both.
 """
 
@@ -36,7 +39,7 @@ from pydantic import BaseModel, ConfigDict
 
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.base import Learner, Predictor
-from roi_agents.predict.calibration import OWN, Composition
+from roi_agents.predict.calibration import OWN, Calibration, Composition
 from roi_agents.predict.head import option_key, pairs
 from roi_agents.predict.prior import LOG_OFFSET, PRIOR_STRENGTH, PriorPredictor
 from roi_agents.types import SKIP, CostForecast, Forecast, Option, Spend, Step
@@ -212,8 +215,12 @@ class ComposedPredictor:
             history so it starts informed).
         composition: the starting weights (default: the learned predictor's calibration's,
             else 1 for both parts).
+
+    Attributes:
+        known_groups: the groups the checkpoint was fine-tuned on (its calibration's), where its
+            own weights were fitted; elsewhere only outcomes tell how far to follow it.
         strength: pseudo-observations behind each weight's starting point.
-        window: the most recent outcomes per key that the weights are fitted on.
+        window: the most recent outcomes per option that its weights are fitted on.
 
     Example:
         >>> from roi_agents.types import Option, Spend, Step
@@ -233,7 +240,7 @@ class ComposedPredictor:
         *,
         composition: Composition | None = None,
         strength: float = PRIOR_STRENGTH,
-        window: int = 200,
+        window: int = 1000,
     ) -> None:
         if not strength > 0 or not math.isfinite(strength):
             raise InvalidValueError("strength", f"must be > 0, got {strength}")
@@ -241,35 +248,29 @@ class ComposedPredictor:
             raise InvalidValueError("window", f"must be >= 1, got {window}")
         self.learned = learned
         self.prior = prior if prior is not None else PriorPredictor()
-        self.composition = composition or _composition_of(learned)
+        calibration = _calibration_of(learned)
+        self.composition = composition or (
+            calibration.composition if calibration is not None else Composition()
+        )
+        self.known_groups = frozenset(calibration.success.group_rates if calibration else ())
         self.strength = strength
         self.window = window
         self._means: _Means = {}
         # The learned forecasts of the latest turns, by (step id, option), for `observe`.
         self._last: OrderedDict[tuple[str, str], Forecast] = OrderedDict()
-        # Outcomes per (option key, group); group "" pools the option's over every group.
-        self._outcomes: dict[tuple[str, str | None], _Outcomes] = {}
+        # Recent outcomes per option key, over every group.
+        self._outcomes: dict[str, _Outcomes] = {}
 
-    def _outcomes_of(self, key: str, group: str | None) -> _Outcomes:
-        found = self._outcomes.get((key, group))
-        if found is None:
-            found = self._outcomes[(key, group)] = _Outcomes(
-                deque(maxlen=self.window), deque(maxlen=self.window)
-            )
-        return found
+    def _weights(self, key: str) -> dict[Part, float]:
+        """Option ``key``'s weights, before a group's shrinkage.
 
-    def _weights(self, key: str, group: str | None) -> dict[Part, float]:
-        """The online weights of (option, group), before the group's shrinkage."""
-        pooled = self._fitted(key, "", self._start(key))
-        if group is None or group == "":
-            return pooled
-        return self._fitted(key, group, pooled)
-
-    def _start(self, key: str) -> dict[Part, float]:
-        return {part: self.composition.weight(part, key) for part in ("success", "cost")}
-
-    def _fitted(self, key: str, group: str, start: dict[Part, float]) -> dict[Part, float]:
-        found = self._outcomes.get((key, group))
+        The checkpoint's, moved by the recent outcomes.
+        """
+        start: dict[Part, float] = {
+            "success": self.composition.weight("success", key),
+            "cost": self.composition.weight("cost", key),
+        }
+        found = self._outcomes.get(key)
         if found is None:
             return start
         if found.weights is None:
@@ -298,7 +299,7 @@ class ComposedPredictor:
         for (step, option), mine, level in zip(todo, learned, prior, strict=True):
             key = option_key(option)
             mean = self._means[(key, step.group)]
-            weights = self._weights(key, step.group)
+            weights = self._weights(key)
             success, cost = signal(step, mine)
             d_success = weights["success"] * mean.shrink * (success - mean.success)
             d_cost = weights["cost"] * mean.shrink * (cost - mean.cost)
@@ -373,12 +374,15 @@ class ComposedPredictor:
         key = option_key(chosen)
         if not truncated:
             (success_row, cost_row) = _rows(self._means, alone, chosen, mine, level, spend, success)
-            for group in {"", step.group or ""}:
-                outcomes = self._outcomes_of(key, group)
-                if success_row is not None:
-                    outcomes.success.append(success_row)
-                outcomes.cost.append(cost_row)
-                outcomes.weights = None
+            outcomes = self._outcomes.get(key)
+            if outcomes is None:
+                outcomes = self._outcomes[key] = _Outcomes(
+                    deque(maxlen=self.window), deque(maxlen=self.window)
+                )
+            if success_row is not None:
+                outcomes.success.append(success_row)
+            outcomes.cost.append(cost_row)
+            outcomes.weights = None
         self.prior.observe(step, option, spend, success, truncated=truncated)
 
     def weights(self) -> list[Weight]:
@@ -387,8 +391,8 @@ class ComposedPredictor:
         for (key, group), mean in sorted(
             self._means.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")
         ):
-            weights = self._weights(key, group)
-            found = self._outcomes.get((key, group or ""))
+            weights = self._weights(key)
+            found = self._outcomes.get(key)
             out.append(
                 Weight(
                     option=key,
@@ -410,14 +414,13 @@ def _fell_back(learned: Predictor) -> bool:
     )
 
 
-def _composition_of(learned: Predictor) -> Composition:
-    """The composition of the learned predictor's calibration (through a cache), else default."""
+def _calibration_of(learned: Predictor) -> Calibration | None:
+    """The learned predictor's calibration (through a cache), if it has one."""
     for candidate in (learned, getattr(learned, "predictor", None)):
-        calibration = getattr(candidate, "calibration", None)
-        found = getattr(calibration, "composition", None)
-        if isinstance(found, Composition):
+        found = getattr(candidate, "calibration", None)
+        if isinstance(found, Calibration):
             return found
-    return Composition()
+    return None
 
 
 def _rows(

@@ -36,6 +36,21 @@ def test_bench_writes_table_json_and_plot(shared_data, tmp_path, capsys):
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_tests_on_held_out_subjects(shared_data, tmp_path):
+    from roi_agents.bench.simulate import split_queries
+    from roi_agents.data import load_replay
+
+    out = tmp_path / "r.json"
+    argv = ["bench", "--data", str(shared_data / "mmlu.jsonl"), "--split", "dataset"]
+    argv += ["--budgets", "0.25", "--episodes", "2", "--steps", "5", "--json", str(out)]
+    assert main(argv) == 0
+    payload = json.loads(out.read_text())
+    assert payload["split"] == "dataset"
+    train, test = split_queries(load_replay(shared_data / "mmlu.jsonl"), 0.5, 0, "dataset")
+    assert (payload["train_queries"], payload["test_queries"]) == (len(train), len(test))
+    assert {q.dataset for q in test} < {q.dataset for q in train}  # learnt from a first half
+
+
 def test_demo_prints_decisions_and_the_comparison(shared_data, monkeypatch, capsys):
     monkeypatch.setenv("ROI_AGENTS_DATA", str(shared_data / "gsm8k.jsonl"))
     assert main(["demo", "--steps", "12"]) == 0

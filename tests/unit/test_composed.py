@@ -7,8 +7,17 @@ from collections.abc import Sequence
 
 import pytest
 
+from roi_agents.bench.simulate import fit_composed
+from roi_agents.data import load_replay
 from roi_agents.errors import InvalidValueError
-from roi_agents.predict.calibration import OWN, Calibration, Composition
+from roi_agents.predict.calibration import (
+    LEVELS,
+    OWN,
+    Calibration,
+    Composition,
+    ResidualQuantiles,
+    SuccessCalibration,
+)
 from roi_agents.predict.composed import ComposedPredictor, fit_composition, learning, signal
 from roi_agents.predict.head import lognormal_cost
 from roi_agents.predict.prior import PriorPredictor
@@ -118,7 +127,7 @@ def test_weights_learn_online_towards_zero_and_back():
         )
     (noisy,) = [w for w in noise.weights() if w.group == "g"]
     (useful,) = [w for w in signal_.weights() if w.group == "g"]
-    assert noisy.outcomes == 200
+    assert noisy.outcomes == 400
     assert noisy.steps == 400
     assert abs(noisy.success) < 0.3
     assert abs(noisy.cost) < 0.3
@@ -201,3 +210,32 @@ def test_the_integrations_compose_a_learned_predictor_that_does_not_learn():
     composed = learning(Reader(), prior)
     assert isinstance(composed, ComposedPredictor)
     assert composed.prior is prior
+
+
+class Calibrated(PriorPredictor):
+    """A real predictor that carries a checkpoint's calibration, as `LocalPredictor` does."""
+
+    def __init__(self, groups: dict[str, dict[str, float]]) -> None:
+        super().__init__(default_p_success=0.9)
+        success = SuccessCalibration(group_rates=groups)
+        self.calibration = Calibration(
+            tokens=ResidualQuantiles(z=tuple(range(len(LEVELS)))), rows=1, success=success
+        )
+
+
+def test_the_bench_teaches_weights_only_in_groups_the_checkpoint_never_saw(shared_data):
+    queries = load_replay(shared_data / "gsm8k.jsonl")[:200]
+    unseen = fit_composed(Calibrated({}), group_by=True)(queries)
+    assert unseen.known_groups == frozenset()
+    (pooled,) = [w for w in unseen.weights() if w.group == "gsm8k"][:1]
+    assert pooled.outcomes == 200  # one option's outcomes
+    assert pooled.steps == 200
+    seen = fit_composed(Calibrated({"gsm8k": {}}), group_by=True)(queries)
+    assert seen.known_groups == {"gsm8k"}
+    assert seen.weights() == []  # nothing forecast, nothing taught: the checkpoint's weights
+    # Either way the prior learned every outcome: the level is the training part's rate.
+    step = Step(id="x", group="gsm8k", options=[Option(name="gpt-4-1106-preview")])
+    rate = sum(q.outcomes["gpt-4-1106-preview"].score for q in queries) / len(queries)
+    for composed in (seen, unseen):
+        p = composed.prior.predict([step])[0].p_success
+        assert p == pytest.approx(rate, abs=0.03)

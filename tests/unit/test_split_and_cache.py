@@ -35,7 +35,8 @@ def test_a_dataset_split_tests_on_subjects_training_held_out(shared_data):
     known, _ = split_by(examples, lambda e: e.dataset or "", [0.5], seed=0)
     trained = {e.dataset for e in known}
     tested = {q.dataset for q in test}
-    assert tested and not tested & trained
+    assert tested
+    assert not tested & trained
     # ... and the bench's training part holds the first part of each of their queries, for
     # the prior to learn the new subjects from, and never a test query.
     learn = [q for q in train if q.dataset in tested]
