@@ -15,15 +15,15 @@ prior and its per-step deviation from the learned model:
   The prior's intervals are those of the group's costs, so a move by a deviation that tells
   nothing widens them, never narrows them below the group's own spread.
 
-A group seen on ``n`` steps gets ``n / (n + strength)`` of the weights: its running mean is
-noise while it is new. The weights start at the checkpoint's (`Composition`, fitted on its
-held-out rows) and learn online from the outcomes it is told of, per option over every group:
+A group seen on ``n`` steps gets ``n / (n + 10)`` of the weights (`PRIOR_STRENGTH`): its
+running mean is noise while it is new. The weights start at the checkpoint's (`Composition`,
+fitted on its held-out rows) and learn online from the outcomes it is told of, per option:
 a ridge fit on the latest ``window`` outcomes, pulled towards the checkpoint's weight by
 ``strength`` pseudo-observations, that moves a weight towards 0 where the learned deviation
 does not predict the outcomes and back up where it does. Not per group: a weight fitted on one
 group's 45-310 outcomes is mostly noise (on MMLU subjects the probe never saw, such fits ranged
-from -0.5 to 2.1 about a pooled 0.4-0.5, and the bench's value fell by 0.04-0.07 per episode
-against the pooled ones). The learned predictor is read as it is (`LocalPredictor` and
+from -0.5 to 2.1 about a pooled 0.4-0.5, and the bench's value per episode was up to 0.07 lower
+than with the pooled ones). The learned predictor is read as it is (`LocalPredictor` and
 `VLLMPredictor` forecast alike), so the composition is the same for both.
 """
 
@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from roi_agents.errors import InvalidValueError
@@ -116,7 +117,7 @@ def _count(means: _Means, todo: Sequence[tuple[Step, Option]], learned: Sequence
 
 @dataclass(slots=True)
 class _Outcomes:
-    """Recent outcomes of one key: (prior's logit, deviation, score) and (deviation, residual)."""
+    """Recent outcomes of one option: (prior's logit, deviation, score), (deviation, residual)."""
 
     success: deque[tuple[float, float, float]]
     cost: deque[tuple[float, float]]
@@ -128,11 +129,11 @@ class Weight(BaseModel):
 
     Attributes:
         option: the option's key (its tags, or its name).
-        group: the steps' group; None for the option over every group.
-        steps: distinct steps of the key forecast so far (the shrinkage's ``n``).
-        outcomes: outcomes learned from (at most the predictor's ``window``).
-        success: the success weight, shrinkage included.
-        cost: the cost weight, shrinkage included.
+        group: the steps' group (None: steps without one).
+        steps: distinct steps of the group forecast so far (the shrinkage's ``n``).
+        outcomes: the option's outcomes its weights are fitted on (at most ``window``).
+        success: the option's success weight times the group's shrinkage.
+        cost: the option's cost weight times the group's shrinkage.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -151,15 +152,13 @@ def _fit_success(
     """The weight of a 1-D logistic fit with fixed offsets, pulled towards ``start`` (Newton)."""
     if not rows:
         return start
-    spread = sum(d * d for _, d, _ in rows) / len(rows)
-    ridge = strength * 0.25 * spread + 1e-9  # ``strength`` steps' worth at p = 1/2
+    offset, d, y = np.asarray(rows, dtype=float).T
+    ridge = strength * 0.25 * float(d @ d) / len(d) + 1e-9  # ``strength`` steps at p = 1/2
     w = start
     for _ in range(20):
-        gradient, curvature = ridge * (w - start), ridge
-        for offset, d, y in rows:
-            p = _expit(offset + w * d)
-            gradient += (p - y) * d
-            curvature += p * (1 - p) * d * d
+        p = 0.5 * (1.0 + np.tanh(0.5 * (offset + w * d)))
+        gradient = ridge * (w - start) + float((p - y) @ d)
+        curvature = ridge + float((p * (1 - p)) @ (d * d))
         step = gradient / curvature
         w -= step
         if abs(step) < 1e-9:
@@ -171,8 +170,9 @@ def _fit_cost(rows: Sequence[tuple[float, float]], start: float, strength: float
     """The ridge regression weight of the residuals on the deviations, pulled to ``start``."""
     if not rows:
         return start
-    ridge = strength * sum(d * d for d, _ in rows) / len(rows) + 1e-9
-    return (ridge * start + sum(d * r for d, r in rows)) / (ridge + sum(d * d for d, _ in rows))
+    d, r = np.asarray(rows, dtype=float).T
+    ridge = strength * float(d @ d) / len(d) + 1e-9
+    return (ridge * start + float(d @ r)) / (ridge + float(d @ d))
 
 
 def _moved(
@@ -215,12 +215,12 @@ class ComposedPredictor:
             history so it starts informed).
         composition: the starting weights (default: the learned predictor's calibration's,
             else 1 for both parts).
+        strength: pseudo-observations behind each weight's starting point.
+        window: the most recent outcomes per option that its weights are fitted on.
 
     Attributes:
         known_groups: the groups the checkpoint was fine-tuned on (its calibration's), where its
             own weights were fitted; elsewhere only outcomes tell how far to follow it.
-        strength: pseudo-observations behind each weight's starting point.
-        window: the most recent outcomes per option that its weights are fitted on.
 
     Example:
         >>> from roi_agents.types import Option, Spend, Step
