@@ -38,6 +38,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from roi_agents.data.split import unit
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.base import Learner, Predictor
 from roi_agents.predict.calibration import OWN, Calibration, Composition
@@ -469,7 +470,11 @@ def fit_composition(
         strength: as `ComposedPredictor`'s: the pooled weight is pulled towards 0 (no
             deviation) and each option's towards the pooled one.
 
-    Returns a `Composition` with a weight per option key and the pooled one under `OWN`.
+    Returns a `Composition` with a weight per option key and the pooled one under `OWN`; a
+    part whose pooled weight, fitted on half the steps, does not predict the other half's
+    outcomes better than a weight of 0 (both ways) gets 0 (`_helps`): on GPQA's 14 held-out
+    queries the fitted weights were 1.4 for success and 0.3 for cost, and even a fifth of them
+    lost a value of 0.3-0.6 per episode to the prior alone.
 
     Raises:
         InvalidValueError: when no step has an outcome.
@@ -479,10 +484,12 @@ def fit_composition(
     _count(means, todo, learned)
     pooled = _Outcomes(deque(), deque())
     by_key: dict[str, _Outcomes] = {}
+    halves: list[int] = []  # each row's half for `_helps`: its step's
     for (step, option), mine in zip(todo, learned, strict=True):
         found = outcomes.get((step.id, option.name))
         if found is None:
             continue
+        halves.append(int(unit(step.id, 0, "compose") >= 0.5))
         score, spend = found
         (level,) = prior.predict([step.model_copy(update={"options": [option]})])
         success_row, cost_row = _rows(means, step, option, mine, level, spend, score)
@@ -494,12 +501,42 @@ def fit_composition(
         raise InvalidValueError("outcomes", "no outcome of any held-out step")
     success = _fit_success(pooled.success, 0.0, strength)
     cost = _fit_cost(pooled.cost, 0.0, strength)
+    keep = _helps(pooled, halves, strength)
     return Composition(
         success={OWN: success}
-        | {k: _fit_success(r.success, success, strength) for k, r in by_key.items()},
-        cost={OWN: cost} | {k: _fit_cost(r.cost, cost, strength) for k, r in by_key.items()},
+        | {k: _fit_success(r.success, success, strength) for k, r in by_key.items()}
+        if keep["success"]
+        else {OWN: 0.0},
+        cost={OWN: cost} | {k: _fit_cost(r.cost, cost, strength) for k, r in by_key.items()}
+        if keep["cost"]
+        else {OWN: 0.0},
         rows=len(pooled.cost),
     )
+
+
+def _helps(pooled: _Outcomes, halves: Sequence[int], strength: float) -> dict[Part, bool]:
+    """Whether each part's pooled weight predicts held-out outcomes better than none.
+
+    Two-fold, by step: a weight fitted on one half is scored on the other (log loss for
+    success, squared error of the log-cost for cost), both ways, against a weight of 0.
+    """
+    success, cost = np.asarray(pooled.success, dtype=float), np.asarray(pooled.cost, dtype=float)
+    half = np.asarray(halves, dtype=bool)
+    gain = {"success": 0.0, "cost": 0.0}
+    for fit in (half, ~half):
+        if not fit.any() or fit.all():
+            return {"success": False, "cost": False}
+        w = _fit_success([tuple(r) for r in success[fit]], 0.0, strength)
+        offset, d, y = success[~fit].T
+        gain["success"] += float(np.sum(_log_loss(offset, y) - _log_loss(offset + w * d, y)))
+        w = _fit_cost([tuple(r) for r in cost[fit]], 0.0, strength)
+        d, r = cost[~fit].T
+        gain["cost"] += float(np.sum(r**2 - (r - w * d) ** 2))
+    return {"success": gain["success"] > 0, "cost": gain["cost"] > 0}
+
+
+def _log_loss(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.asarray(np.logaddexp(0.0, z) - y * z)
 
 
 def learning(predictor: Predictor | None, prior: PriorPredictor | None = None) -> Predictor:

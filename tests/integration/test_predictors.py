@@ -14,7 +14,7 @@ from roi_agents_vllm import VLLMServer
 
 from roi_agents import Option, PriorPredictor, Spend, Step
 from roi_agents.predict import ComposedPredictor, LocalPredictor, VLLMPredictor
-from roi_agents.predict.calibration import Calibration, SuccessMap, option_set
+from roi_agents.predict.calibration import Calibration, Composition, SuccessMap, option_set
 from roi_agents.telemetry import names
 
 pytestmark = pytest.mark.integration
@@ -125,12 +125,15 @@ def test_composed_forecasts_agree_on_both(pooling_server, checkpoint):
             for option in OPTIONS:
                 spend = Spend(input_tokens=12 + i, output_tokens=40 + 30 * i)
                 prior.observe(step, option.name, spend, success=float(i % 2))
-        return ComposedPredictor(learned, prior)
+        # Weight 1 for both parts: the checkpoint's own may be 0 where its held-out rows said so.
+        return ComposedPredictor(learned, prior, composition=Composition())
 
     local = composed(LocalPredictor(checkpoint, device="cpu"))
     remote = composed(VLLMPredictor(pooling_server.url, "predictor", calibration=checkpoint))
-    assert local.composition == remote.composition
-    assert local.composition.rows > 0  # the checkpoint's own, fitted on its held-out rows
+    stored = Calibration.load(checkpoint)
+    assert stored is not None
+    assert ComposedPredictor(remote.learned).composition == stored.composition
+    assert stored.composition.rows > 0  # fitted on the checkpoint's held-out rows
     for _ in range(2):  # before and after both learn the same outcome
         a, b = local.predict(STEPS), remote.predict(STEPS)
         assert remote.learned.last_fallback is None

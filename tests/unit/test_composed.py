@@ -166,6 +166,19 @@ def test_fit_composition_recovers_the_weights_that_made_the_outcomes():
     assert composition.weight("cost", "never-seen") == composition.cost[OWN]
     with pytest.raises(InvalidValueError, match="no outcome"):
         fit_composition(steps, learned, prior, {})
+    # Outcomes the deviations do not predict: a weight near 0, or 0 where, held out, it does
+    # no better than none.
+    noise = {
+        key: (
+            float(rng.random() < 0.6),
+            Spend(output_tokens=round(200 * math.exp(rng.gauss(0, 1)))),
+        )
+        for key in outcomes
+    }
+    blind = fit_composition(steps, learned, prior, noise)
+    assert abs(blind.weight("success", "fast")) < 0.1
+    assert abs(blind.weight("cost", "fast")) < 0.1
+    assert {OWN: 0.0} in (blind.success, blind.cost)
 
 
 def test_a_calibration_without_composition_loads_with_the_defaults(tmp_path):
