@@ -523,6 +523,14 @@ def prepare(
     rng = np.random.default_rng(config.seed)
     resource = config.resource or choose_resource(queries)
     train, test = split_queries(queries, config.train_fraction, config.seed, config.split)
+    if config.split == "dataset" and len(test) < config.steps:
+        groups = len({q.dataset for q in queries})
+        msg = (
+            f"the held-out datasets have {len(test)} test queries, fewer than {config.steps} "
+            f"steps per episode: --split dataset holds out whole datasets (these files have "
+            f"{groups}); use --split query, or files with more datasets or subjects"
+        )
+        raise InvalidValueError("split", msg)
     if len(test) < config.steps:
         msg = f"{len(test)} test queries, fewer than {config.steps} steps per episode"
         raise InvalidValueError("steps", msg)

@@ -51,6 +51,14 @@ def test_bench_tests_on_held_out_subjects(shared_data, tmp_path):
     assert {q.dataset for q in test} < {q.dataset for q in train}  # learnt from a first half
 
 
+def test_a_dataset_split_of_one_dataset_says_why_it_has_no_test(shared_data, capsys):
+    argv = ["bench", "--data", str(shared_data / "gsm8k.jsonl"), "--split", "dataset"]
+    assert main([*argv, "--episodes", "1", "--steps", "5"]) == 2
+    said = " ".join(capsys.readouterr().out.split())
+    assert "holds out whole datasets (these files have 1)" in said
+    assert "use --split query" in said
+
+
 def test_demo_prints_decisions_and_the_comparison(shared_data, monkeypatch, capsys):
     monkeypatch.setenv("ROI_AGENTS_DATA", str(shared_data / "gsm8k.jsonl"))
     assert main(["demo", "--steps", "12"]) == 0
