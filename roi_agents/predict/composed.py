@@ -65,8 +65,11 @@ def _expit(z: float) -> float:
     return 0.5 * (1.0 + math.tanh(0.5 * z))
 
 
-def _modelled(step: Step) -> float:
-    """The part of a token forecast the model predicts: all of it when the prompt is unknown."""
+def _prompt(step: Step) -> float:
+    """The part of a token forecast known in advance: the prompt's tokens.
+
+    0 when the step does not know them: the whole forecast is then read as predicted output.
+    """
     return float(step.input_tokens or 0)
 
 
@@ -76,7 +79,7 @@ def signal(step: Step, forecast: Forecast) -> tuple[float, float]:
     The log-cost is ``log(median output tokens + 1)`` (the whole median when the step does
     not know its prompt's size).
     """
-    median = max(forecast.tokens.p50 - _modelled(step), 0.0)
+    median = max(forecast.tokens.p50 - _prompt(step), 0.0)
     return _logit(forecast.p_success), math.log(median + LOG_OFFSET["output_tokens"])
 
 
@@ -305,7 +308,7 @@ class ComposedPredictor:
             d_success = weights["success"] * mean.shrink * (success - mean.success)
             d_cost = weights["cost"] * mean.shrink * (cost - mean.cost)
             ceiling = float(option.max_tokens) if option.max_tokens is not None else math.inf
-            shift = _modelled(step)
+            shift = _prompt(step)
             tokens = _moved(
                 level.tokens, shift, d_cost, LOG_OFFSET["output_tokens"], ceiling, count=True
             )
