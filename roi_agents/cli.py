@@ -72,29 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="replay benchmark: every policy on recorded real outcomes"
     )
-    bench.add_argument("--data", type=Path, nargs="+", help="replay file(s) or folder(s)")
-    bench.add_argument(
-        "--budgets",
-        type=_fractions,
-        default=(0.1, 0.25, 0.5),
-        help="budget fractions of always the most expensive option, comma-separated",
-    )
-    bench.add_argument("--episodes", type=int, default=100, help="episodes per budget")
-    bench.add_argument("--steps", type=int, default=30, help="steps per episode")
-    bench.add_argument("--seed", type=int, default=0, help="the split's and episodes' seed")
-    bench.add_argument(
-        "--predictor",
-        default="prior",
-        help="prior, local:DIR (a trained checkpoint in-process) or vllm:URL[@DIR] (a vLLM "
-        "pooling server; DIR: the checkpoint whose calibration.json applies and names its "
-        "outputs)",
-    )
-    bench.add_argument(
-        "--resource",
-        choices=["usd", "tokens"],
-        default=None,
-        help="what the budget counts (default: usd when every line has cost_usd)",
-    )
+    _replay_arguments(bench)
     bench.add_argument(
         "--quantile",
         choices=["mean", "p50", "p90", "p99"],
@@ -102,38 +80,17 @@ def _parser() -> argparse.ArgumentParser:
         help="cost quantile ours budgets each step at",
     )
     bench.add_argument(
-        "--resolution",
-        type=float,
-        default=0.01,
-        help="DP budget unit as a fraction of what is left",
+        "--risk",
+        choices=["step", "run"],
+        default="step",
+        help="budget each step at the quantile, or the plan's total (the sum of the means plus "
+        "the pooled margin of independent costs)",
     )
     bench.add_argument(
-        "--group-by",
-        choices=["dataset", "none"],
-        default="dataset",
-        help="prior predictor history groups",
-    )
-    bench.add_argument(
-        "--train-fraction",
-        type=float,
-        default=0.5,
-        help="share of the queries predictors and tuned baselines learn from",
-    )
-    bench.add_argument(
-        "--learned",
-        choices=["composed", "alone"],
-        default="composed",
-        help="how a local: or vllm: predictor forecasts: composed, the prior's level (fitted on "
-        "the training part) moved per step by the checkpoint (ComposedPredictor; in groups the "
-        "checkpoint never saw, the training part also teaches how far to follow it); alone, "
-        "the checkpoint's own forecasts",
-    )
-    bench.add_argument(
-        "--split",
-        choices=["query", "dataset"],
-        default="query",
-        help="test on held-out queries, or on datasets (subjects) that train --split dataset "
-        "held out, the prior learning them from the first part of their queries",
+        "--policy",
+        type=Path,
+        help="a policy.json from roi-agents tune: ours takes its quantile and risk per budget "
+        "level from it (overrides --quantile and --risk)",
     )
     bench.add_argument(
         "--online",
@@ -144,6 +101,17 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, help="write the result as JSON here")
     bench.add_argument("--plot", type=Path, help="write a PNG of value against budget here")
     bench.set_defaults(run=_bench)
+
+    tune = commands.add_parser(
+        "tune",
+        help="choose ours' risk settings per budget on replayed episodes of the training part",
+    )
+    _replay_arguments(tune)
+    tune.add_argument(
+        "--folds", type=int, default=2, help="cross-validation folds of the training part"
+    )
+    tune.add_argument("--out", type=Path, required=True, help="the policy.json to write")
+    tune.set_defaults(run=_tune)
 
     demo = commands.add_parser("demo", help="plan one episode of recorded outcomes, step by step")
     demo.add_argument("--data", type=Path, help="a replay file (default: gsm8k of the found data)")
@@ -278,6 +246,67 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def _replay_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments `bench` and `tune` share: the data, its split, the episodes, the predictor."""
+    parser.add_argument("--data", type=Path, nargs="+", help="replay file(s) or folder(s)")
+    parser.add_argument(
+        "--budgets",
+        type=_fractions,
+        default=(0.1, 0.25, 0.5),
+        help="budget fractions of always the most expensive option, comma-separated",
+    )
+    parser.add_argument("--episodes", type=int, default=100, help="episodes per budget")
+    parser.add_argument("--steps", type=int, default=30, help="steps per episode")
+    parser.add_argument("--seed", type=int, default=0, help="the split's and episodes' seed")
+    parser.add_argument(
+        "--predictor",
+        default="prior",
+        help="prior, local:DIR (a trained checkpoint in-process) or vllm:URL[@DIR] (a vLLM "
+        "pooling server; DIR: the checkpoint whose calibration.json applies and names its "
+        "outputs)",
+    )
+    parser.add_argument(
+        "--resource",
+        choices=["usd", "tokens"],
+        default=None,
+        help="what the budget counts (default: usd when every line has cost_usd)",
+    )
+    parser.add_argument(
+        "--resolution",
+        type=float,
+        default=0.01,
+        help="DP budget unit as a fraction of what is left",
+    )
+    parser.add_argument(
+        "--group-by",
+        choices=["dataset", "none"],
+        default="dataset",
+        help="prior predictor history groups",
+    )
+    parser.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.5,
+        help="share of the queries predictors and tuned baselines learn from",
+    )
+    parser.add_argument(
+        "--learned",
+        choices=["composed", "alone"],
+        default="composed",
+        help="how a local: or vllm: predictor forecasts: composed, the prior's level (fitted on "
+        "the training part) moved per step by the checkpoint (ComposedPredictor; in groups the "
+        "checkpoint never saw, the training part also teaches how far to follow it); alone, "
+        "the checkpoint's own forecasts",
+    )
+    parser.add_argument(
+        "--split",
+        choices=["query", "dataset"],
+        default="query",
+        help="test on held-out queries, or on datasets (subjects) that train --split dataset "
+        "held out, the prior learning them from the first part of their queries",
+    )
+
+
 def _fractions(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(x) for x in text.split(",") if x.strip())
@@ -305,6 +334,7 @@ def _resolve_data(given: Sequence[Path] | None, prefer: str | None = None) -> li
 
 
 def _bench(args: argparse.Namespace, console: Console) -> int:
+    from roi_agents.allocate import Policy
     from roi_agents.bench.report import plot_result, print_result, write_json
     from roi_agents.bench.simulate import BenchConfig, run_bench
     from roi_agents.data import load_replay
@@ -322,6 +352,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         train_fraction=args.train_fraction,
         resource=args.resource,
         quantile=args.quantile,
+        risk=args.risk,
+        policy=None if args.policy is None else Policy.load(args.policy),
         resolution=args.resolution,
         group_by=args.group_by == "dataset",
         online=args.online,
@@ -342,6 +374,46 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         console.print(f"wrote {write_json(result, args.json)}")
     if args.plot:
         console.print(f"wrote {plot_result(result, args.plot)}")
+    return 0
+
+
+def _tune(args: argparse.Namespace, console: Console) -> int:
+    from roi_agents.bench.report import print_tuned
+    from roi_agents.bench.simulate import BenchConfig
+    from roi_agents.bench.tune import tune
+    from roi_agents.data import load_replay
+
+    factory = _predictor_factory(
+        args.predictor, composed=args.learned == "composed", group_by=args.group_by == "dataset"
+    )
+    paths = _resolve_data(args.data)
+    queries = load_replay(paths)
+    config = BenchConfig(
+        budgets=args.budgets,
+        episodes=args.episodes,
+        steps=args.steps,
+        seed=args.seed,
+        train_fraction=args.train_fraction,
+        resource=args.resource,
+        resolution=args.resolution,
+        group_by=args.group_by == "dataset",
+        split=args.split,
+    )
+    label = ", ".join(p.name for p in paths)
+    total, done = max(1, config.episodes // max(args.folds, 1)) * max(args.folds, 1), 0
+    with _Stages(console) as stages:
+
+        def advance(k: int) -> None:
+            nonlocal done
+            done += k
+            stages.update("replaying the training part", done, total)
+
+        tuned = tune(
+            queries, config, data=label, predictor=factory, folds=args.folds, progress=advance
+        )
+    print_tuned(tuned, console)
+    tuned.policy.save(args.out)
+    console.print(f"wrote {args.out}")
     return 0
 
 

@@ -41,6 +41,7 @@ from roi_agents.allocate._mckp import (
     polish,
     solve,
 )
+from roi_agents.allocate.policy import Policy, Risk
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.base import Predictor
 from roi_agents.types import (
@@ -64,6 +65,8 @@ SolverName = Literal["auto", "dp", "greedy"]
 _DP_CELLS = 4_000_000
 _BISECTION_STEPS = 40
 _MIN_RESOLUTION = 1e-6
+# Tangent points `_run_risk` solves at.
+_RUN_ROUNDS = 3
 _SKIP_CAP = {"tokens": 0, "usd": 0.0, "tool_calls": 0}
 
 
@@ -76,6 +79,7 @@ def allocate(
     quantile: Quantile = "p90",
     resolution: float = 0.01,
     solver: SolverName = "auto",
+    risk: Risk = "step",
 ) -> Plan:
     """Allocate ``remaining`` over ``pending`` steps, one option (or skip) each.
 
@@ -91,6 +95,10 @@ def allocate(
         solver: ``"dp"``, ``"greedy"``, or ``"auto"``: the greedy when its certified gap
             (LP bound minus its value) is within ``resolution`` of the bound or the instance is
             very large, else the better of the greedy and the DP.
+        risk: ``"step"`` budgets each option at its own ``quantile``; ``"run"`` budgets the
+            plan's total at it: the sum of the means plus the root of the sum of each option's
+            squared margin (quantile less mean), as for a sum of independent costs, which is
+            never more than the sum of the quantiles (see `_run_risk`).
 
     Returns:
         The plan, its decisions in step order.
@@ -122,19 +130,69 @@ def allocate(
     else:
         method = solver
 
-    def solve_for(values: FloatArray) -> Solution:
-        return solve(
-            values,
-            table.costs[primary],
-            table.feasible,
-            capacity,
-            bins=bins,
-            method=method,
-            tolerance=resolution,
-        )
+    def solve_with(costs: FloatArray, room: float) -> Callable[[FloatArray], Solution]:
+        def solve_for(values: FloatArray) -> Solution:
+            return solve(
+                values, costs, table.feasible, room, bins=bins, method=method, tolerance=resolution
+            )
 
-    solution, multiplier, bound = _price_in(table, remaining, primary, secondary, solve_for)
+        return solve_for
+
+    costs = table.costs[primary]
+    solution, multiplier, bound = _price_in(
+        table, remaining, primary, secondary, solve_with(costs, capacity)
+    )
+    if risk == "run" and quantile != "mean":
+        solution, multiplier = _run_risk(
+            table,
+            primary,
+            capacity,
+            solution,
+            multiplier,
+            lambda c, room: _price_in(table, remaining, primary, secondary, solve_with(c, room)),
+        )
     return table.plan(solution, remaining, primary, quantile, bound, multiplier)
+
+
+def _run_risk(
+    table: _Table,
+    primary: Resource,
+    capacity: float,
+    solution: Solution,
+    multiplier: float,
+    solve_at: Callable[[FloatArray, float], tuple[Solution, float, float]],
+) -> tuple[Solution, float]:
+    """Re-solve with the plan's total, not each option, budgeted at the quantile.
+
+    The total of a plan is budgeted at ``sum(mean) + sqrt(sum(margin^2))``, ``margin`` being an
+    option's quantile less its mean. The root is concave, so its tangent at any ``D > 0``,
+    ``D / 2 + V / (2 D)``, never understates it: a plan in which each option costs ``mean +
+    margin^2 / (2 D)`` against ``capacity - D / 2`` fits the true constraint. ``D`` starts at the
+    per-option plan's own root (that plan always fits, the root of a sum of squares being at
+    most the sum) and follows each new plan's, `_RUN_ROUNDS` times; the best plan that fits is
+    kept.
+
+    The plan's total is then shared out as each option's planned cost, ``mean + margin^2 / D``
+    at the kept plan's root ``D`` (never above its quantile), which sets the steps' caps.
+    """
+    rows = np.arange(table.values.shape[0])
+    mean = table.means[primary]
+    squared = np.maximum(table.costs[primary] - mean, 0.0) ** 2
+    best, best_multiplier = solution, multiplier
+    choice = solution.choice
+    for _ in range(_RUN_ROUNDS):
+        spread = math.sqrt(float(squared[rows, choice].sum()))
+        if spread <= 0 or capacity - spread / 2 <= 0:
+            break
+        candidate, found, _ = solve_at(mean + squared / (2 * spread), capacity - spread / 2)
+        choice = candidate.choice
+        total = float(mean[rows, choice].sum()) + math.sqrt(float(squared[rows, choice].sum()))
+        if total <= capacity * (1 + 1e-9) and candidate.value > best.value:
+            best, best_multiplier = candidate, found
+    spread = math.sqrt(float(squared[rows, best.choice].sum()))
+    if spread > 0:
+        table.costs[primary] = mean + squared / spread
+    return best, best_multiplier
 
 
 def _check_resolution(resolution: float) -> None:
@@ -251,6 +309,7 @@ class _Table:
         feasible: BoolArray,
         costs: dict[Resource, FloatArray],
         p99: dict[Resource, FloatArray],
+        means: dict[Resource, FloatArray],
     ) -> None:
         self.pending = pending
         self.columns = columns
@@ -262,6 +321,7 @@ class _Table:
         self.runnable[:, 0] = False
         self.costs = costs
         self.p99 = p99
+        self.means = means
 
     @classmethod
     def build(
@@ -307,6 +367,7 @@ class _Table:
 
         costs: dict[Resource, FloatArray] = {}
         p99: dict[Resource, FloatArray] = {}
+        means: dict[Resource, FloatArray] = {}
         for r in limited:
             if r == "tokens":
                 dists = [f.tokens for f in forecasts]
@@ -317,7 +378,9 @@ class _Table:
                 ]
             costs[r] = table([take(d) for d in dists])
             p99[r] = table([d.p99 for d in dists])
-        return cls(pending, columns, table([f.p_success for f in forecasts]), feasible, costs, p99)
+            means[r] = table([d.mean for d in dists])
+        p_success = table([f.p_success for f in forecasts])
+        return cls(pending, columns, p_success, feasible, costs, p99, means)
 
     def plan(
         self,
@@ -480,6 +543,10 @@ class Controller:
         quantile: cost quantile each option is budgeted at (the chance constraint).
         resolution: DP budget unit as a fraction of what is left.
         solver: ``"auto"``, ``"dp"`` or ``"greedy"``.
+        risk: ``"step"`` (each option at ``quantile``) or ``"run"`` (the plan's total at it).
+        policy: settings per budget level (`roi-agents tune`): each turn plans with the
+            quantile and risk of the one nearest the budget per pending step, in place of
+            ``quantile`` and ``risk``.
 
     Example:
         >>> from roi_agents.predict import PriorPredictor
@@ -497,6 +564,8 @@ class Controller:
         quantile: Quantile = "p90",
         resolution: float = 0.01,
         solver: SolverName = "auto",
+        risk: Risk = "step",
+        policy: Policy | None = None,
     ) -> None:
         _check_resolution(resolution)
         self.predictor = predictor
@@ -504,6 +573,8 @@ class Controller:
         self.quantile: Quantile = quantile
         self.resolution = resolution
         self.solver: SolverName = solver
+        self.risk: Risk = risk
+        self.policy = policy
 
     def plan(
         self,
@@ -543,12 +614,18 @@ class Controller:
     def _allocate(
         self, pending: Sequence[Step], forecasts: Sequence[Forecast], remaining: Budget
     ) -> Plan:
+        quantile, risk = self.quantile, self.risk
+        left = remaining.get(self.policy.resource) if self.policy is not None else None
+        if self.policy is not None and left is not None and pending:
+            setting = self.policy.setting_for(left / len(pending))
+            quantile, risk = setting.quantile, setting.risk
         return allocate(
             pending,
             forecasts,
             remaining,
             resource=self.resource,
-            quantile=self.quantile,
+            quantile=quantile,
             resolution=self.resolution,
             solver=self.solver,
+            risk=risk,
         )

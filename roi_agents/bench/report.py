@@ -12,6 +12,7 @@ from rich.table import Table
 
 from roi_agents._optional import pyplot
 from roi_agents.bench.simulate import BenchResult
+from roi_agents.bench.tune import DEFAULT, Tuned
 
 __all__ = ["plot_result", "print_result", "write_json"]
 
@@ -25,7 +26,8 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
         f"steps, seed {result.config.seed}, budget in {unit} as a fraction of always "
         f"[italic]{result.dearest}[/]; {result.train_queries} training / "
         f"{result.test_queries} test queries ({result.distinct_test_queries} drawn); ours plans "
-        f"at {result.config.quantile}" + (", learning online" if result.config.online else "")
+        + _plans_at(result)
+        + (", learning online" if result.config.online else "")
     )
     if result.prices:
         listed = ", ".join(f"{n} {i:g} / {o:g}" for n, (i, o) in sorted(result.prices.items()))
@@ -77,6 +79,43 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
         "threshold routers, best-single (the option that did best under this budget on "
         "episodes of the training part) and the per-query router included; cut off and "
         "skipped: steps per episode"
+    )
+
+
+def _plans_at(result: BenchResult) -> str:
+    policy = result.config.policy
+    if policy is not None:
+        chosen = ", ".join(f"{s.quantile}/{s.risk}" for s in policy.settings)
+        return f"by its policy ({chosen})"
+    config = result.config
+    return f"at {config.quantile}" + (" of the run's total" if config.risk == "run" else "")
+
+
+def print_tuned(tuned: Tuned, console: Console | None = None) -> None:
+    """Per budget: each candidate's value on the replayed training episodes, and the choice."""
+    console = console or Console()
+    policy = tuned.policy
+    console.print(
+        f"[bold]{policy.data}[/]: {tuned.train_queries} training queries, {tuned.folds} folds, "
+        f"{tuned.episodes} episodes per fold; value per episode on the held-out fold"
+    )
+    labels = list(policy.settings[0].values)
+    table = Table(title_justify="left")
+    for column in ("budget", f"per step ({policy.resource})", *labels, "gain ± SE", "chosen"):
+        table.add_column(column, justify="right")
+    for setting in policy.settings:
+        gain, se = setting.margin or (0.0, 0.0)
+        table.add_row(
+            f"{setting.fraction:g}",
+            f"{setting.per_step:.4g}",
+            *(f"{setting.values[label]:.2f}" for label in labels),
+            f"{gain:+.2f} ± {se:.2f}",
+            f"{setting.quantile}/{setting.risk}",
+        )
+    console.print(table)
+    console.print(
+        f"gain: the best candidate less the default ({DEFAULT[0]}/{DEFAULT[1]}), paired over "
+        "the same episodes; it is chosen only when the gain is above its SE"
     )
 
 

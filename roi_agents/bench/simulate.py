@@ -38,7 +38,7 @@ from typing import Literal
 
 import numpy as np
 
-from roi_agents.allocate import Controller, SolverName
+from roi_agents.allocate import Controller, Policy, Risk, SolverName
 from roi_agents.allocate._milp import solve_milp
 from roi_agents.data.replay import ReplayQuery, split_id
 from roi_agents.data.split import split_by
@@ -82,6 +82,8 @@ class BenchConfig:
     train_fraction: float = 0.5
     resource: Resource | None = None
     quantile: Quantile = "p90"
+    risk: Risk = "step"
+    policy: Policy | None = None
     resolution: float = 0.01
     solver: SolverName = "auto"
     group_by: bool = True
@@ -170,6 +172,10 @@ class BenchResult:
             "seed": self.config.seed,
             "resource": self.resource,
             "quantile": self.config.quantile,
+            "risk": self.config.risk,
+            "policy": (
+                None if self.config.policy is None else self.config.policy.model_dump(mode="json")
+            ),
             "online": self.config.online,
             "split": self.config.split,
             "options": self.options,
@@ -576,6 +582,8 @@ def _controller(model: Predictor, resource: Resource, config: BenchConfig) -> Co
         quantile=config.quantile,
         resolution=config.resolution,
         solver=config.solver,
+        risk=config.risk,
+        policy=config.policy,
     )
 
 

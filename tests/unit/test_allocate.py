@@ -299,3 +299,104 @@ def test_second_resource_stays_feasible_when_no_finite_multiplier_prices_it():
     plan = allocate(steps, fc, Budget(tokens=100, tool_calls=1))
     assert plan.expected_cost("tool_calls") <= 1
     assert [d.option for d in plan.decisions].count("tool") == 1
+
+
+def _run_total(plan, forecasts):
+    """What ``risk="run"`` budgets a plan at: sum of means + root of summed squared margins."""
+    by = {(f.step_id, f.option): f.tokens for f in forecasts}
+    chosen = [by[d.step_id, d.option] for d in plan.decisions if not d.skipped]
+    return sum(c.mean for c in chosen) + np.sqrt(sum((c.p90 - c.mean) ** 2 for c in chosen))
+
+
+def test_run_risk_budgets_the_total_not_each_step():
+    steps = _steps(10)
+    table = {"fast": (0.6, 100, 150, 300), "deep": (0.9, 800, 1000, 2000)}
+    forecasts = fixed_forecasts(steps, table)
+    budget = Budget(tokens=5000)
+    per_step = allocate(steps, forecasts, budget)
+    run = allocate(steps, forecasts, budget, risk="run")
+    # Each step at its p90: 4 deep (4000) + 6 fast (900) = 4900. The total at its p90: 5 deep
+    # cost 5 * 800 + 5 * 100 + sqrt(5 * 200^2 + 5 * 50^2) = 4961, which fits.
+    assert [d.option for d in per_step.decisions].count("deep") == 4
+    assert [d.option for d in run.decisions].count("deep") == 5
+    assert run.expected_value > per_step.expected_value
+    assert _run_total(run, forecasts) <= 5000
+    # The total is shared out as the planned costs, none above its option's p90.
+    assert run.expected_cost("tokens") == pytest.approx(_run_total(run, forecasts))
+    for decision in run.decisions:
+        assert decision.expected_cost["tokens"] <= table[decision.option][2] + 1e-9
+        assert decision.cap.tokens <= 5000
+
+
+def test_run_risk_at_the_mean_or_for_one_step_is_the_per_step_plan():
+    steps = _steps(6)
+    forecasts = fixed_forecasts(steps, TABLE)
+    for quantile in ("mean", "p90"):
+        pending = steps if quantile == "mean" else steps[:1]
+        fc = [f for f in forecasts if f.step_id in {s.id for s in pending}]
+        a = allocate(pending, fc, Budget(tokens=1500), quantile=quantile)
+        b = allocate(pending, fc, Budget(tokens=1500), quantile=quantile, risk="run")
+        assert [d.option for d in a.decisions] == [d.option for d in b.decisions]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**32 - 1), st.integers(1, 5), st.floats(0.0, 1.5))
+def test_run_risk_fits_beats_the_per_step_plan_and_is_below_the_exact_optimum(seed, n, share):
+    import itertools
+
+    rng = np.random.default_rng(seed)
+    names = ("a", "b", "c")
+    steps = _steps(n, names)
+    forecasts = []
+    for step in steps:
+        for name in names:
+            mean = float(rng.lognormal(5, 1))
+            p90 = mean * float(rng.uniform(1.0, 3.0))
+            cost = CostForecast(mean=mean, p50=mean, p90=p90, p99=2 * p90)
+            p = float(rng.uniform(0, 1))
+            forecasts.append(Forecast(step_id=step.id, option=name, p_success=p, tokens=cost))
+    total = int(share * sum(f.tokens.p90 for f in forecasts) / len(names))
+    budget = Budget(tokens=total)
+    run = allocate(steps, forecasts, budget, risk="run", resolution=0.001)
+    per_step = allocate(steps, forecasts, budget, resolution=0.001)
+    assert _run_total(run, forecasts) <= total * (1 + 1e-9) + 1e-9
+    assert run.expected_value >= per_step.expected_value - 1e-9
+    # Every plan, by enumeration: none that fits the run's total is worth more than the optimum.
+    by = {(f.step_id, f.option): f for f in forecasts}
+    best = 0.0
+    for combo in itertools.product((None, *names), repeat=n):
+        chosen = [by[s.id, o] for s, o in zip(steps, combo, strict=True) if o is not None]
+        need = sum(f.tokens.mean for f in chosen)
+        need += np.sqrt(sum((f.tokens.p90 - f.tokens.mean) ** 2 for f in chosen))
+        if need <= total:
+            best = max(best, sum(f.p_success for f in chosen))
+    assert run.expected_value <= best + 1e-9
+    for decision in run.decisions:
+        assert decision.cap.tokens <= total
+
+
+def test_a_policy_sets_each_turns_quantile_and_risk_by_the_budget_per_step():
+    from roi_agents.allocate import Policy, Setting
+
+    policy = Policy(
+        resource="tokens",
+        settings=[
+            Setting(per_step=100, quantile="p99", risk="run"),
+            Setting(per_step=1000, quantile="p50", risk="step"),
+        ],
+    )
+    controller = Controller(policy=policy)
+    steps = _steps(4)
+    forecasts = fixed_forecasts(steps, TABLE)
+    tight = controller.plan(steps, Budget(tokens=4 * 150), forecasts=forecasts)
+    loose = controller.plan(steps, Budget(tokens=4 * 2000), forecasts=forecasts)
+    assert tight.quantile == "p99"
+    assert loose.quantile == "p50"
+    expected = allocate(steps, forecasts, Budget(tokens=600), quantile="p99", risk="run")
+    assert [d.option for d in tight.decisions] == [d.option for d in expected.decisions]
+    # A budget that does not limit the policy's resource keeps the controller's own settings.
+    usd = Policy(resource="usd", settings=[Setting(per_step=1.0, quantile="p99")])
+    assert (
+        Controller(policy=usd).plan(steps, Budget(tokens=600), forecasts=forecasts).quantile
+        == "p90"
+    )

@@ -1,0 +1,108 @@
+"""A controller policy: the plan's risk settings, chosen per budget level by `roi-agents tune`.
+
+How tight a budget is decides how a plan should take its risk. With room to spare, budgeting
+each step at its own p90 keeps cut-offs rare at little cost; when the budget barely pays for one
+good cheap model on every step, budgeting thirty p90s at once moves steps to a weaker model
+for a risk the sum of thirty costs does not run (replay bench, GPQA at 0.1). A `Policy` holds,
+for several budgets per step, the settings that earned most on replayed episodes of the
+training part; `Controller(policy=...)` plans each turn with the settings of the budget per
+pending step nearest to what it has left (in ratio).
+
+Example:
+    >>> policy = Policy(
+    ...     resource="tokens",
+    ...     settings=[
+    ...         Setting(per_step=500, quantile="p90", risk="run"),
+    ...         Setting(per_step=4000, quantile="p90", risk="step"),
+    ...     ],
+    ... )
+    >>> policy.setting_for(800).risk
+    'run'
+    >>> policy.setting_for(3000).risk
+    'step'
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
+
+from roi_agents.errors import InvalidValueError
+from roi_agents.types import Quantile, Resource
+
+__all__ = ["Policy", "Risk", "Setting"]
+
+Risk = Literal["step", "run"]
+"""``step``: each option budgeted at the quantile; ``run``: the plan's total budgeted at it."""
+
+_STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class Setting(BaseModel):
+    """The plan's risk settings at one budget level, and how they were chosen.
+
+    Attributes:
+        per_step: the budget per pending step (in the policy's resource) they apply around.
+        quantile: cost quantile the plan budgets at.
+        risk: ``step`` or ``run`` (`roi_agents.allocate.allocate`).
+        fraction: the bench's budget fraction they were tuned at (always the dearest option
+            costs 1), when tuned.
+        values: per candidate (``"<quantile>/<risk>"``), the mean value per episode it earned on
+            the replayed episodes of the training part.
+        margin: the paired gain over the default (``p90/step``) of the candidate that earned
+            most, and its standard error, when tuned: it is chosen only when the gain is above
+            the error.
+    """
+
+    model_config = _STRICT
+
+    per_step: PositiveFloat
+    quantile: Quantile = "p90"
+    risk: Risk = "step"
+    fraction: PositiveFloat | None = None
+    values: dict[str, float] = Field(default_factory=dict)
+    margin: tuple[float, float] | None = None
+
+
+class Policy(BaseModel):
+    """Settings per budget level; `setting_for` picks the one for a turn.
+
+    Attributes:
+        resource: what ``per_step`` counts; a plan whose budget does not limit it keeps the
+            controller's own settings.
+        settings: at least one, any order.
+        data: what it was tuned on, in words.
+    """
+
+    model_config = _STRICT
+
+    resource: Resource
+    settings: Annotated[list[Setting], Field(min_length=1)]
+    data: str = ""
+
+    def setting_for(self, per_step: float) -> Setting:
+        """The setting whose ``per_step`` is nearest ``per_step`` in ratio (log scale)."""
+        if not per_step > 0:
+            return min(self.settings, key=lambda s: s.per_step)
+        return min(self.settings, key=lambda s: abs(math.log(s.per_step / per_step)))
+
+    def save(self, path: str | Path) -> None:
+        """Write it as JSON."""
+        Path(path).write_text(self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        """Read one `save` wrote.
+
+        Raises:
+            InvalidValueError: when the file is missing or is not a policy.
+        """
+        try:
+            return cls.model_validate_json(Path(path).read_bytes())
+        except OSError as error:
+            raise InvalidValueError("policy", f"cannot read {path}: {error}") from None
+        except ValidationError as error:
+            raise InvalidValueError("policy", f"{path} is not a policy: {error}") from None

@@ -1,0 +1,104 @@
+import json
+
+import pytest
+
+from roi_agents.allocate import Policy, Setting
+from roi_agents.bench.simulate import BenchConfig, run_bench, split_queries
+from roi_agents.bench.tune import CANDIDATES, DEFAULT, tune
+from roi_agents.cli import main
+from roi_agents.data import load_replay
+from roi_agents.data.replay import ReplayQuery
+from roi_agents.errors import InvalidValueError
+
+CONFIG = BenchConfig(budgets=(0.1, 0.5), episodes=6, steps=10, seed=1)
+
+
+@pytest.fixture(scope="module")
+def gsm8k(shared_data):
+    return load_replay(shared_data / "gsm8k.jsonl")
+
+
+@pytest.fixture(scope="module")
+def tuned(gsm8k):
+    return tune(gsm8k, CONFIG, data="gsm8k")
+
+
+def test_one_setting_per_budget_chosen_by_the_rule(tuned, gsm8k):
+    train, _ = split_queries(gsm8k, CONFIG.train_fraction, CONFIG.seed)
+    dearest = [q.outcomes["gpt-4-1106-preview"].cost("usd") for q in train]
+    mean_dearest = sum(dearest) / len(dearest)
+    policy = tuned.policy
+    assert policy.resource == "usd"
+    assert [s.fraction for s in policy.settings] == [0.1, 0.5]
+    assert (tuned.folds, tuned.episodes, tuned.train_queries) == (2, 3, len(train))
+    for setting in policy.settings:
+        assert setting.per_step == pytest.approx(setting.fraction * mean_dearest)
+        assert set(setting.values) == {f"{q}/{r}" for q, r in CANDIDATES}
+        assert all(0 <= v <= CONFIG.steps for v in setting.values.values())
+        gain, se = setting.margin
+        chosen = f"{setting.quantile}/{setting.risk}"
+        best = max(setting.values, key=setting.values.get)
+        assert chosen == (best if gain > se else "/".join(DEFAULT))
+
+
+def test_the_test_part_is_never_read(tuned, gsm8k):
+    _, test = split_queries(gsm8k, CONFIG.train_fraction, CONFIG.seed)
+    held = {q.query_id for q in test}
+    # Every test query fails everything and costs nothing: the policy must not change.
+    spoiled = [
+        q
+        if q.query_id not in held
+        else ReplayQuery(
+            query_id=q.query_id,
+            dataset=q.dataset,
+            text=q.text,
+            outcomes={name: r.model_copy(update={"score": 0.0}) for name, r in q.outcomes.items()},
+        )
+        for q in gsm8k
+    ]
+    assert tune(spoiled, CONFIG, data="gsm8k").policy == tuned.policy
+
+
+def test_bench_plans_with_the_policy(tuned, gsm8k):
+    result = run_bench(
+        gsm8k, BenchConfig(budgets=(0.1,), episodes=3, steps=10, seed=1, policy=tuned.policy)
+    )
+    shape = result.to_json()
+    assert Policy.model_validate(shape["policy"]) == tuned.policy
+    assert result.budgets[0.1]["ours"].overruns == 0
+
+
+def test_bad_settings_are_named(gsm8k):
+    with pytest.raises(InvalidValueError, match="folds"):
+        tune(gsm8k, CONFIG, folds=1)
+    with pytest.raises(InvalidValueError, match="folds"):
+        tune(gsm8k[:3], BenchConfig(steps=1, episodes=2), folds=3)
+
+
+def test_policy_round_trips_and_bad_files_are_named(tmp_path):
+    policy = Policy(resource="tokens", settings=[Setting(per_step=10.0, risk="run")])
+    policy.save(tmp_path / "p.json")
+    assert Policy.load(tmp_path / "p.json") == policy
+    (tmp_path / "bad.json").write_text('{"resource": "tokens", "settings": []}')
+    with pytest.raises(InvalidValueError, match="not a policy"):
+        Policy.load(tmp_path / "bad.json")
+    with pytest.raises(InvalidValueError, match="cannot read"):
+        Policy.load(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="per_step"):
+        Setting(per_step=-1.0)
+
+
+def test_cli_tune_then_bench_with_the_policy(shared_data, tmp_path, capsys):
+    data = str(shared_data / "gsm8k.jsonl")
+    small = ["--budgets", "0.25", "--episodes", "4", "--steps", "8"]
+    out = tmp_path / "policy.json"
+    assert main(["tune", "--data", data, *small, "--out", str(out)]) == 0
+    policy = Policy.load(out)
+    assert [s.fraction for s in policy.settings] == [0.25]
+    assert "p90/run" in capsys.readouterr().out
+    result = tmp_path / "bench.json"
+    assert main(["bench", "--data", data, *small, "--policy", str(out), "--json", str(result)]) == 0
+    assert "by its policy" in capsys.readouterr().out
+    assert json.loads(result.read_text())["policy"]["settings"][0]["fraction"] == 0.25
+    assert main(["bench", "--data", data, *small, "--policy", str(tmp_path / "nope.json")]) == 2
+    assert "cannot read" in capsys.readouterr().out
