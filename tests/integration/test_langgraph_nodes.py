@@ -612,3 +612,18 @@ def test_a_node_of_yours_can_follow_each_step(tiny_chat_server):
     assert len(ran) == 3
     assert followed == [1, 2, 3]  # once after each step that ran, before the next plan
     assert _served(control, final) <= 2_000
+
+
+def test_the_forecast_node_composes_a_predictor_that_does_not_learn():
+    from roi_agents.predict import ComposedPredictor
+    from roi_agents.predict.cache import CachedPredictor
+
+    prior = PriorPredictor()
+    assert MetaCognitiveNode(prior).predictor is prior
+    node = MetaCognitiveNode(CachedPredictor(PriorPredictor()))
+    assert isinstance(node.predictor, ComposedPredictor)
+    step = Step(id="s", text="add two numbers", options=[Option(name="fast")])
+    before = node.predictor.predict([step])[0].p_success
+    for _ in range(20):
+        node.predictor.observe(step, "fast", Spend(input_tokens=10, output_tokens=5), 1.0)
+    assert node.predictor.predict([step])[0].p_success > before

@@ -25,6 +25,7 @@ from opentelemetry import metrics, trace
 from roi_agents.errors import InvalidValueError
 from roi_agents.ledger.base import Ledger, check_ttl
 from roi_agents.predict.base import Learner, Predictor
+from roi_agents.predict.composed import learning
 from roi_agents.prompt import PromptCounter
 from roi_agents.session import BudgetSession, OnExhausted, SessionPool, check_on_exhausted
 from roi_agents.types import Decision, Forecast, Spend, Step
@@ -60,7 +61,12 @@ class MetaCognitiveNode(RunnableLambda[BudgetState, dict[str, Any]]):
     plan knows what each call will carry before it is made.
 
     Args:
-        predictor: any `Predictor` (the async path awaits ``apredict``).
+        predictor: any `Predictor` (the async path awaits ``apredict``). A learned one that
+            does not learn (`LocalPredictor`, `VLLMPredictor`) is composed with a
+            `PriorPredictor` (`ComposedPredictor`: the prior's level per option and group,
+            moved per step by the model), as `create_budgeted_agent` and `BudgetMiddleware`
+            compose theirs; the result is ``self.predictor``: give it to
+            `BudgetControllerNode` as its ``learner`` so that it learns from the outcomes.
         counter: counts a step's prompt (`roi_agents.VLLMTokenCounter`, the model's own count);
             default: the byte bound.
     """
@@ -72,7 +78,7 @@ class MetaCognitiveNode(RunnableLambda[BudgetState, dict[str, Any]]):
         counter: PromptCounter | None = None,
         name: str = "forecast",
     ) -> None:
-        self.predictor = predictor
+        self.predictor = learning(predictor)
         self.counter = counter
         super().__init__(self._forecast, afunc=self._aforecast, name=name)
 
