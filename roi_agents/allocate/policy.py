@@ -74,6 +74,11 @@ class Policy(BaseModel):
         resource: what ``per_step`` counts; a plan whose budget does not limit it keeps the
             controller's own settings.
         settings: at least one, any order.
+        follow: how far a `ComposedPredictor` follows its learned model (its ``follow``; 1: as
+            the checkpoint's calibration says, 0: the prior alone). Tuned with a learned
+            predictor; give it to the `ComposedPredictor` you build.
+        follows: per candidate ``follow``, the mean value per episode at the default settings
+            summed over the budgets, when tuned with a learned predictor.
         data: what it was tuned on, in words.
     """
 
@@ -81,6 +86,8 @@ class Policy(BaseModel):
 
     resource: Resource
     settings: Annotated[list[Setting], Field(min_length=1)]
+    follow: Annotated[float, Field(ge=0.0)] = 1.0
+    follows: dict[str, float] = Field(default_factory=dict)
     data: str = ""
 
     def setting_for(self, per_step: float) -> Setting:

@@ -113,6 +113,12 @@ def print_tuned(tuned: Tuned, console: Console | None = None) -> None:
             f"{setting.quantile}/{setting.risk}",
         )
     console.print(table)
+    if policy.follows:
+        tried = ", ".join(f"{f} {v:.2f}" for f, v in policy.follows.items())
+        console.print(
+            f"follow (how far the composed predictor follows the learned model; value summed "
+            f"over the budgets at {DEFAULT[0]}/{DEFAULT[1]}): {tried}; chosen {policy.follow:g}"
+        )
     console.print(
         f"gain: the best candidate less the default ({DEFAULT[0]}/{DEFAULT[1]}), paired over "
         "the same episodes; it is chosen only when the gain is above its SE"

@@ -549,6 +549,8 @@ def prepare(
 
     def fit() -> Predictor:
         model = build(train)
+        if config.policy is not None and isinstance(model, ComposedPredictor):
+            model.follow = config.policy.follow
         if config.online and not isinstance(model, Learner):
             return GuardedPredictor(model, fit_prior(config.group_by)(train))
         return model

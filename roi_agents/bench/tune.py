@@ -9,15 +9,22 @@ one), under each budget fraction, with each candidate setting, and keeps per bud
 that earned most. The default (``p90``, ``step``) is kept unless another beats it by more than
 the standard error of their paired difference, so that a tie in the noise changes nothing.
 
+With a learned predictor composed with the prior (`ComposedPredictor`), how far to follow it
+(``follow``: 0, 0.5 or 1 times the weights its calibration fitted by log loss) is chosen first,
+by the value it earns at the default settings summed over the budgets, under the same rule
+(default 1), and the settings are then chosen at that ``follow``.
+
 The test part (`split_queries` with the same seed and fraction) is never read, so ``roi-agents
 bench --policy`` on the same seed measures the tuned policy honestly.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -38,9 +45,10 @@ from roi_agents.data.replay import ReplayQuery, split_id
 from roi_agents.data.split import split_by
 from roi_agents.errors import DataError, InvalidValueError
 from roi_agents.predict.base import Predictor
+from roi_agents.predict.composed import ComposedPredictor
 from roi_agents.types import Quantile
 
-__all__ = ["CANDIDATES", "DEFAULT", "Tuned", "tune"]
+__all__ = ["CANDIDATES", "DEFAULT", "FOLLOWS", "Tuned", "tune"]
 
 CANDIDATES: tuple[tuple[Quantile, Risk], ...] = (
     ("p90", "step"),
@@ -52,6 +60,9 @@ CANDIDATES: tuple[tuple[Quantile, Risk], ...] = (
 """The settings tried: the plan's quantile and whether it applies per step or to the total."""
 
 DEFAULT: tuple[Quantile, Risk] = ("p90", "step")
+
+FOLLOWS: tuple[float, ...] = (0.0, 0.5, 1.0)
+"""How far a `ComposedPredictor` may follow its learned model: 1 is the default."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +130,15 @@ def tune(
     build = predictor or fit_prior(config.group_by)
     prices = list_prices(train)
     per_fold = max(1, config.episodes // folds)
-    # earned[fraction][candidate]: per replayed episode, folds one after another.
-    earned = {f: {c: list[float]() for c in candidates} for f in config.budgets}
+    # earned[fraction][(quantile, risk, follow)]: per replayed episode, fold after fold.
+    earned: dict[float, dict[tuple[Quantile, Risk, float], list[float]]] = {
+        f: {} for f in config.budgets
+    }
+    follows: tuple[float, ...] = (1.0,)
     for k, part in enumerate(parts):
         model = build([q for j, p in enumerate(parts) if j != k for q in p])
+        if isinstance(model, ComposedPredictor):
+            follows = FOLLOWS
         rng = np.random.default_rng([config.seed, 3, k])
         size = min(config.steps, len(part))
         episodes = [
@@ -133,7 +149,9 @@ def tune(
             steps = [_step(q, config.group_by, prices) for q in episode]
             full = sum(_dearest_cost(q, dearest, resource) for q in episode)
             for fraction in config.budgets:
-                for quantile, risk in candidates:
+                for (quantile, risk), follow in itertools.product(candidates, follows):
+                    if isinstance(model, ComposedPredictor):
+                        model.follow = follow
                     controller = Controller(
                         predictor=model,
                         resource=resource,
@@ -142,32 +160,53 @@ def tune(
                         solver=config.solver,
                         risk=risk,
                     )
-                    decide = _ours(controller, resource)
-                    run = _play(episode, steps, fraction * full, resource, decide)
-                    earned[fraction][quantile, risk].append(run.value)
+                    run = _play(
+                        episode, steps, fraction * full, resource, _ours(controller, resource)
+                    )
+                    earned[fraction].setdefault((quantile, risk, follow), []).append(run.value)
             if progress is not None:
                 progress(1)
-    settings = [_choose(earned[f], per_step=f * means[dearest], fraction=f) for f in config.budgets]
-    policy = Policy(resource=resource, settings=settings, data=data)
+    # How far to follow the learned model: at the default settings, over every budget.
+    by_follow = {
+        f: np.sum([earned[b][(*DEFAULT, f)] for b in config.budgets], axis=0) for f in follows
+    }
+    follow, _, _ = _pick(by_follow, 1.0)
+    settings = []
+    for fraction in config.budgets:
+        values = {(q, r): np.asarray(v) for (q, r, f), v in earned[fraction].items() if f == follow}
+        chosen, gain, se = _pick(values, DEFAULT)
+        settings.append(
+            Setting(
+                per_step=fraction * means[dearest],
+                quantile=chosen[0],
+                risk=chosen[1],
+                fraction=fraction,
+                values={_label(c): float(v.mean()) for c, v in values.items()},
+                margin=(gain, se),
+            )
+        )
+    policy = Policy(
+        resource=resource,
+        settings=settings,
+        follow=follow,
+        follows={f"{f:g}": float(v.mean()) for f, v in by_follow.items()}
+        if len(follows) > 1
+        else {},
+        data=data,
+    )
     return Tuned(policy, folds, per_fold, len(train))
 
 
-def _choose(
-    earned: dict[tuple[Quantile, Risk], list[float]], *, per_step: float, fraction: float
-) -> Setting:
-    """The candidate that earned most, if it beats the default by more than one paired SE."""
-    values = {c: np.asarray(v) for c, v in earned.items()}
-    default = values[DEFAULT]
+K = TypeVar("K")
+
+
+def _pick(values: dict[K, np.ndarray], default: K) -> tuple[K, float, float]:
+    """The key that earned most if it beats ``default`` by more than one paired SE.
+
+    Else ``default``. Also returns the best key's paired gain over ``default`` and its SE.
+    """
     best = max(values, key=lambda c: float(values[c].mean()))
-    gain = values[best] - default
-    se = float(gain.std(ddof=1) / math.sqrt(gain.size)) if gain.size > 1 else math.inf
+    gain = values[best] - values[default]
+    se = float(gain.std(ddof=1) / math.sqrt(gain.size)) if gain.size > 1 else 0.0
     mean_gain = float(gain.mean())
-    chosen = best if mean_gain > se else DEFAULT
-    return Setting(
-        per_step=per_step,
-        quantile=chosen[0],
-        risk=chosen[1],
-        fraction=fraction,
-        values={_label(c): float(v.mean()) for c, v in values.items()},
-        margin=(mean_gain, se if math.isfinite(se) else 0.0),
-    )
+    return (best if mean_gain > se else default), mean_gain, se

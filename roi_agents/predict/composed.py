@@ -221,6 +221,9 @@ class ComposedPredictor:
             else 1 for both parts).
         strength: pseudo-observations behind each weight's starting point.
         window: the most recent outcomes per option that its weights are fitted on.
+        follow: how far the deviation is followed: every weight times this, at least 0 (0: the
+            prior's forecasts alone). `roi-agents tune` chooses it on replayed episodes of the
+            training part, by the value the plans earn rather than by log loss.
 
     Attributes:
         known_groups: the groups the checkpoint was fine-tuned on (its calibration's), where its
@@ -245,7 +248,10 @@ class ComposedPredictor:
         composition: Composition | None = None,
         strength: float = PRIOR_STRENGTH,
         window: int = 1000,
+        follow: float = 1.0,
     ) -> None:
+        if not follow >= 0 or not math.isfinite(follow):
+            raise InvalidValueError("follow", f"must be >= 0, got {follow}")
         if not strength > 0 or not math.isfinite(strength):
             raise InvalidValueError("strength", f"must be > 0, got {strength}")
         if window < 1:
@@ -259,6 +265,7 @@ class ComposedPredictor:
         self.known_groups = frozenset(calibration.success.group_rates if calibration else ())
         self.strength = strength
         self.window = window
+        self.follow = follow
         self._means: _Means = {}
         # The learned forecasts of the latest turns, by (step id, option), for `observe`.
         self._last: OrderedDict[tuple[str, str], Forecast] = OrderedDict()
@@ -305,8 +312,9 @@ class ComposedPredictor:
             mean = self._means[(key, step.group)]
             weights = self._weights(key)
             success, cost = signal(step, mine)
-            d_success = weights["success"] * mean.shrink * (success - mean.success)
-            d_cost = weights["cost"] * mean.shrink * (cost - mean.cost)
+            scale = self.follow * mean.shrink
+            d_success = weights["success"] * scale * (success - mean.success)
+            d_cost = weights["cost"] * scale * (cost - mean.cost)
             ceiling = float(option.max_tokens) if option.max_tokens is not None else math.inf
             shift = _prompt(step)
             tokens = _moved(

@@ -252,3 +252,23 @@ def test_the_bench_teaches_weights_only_in_groups_the_checkpoint_never_saw(share
     for composed in (seen, unseen):
         p = composed.prior.predict([step])[0].p_success
         assert p == pytest.approx(rate, abs=0.03)
+
+
+def test_follow_scales_the_deviation_and_zero_is_the_prior():
+    prior = _fitted_prior(0.7, 400)
+    steps = [_step(i, logit=(i - 20) / 10, log_cost=5.0 + (i - 20) / 20) for i in range(41)]
+    full = ComposedPredictor(Reader(bias=3.0, scale=20.0), prior).predict(steps)
+    half = ComposedPredictor(Reader(bias=3.0, scale=20.0), prior, follow=0.5).predict(steps)
+    none = ComposedPredictor(Reader(bias=3.0, scale=20.0), prior, follow=0.0).predict(steps)
+    (level,) = prior.predict([steps[40]])
+
+    def logit(p):
+        return math.log(p / (1 - p))
+
+    moved = logit(full[40].p_success) - logit(level.p_success)
+    assert logit(half[40].p_success) - logit(level.p_success) == pytest.approx(moved / 2)
+    for forecast in none:
+        assert forecast.p_success == pytest.approx(level.p_success, abs=1e-12)
+        assert forecast.tokens.mean == pytest.approx(level.tokens.mean, rel=1e-9)
+    with pytest.raises(InvalidValueError, match="follow"):
+        ComposedPredictor(Reader(), prior, follow=-1.0)

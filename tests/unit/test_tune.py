@@ -102,3 +102,29 @@ def test_cli_tune_then_bench_with_the_policy(shared_data, tmp_path, capsys):
     assert json.loads(result.read_text())["policy"]["settings"][0]["fraction"] == 0.25
     assert main(["bench", "--data", data, *small, "--policy", str(tmp_path / "nope.json")]) == 2
     assert "cannot read" in capsys.readouterr().out
+
+
+def test_with_a_composed_predictor_it_also_chooses_how_far_to_follow(gsm8k):
+    from roi_agents.bench.simulate import fit_prior
+    from roi_agents.bench.tune import FOLLOWS
+    from roi_agents.predict.composed import ComposedPredictor
+
+    seen = []
+
+    def build(train):
+        # A prior fitted on the same queries stands in for the checkpoint: it knows each
+        # option's rate and nothing per step, so following it changes no forecast.
+        composed = ComposedPredictor(fit_prior(True)(train), fit_prior(True)(train))
+        seen.append(composed)
+        return composed
+
+    tuned = tune(gsm8k, CONFIG, predictor=build)
+    assert set(tuned.policy.follows) == {f"{f:g}" for f in FOLLOWS}
+    assert len(set(tuned.policy.follows.values())) == 1  # no deviation: every follow alike
+    assert tuned.policy.follow == 1.0  # ties keep the default
+    # bench --policy gives the composed predictor the policy's follow.
+    policy = tuned.policy.model_copy(update={"follow": 0.5})
+    run_bench(
+        gsm8k, BenchConfig(budgets=(0.1,), episodes=1, steps=5, policy=policy), predictor=build
+    )
+    assert seen[-1].follow == 0.5
