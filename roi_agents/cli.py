@@ -8,6 +8,7 @@ Run ``roi-agents COMMAND --help`` for each command's flags.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -382,7 +383,10 @@ def _tune(args: argparse.Namespace, console: Console) -> int:
     from roi_agents.bench.simulate import BenchConfig
     from roi_agents.bench.tune import tune
     from roi_agents.data import load_replay
+    from roi_agents.errors import InvalidValueError
 
+    if not args.out.parent.is_dir() or args.out.is_dir() or not os.access(args.out.parent, os.W_OK):
+        raise InvalidValueError("out", f"{args.out}: not a file in a folder it can write")
     factory = _predictor_factory(
         args.predictor, composed=args.learned == "composed", group_by=args.group_by == "dataset"
     )

@@ -98,7 +98,8 @@ def allocate(
         risk: ``"step"`` budgets each option at its own ``quantile``; ``"run"`` budgets the
             plan's total at it: the sum of the means plus the root of the sum of each option's
             squared margin (quantile less mean), as for a sum of independent costs, which is
-            never more than the sum of the quantiles (see `_run_risk`).
+            never more than the sum of the quantiles (an option whose quantile is below its
+            mean counts at its quantile; see `_run_risk`).
 
     Returns:
         The plan, its decisions in step order.
@@ -164,34 +165,35 @@ def _run_risk(
 ) -> tuple[Solution, float]:
     """Re-solve with the plan's total, not each option, budgeted at the quantile.
 
-    The total of a plan is budgeted at ``sum(mean) + sqrt(sum(margin^2))``, ``margin`` being an
-    option's quantile less its mean. The root is concave, so its tangent at any ``D > 0``,
-    ``D / 2 + V / (2 D)``, never understates it: a plan in which each option costs ``mean +
-    margin^2 / (2 D)`` against ``capacity - D / 2`` fits the true constraint. ``D`` starts at the
-    per-option plan's own root (that plan always fits, the root of a sum of squares being at
-    most the sum) and follows each new plan's, `_RUN_ROUNDS` times; the best plan that fits is
-    kept.
+    The total of a plan is budgeted at ``sum(centre) + sqrt(sum(margin^2))``: an option's centre
+    is its mean, or its quantile where a heavy tail puts the quantile below the mean, and its
+    margin is the quantile less the centre (so ``centre + margin`` is the quantile). The root is
+    concave, so its tangent at any ``D > 0``, ``D / 2 + V / (2 D)``, never understates it: a plan
+    in which each option costs ``centre + margin^2 / (2 D)`` against ``capacity - D / 2`` fits the
+    true constraint. ``D`` starts at the per-option plan's own root (that plan always fits, the
+    root of a sum of squares being at most the sum) and follows each new plan's, `_RUN_ROUNDS`
+    times; the best plan that fits is kept.
 
-    The plan's total is then shared out as each option's planned cost, ``mean + margin^2 / D``
+    The plan's total is then shared out as each option's planned cost, ``centre + margin^2 / D``
     at the kept plan's root ``D`` (never above its quantile), which sets the steps' caps.
     """
     rows = np.arange(table.values.shape[0])
-    mean = table.means[primary]
-    squared = np.maximum(table.costs[primary] - mean, 0.0) ** 2
+    centre = np.minimum(table.means[primary], table.costs[primary])
+    squared = (table.costs[primary] - centre) ** 2
     best, best_multiplier = solution, multiplier
     choice = solution.choice
     for _ in range(_RUN_ROUNDS):
         spread = math.sqrt(float(squared[rows, choice].sum()))
         if spread <= 0 or capacity - spread / 2 <= 0:
             break
-        candidate, found, _ = solve_at(mean + squared / (2 * spread), capacity - spread / 2)
+        candidate, found, _ = solve_at(centre + squared / (2 * spread), capacity - spread / 2)
         choice = candidate.choice
-        total = float(mean[rows, choice].sum()) + math.sqrt(float(squared[rows, choice].sum()))
+        total = float(centre[rows, choice].sum()) + math.sqrt(float(squared[rows, choice].sum()))
         if total <= capacity * (1 + 1e-9) and candidate.value > best.value:
             best, best_multiplier = candidate, found
     spread = math.sqrt(float(squared[rows, best.choice].sum()))
     if spread > 0:
-        table.costs[primary] = mean + squared / spread
+        table.costs[primary] = centre + squared / spread
     return best, best_multiplier
 
 
@@ -406,7 +408,7 @@ class _Table:
         for r, costs in planned.items():
             later = np.concatenate([np.cumsum(costs[::-1])[::-1][1:], [0.0]])
             later[0] = float(np.where(choice[1:] > 0, cheapest[r][1:], 0.0).sum())
-            free = float(remaining.get(r) or 0.0) - later
+            free = np.maximum(float(remaining.get(r) or 0.0) - later, 0.0)
             cap = np.minimum(np.maximum(self.p99[r][rows, choice], costs), free)
             caps[r] = cap.tolist() if r == "usd" else np.floor(cap + 1e-9).astype(int).tolist()
         planned_lists = {r: c.tolist() for r, c in planned.items()}

@@ -59,7 +59,7 @@ class Setting(BaseModel):
 
     model_config = _STRICT
 
-    per_step: PositiveFloat
+    per_step: Annotated[float, Field(gt=0.0, strict=True)]
     quantile: Quantile = "p90"
     risk: Risk = "step"
     fraction: PositiveFloat | None = None
@@ -94,11 +94,19 @@ class Policy(BaseModel):
         """The setting whose ``per_step`` is nearest ``per_step`` in ratio (log scale)."""
         if not per_step > 0:
             return min(self.settings, key=lambda s: s.per_step)
-        return min(self.settings, key=lambda s: abs(math.log(s.per_step / per_step)))
+        target = math.log(per_step)
+        return min(self.settings, key=lambda s: abs(math.log(s.per_step) - target))
 
     def save(self, path: str | Path) -> None:
-        """Write it as JSON."""
-        Path(path).write_text(self.model_dump_json(indent=2) + "\n")
+        """Write it as JSON.
+
+        Raises:
+            InvalidValueError: when the file cannot be written.
+        """
+        try:
+            Path(path).write_text(self.model_dump_json(indent=2) + "\n")
+        except (OSError, ValueError) as error:
+            raise InvalidValueError("policy", f"cannot write {path}: {error}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -109,7 +117,10 @@ class Policy(BaseModel):
         """
         try:
             return cls.model_validate_json(Path(path).read_bytes())
-        except OSError as error:
-            raise InvalidValueError("policy", f"cannot read {path}: {error}") from None
         except ValidationError as error:
-            raise InvalidValueError("policy", f"{path} is not a policy: {error}") from None
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the file"
+            msg = f"{path} is not a policy: {where}: {first['msg']}"
+            raise InvalidValueError("policy", msg) from None
+        except (OSError, ValueError) as error:
+            raise InvalidValueError("policy", f"cannot read {path}: {error}") from None

@@ -543,6 +543,9 @@ def prepare(
     means = _mean_costs(train, resource)
     if not means:
         raise DataError("replay", None, "no option has a recorded cost in the training part")
+    if config.policy is not None and config.policy.resource != resource:
+        msg = f"the policy counts {config.policy.resource}, the bench's budget {resource}"
+        raise InvalidValueError("policy", msg)
     cheapest = min(means, key=lambda o: means[o])
     dearest = max(means, key=lambda o: means[o])
     build = predictor or fit_prior(config.group_by)

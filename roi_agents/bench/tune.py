@@ -122,6 +122,9 @@ def tune(
     if not means:
         raise DataError("replay", None, "no option has a recorded cost in the training part")
     dearest = max(means, key=lambda o: means[o])
+    if folds > len(train) // 2:
+        msg = f"{len(train)} training queries are too few for {folds} folds"
+        raise InvalidValueError("folds", msg)
     cuts = [k / folds for k in range(1, folds)]
     parts = split_by(train, lambda q: split_id(q.query_id), cuts, config.seed, "tune")
     if min(len(p) for p in parts) < 2:

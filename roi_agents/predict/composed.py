@@ -179,6 +179,11 @@ def _fit_cost(rows: Sequence[tuple[float, float]], start: float, strength: float
     return (ridge * start + float(d @ r)) / (ridge + float(d @ d))
 
 
+# The most a moved cost may be, on the log scale (about 6e14): within what a count of tokens
+# and an amount of USD may hold, however far a forecast is moved.
+_LOG_MOST = 34.0
+
+
 def _moved(
     cost: CostForecast | None,
     shift: float,
@@ -194,7 +199,7 @@ def _moved(
 
     def move(value: float, whole: bool) -> float:
         log = math.log(max(value - shift, 0.0) + offset) + delta
-        moved = min(max(math.exp(min(log, 700.0)) - offset, 0.0), ceiling)
+        moved = min(max(math.exp(min(log, _LOG_MOST)) - offset, 0.0), ceiling)
         return shift + (round(moved) if whole else moved)
 
     return CostForecast(

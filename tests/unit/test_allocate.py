@@ -400,3 +400,41 @@ def test_a_policy_sets_each_turns_quantile_and_risk_by_the_budget_per_step():
         Controller(policy=usd).plan(steps, Budget(tokens=600), forecasts=forecasts).quantile
         == "p90"
     )
+
+
+def test_run_risk_with_a_quantile_below_the_mean_budgets_that_option_at_its_quantile():
+    # A heavy tail: the p90 (60) below the mean (100). Counted at its p90, as per step.
+    steps = _steps(3, ("x", "y"))
+    forecasts = [
+        Forecast(
+            step_id=s.id,
+            option=name,
+            p_success=p,
+            tokens=CostForecast(mean=mean, p50=p50, p90=p90, p99=p99),
+        )
+        for s in steps
+        for name, p, mean, p50, p90, p99 in (
+            ("x", 0.5, 100, 40, 60, 400),
+            ("y", 0.9, 150, 100, 300, 600),
+        )
+    ]
+    for budget in (0, 200, 900):
+        run = allocate(steps, forecasts, Budget(tokens=budget), risk="run")
+        per_step = allocate(steps, forecasts, Budget(tokens=budget))
+        assert run.expected_value >= per_step.expected_value - 1e-12
+        assert run.expected_cost("tokens") <= budget + 1e-9
+        for decision in run.decisions:
+            assert 0 <= decision.cap.tokens <= budget
+
+
+def test_a_policy_takes_any_positive_budget_per_step():
+    from roi_agents.allocate import Policy, Setting
+
+    tiny = Policy(
+        resource="tokens",
+        settings=[Setting(per_step=5e-324, risk="run"), Setting(per_step=1000.0)],
+    )
+    assert tiny.setting_for(600).per_step == 1000.0
+    assert tiny.setting_for(1e-300).risk == "run"
+    with pytest.raises(ValueError, match="per_step"):
+        Setting(per_step=True)

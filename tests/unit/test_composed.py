@@ -272,3 +272,11 @@ def test_follow_scales_the_deviation_and_zero_is_the_prior():
         assert forecast.tokens.mean == pytest.approx(level.tokens.mean, rel=1e-9)
     with pytest.raises(InvalidValueError, match="follow"):
         ComposedPredictor(Reader(), prior, follow=-1.0)
+
+
+def test_following_very_far_keeps_forecasts_valid():
+    prior = _fitted_prior(0.7, 400)
+    steps = [_step(i, logit=(i - 5) * 10.0, log_cost=5.0 + (i - 5) * 10.0) for i in range(11)]
+    for forecast in ComposedPredictor(Reader(), prior, follow=1e300).predict(steps):
+        assert 0.0 <= forecast.p_success <= 1.0
+        assert forecast.tokens.p99 < 1e15

@@ -102,6 +102,10 @@ def test_cli_tune_then_bench_with_the_policy(shared_data, tmp_path, capsys):
     assert json.loads(result.read_text())["policy"]["settings"][0]["fraction"] == 0.25
     assert main(["bench", "--data", data, *small, "--policy", str(tmp_path / "nope.json")]) == 2
     assert "cannot read" in capsys.readouterr().out
+    assert main(["tune", "--data", data, *small, "--out", str(tmp_path / "no" / "p.json")]) == 2
+    assert "not a file in a folder it can write" in capsys.readouterr().out
+    assert main(["tune", "--data", data, *small, "--folds", "1", "--out", str(out)]) == 2
+    assert "folds" in capsys.readouterr().out
 
 
 def test_with_a_composed_predictor_it_also_chooses_how_far_to_follow(gsm8k):
@@ -128,3 +132,9 @@ def test_with_a_composed_predictor_it_also_chooses_how_far_to_follow(gsm8k):
         gsm8k, BenchConfig(budgets=(0.1,), episodes=1, steps=5, policy=policy), predictor=build
     )
     assert seen[-1].follow == 0.5
+
+
+def test_a_policy_for_another_resource_is_refused(gsm8k):
+    policy = Policy(resource="tokens", settings=[Setting(per_step=100.0, risk="run")])
+    with pytest.raises(InvalidValueError, match="counts tokens"):
+        run_bench(gsm8k, BenchConfig(budgets=(0.1,), episodes=1, steps=5, policy=policy))
