@@ -413,12 +413,30 @@ def _tune(args: argparse.Namespace, console: Console) -> int:
             stages.update("replaying the training part", done, total)
 
         tuned = tune(
-            queries, config, data=label, predictor=factory, folds=args.folds, progress=advance
+            queries,
+            config,
+            data=label,
+            predictor=factory,
+            folds=args.folds,
+            replay=None if args.predictor == "prior" else _not_fine_tuned(config),
+            progress=advance,
         )
     print_tuned(tuned, console)
     tuned.policy.save(args.out)
     console.print(f"wrote {args.out}")
     return 0
+
+
+def _not_fine_tuned(config: Any) -> Any:
+    """Whether a query is outside the fit part of a checkpoint trained with the bench's seed."""
+    from roi_agents.data.replay import split_id
+    from roi_agents.data.split import fine_tuned_on
+
+    def replay(query: Any) -> bool:
+        key = (query.dataset or "") if config.split == "dataset" else split_id(query.query_id)
+        return not fine_tuned_on(key, config.seed, config.train_fraction, config.split)
+
+    return replay
 
 
 def _predictor_factory(spec: str, *, composed: bool = True, group_by: bool = True) -> Any:

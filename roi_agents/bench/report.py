@@ -96,8 +96,9 @@ def print_tuned(tuned: Tuned, console: Console | None = None) -> None:
     console = console or Console()
     policy = tuned.policy
     console.print(
-        f"[bold]{policy.data}[/]: {tuned.train_queries} training queries, {tuned.folds} folds, "
-        f"{tuned.episodes} episodes per fold; value per episode on the held-out fold"
+        f"[bold]{policy.data}[/]: {tuned.train_queries} training queries "
+        f"({tuned.replayed_queries} replayed), {tuned.folds} folds, {tuned.episodes} episodes "
+        "per fold; value per episode on the held-out fold"
     )
     labels = list(policy.settings[0].values)
     table = Table(title_justify="left")

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Literal, TypeVar
 
-__all__ = ["split_by", "unit"]
+__all__ = ["FIT_SHARE", "fine_tuned_on", "split_by", "unit"]
+
+FIT_SHARE = 0.8
+"""The share of a training part (by key) that ``roi-agents train`` may fine-tune on; the rest
+is its validation (to 0.9) and calibration parts."""
 
 T = TypeVar("T")
 
@@ -44,3 +48,19 @@ def split_by(
         u = unit(key(item), seed, salt)
         parts[sum(u >= cut for cut in cuts)].append(item)
     return parts
+
+
+def fine_tuned_on(
+    query_key: str, seed: int, train_fraction: float, by: Literal["query", "dataset"] = "query"
+) -> bool:
+    """Whether ``roi-agents train`` with this seed, fraction and split may fine-tune on a query.
+
+    ``query_key`` is what the split reads: the query's id (`split_id`), or its dataset with
+    ``by="dataset"``. True for the keys of its fit part (a row limit may have left some of them
+    out); False for its validation, calibration and test parts, whose outcomes a checkpoint's
+    per-step signal never learned from.
+
+    >>> fine_tuned_on("q1", seed=0, train_fraction=0.5) in (True, False)
+    True
+    """
+    return unit(query_key, seed) < train_fraction and unit(query_key, seed, "fit") < FIT_SHARE

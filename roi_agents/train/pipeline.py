@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from roi_agents.data.replay import split_id
-from roi_agents.data.split import split_by, unit
+from roi_agents.data.split import FIT_SHARE, split_by, unit
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.calibration import (
     MIN_ROWS,
@@ -511,7 +511,7 @@ def split(config: TrainConfig) -> Parts:
     known, held = split_by(load_examples(config.data), key, [config.train_fraction], config.seed)
     if config.test:
         held = load_examples(config.test)
-    fit_all, val, calibration_rows = split_by(known, key, [0.8, 0.9], config.seed, salt="fit")
+    fit_all, val, calibration_rows = split_by(known, key, [FIT_SHARE, 0.9], config.seed, salt="fit")
     test, _ = _take_queries(held, config.eval_rows, config.seed)
     if not test:
         raise InvalidValueError("data", "no test rows: more queries or another --train-fraction")

@@ -2,9 +2,12 @@
 
 import math
 
+import pytest
+
 from roi_agents import Option, PriorPredictor, Step
 from roi_agents.bench.simulate import split_queries
 from roi_agents.data import load_replay
+from roi_agents.data.replay import split_id
 from roi_agents.data.split import split_by
 from roi_agents.predict.cache import CachedPredictor
 from roi_agents.train import load_examples
@@ -280,3 +283,23 @@ def test_train_calibrates_on_at_most_eval_rows_of_a_large_file(tmp_path):
     for rows in (parts.calibration, parts.fit, parts.test):
         ids = {e.query_id for e in rows}
         assert len(rows) == 2 * len(ids)  # whole queries
+
+
+@pytest.mark.parametrize("by", ["query", "dataset"])
+def test_fine_tuned_on_names_the_fit_part_that_train_draws_from(shared_data, tmp_path, by):
+    from roi_agents.data.split import fine_tuned_on
+    from roi_agents.train.pipeline import TrainConfig, split
+
+    data = [shared_data / ("mmlu.jsonl" if by == "dataset" else "gsm8k.jsonl")]
+    config = TrainConfig(data=data, out=tmp_path / "out", seed=3, split=by, max_rows=100_000)
+    parts = split(config)
+
+    def key(e):
+        return (e.dataset or "") if by == "dataset" else split_id(e.query_id)
+
+    def tuned(e):
+        return fine_tuned_on(key(e), config.seed, config.train_fraction, by)
+
+    assert parts.fit
+    assert all(tuned(e) for e in parts.fit)
+    assert not any(tuned(e) for e in [*parts.validation, *parts.calibration, *parts.test])

@@ -138,3 +138,12 @@ def test_a_policy_for_another_resource_is_refused(gsm8k):
     policy = Policy(resource="tokens", settings=[Setting(per_step=100.0, risk="run")])
     with pytest.raises(InvalidValueError, match="counts tokens"):
         run_bench(gsm8k, BenchConfig(budgets=(0.1,), episodes=1, steps=5, policy=policy))
+
+
+def test_only_the_queries_given_are_replayed(gsm8k):
+    train, _ = split_queries(gsm8k, CONFIG.train_fraction, CONFIG.seed)
+    chosen = {q.query_id for q in train[:200]}
+    tuned = tune(gsm8k, CONFIG, replay=lambda q: q.query_id in chosen)
+    assert (tuned.train_queries, tuned.replayed_queries) == (len(train), 200)
+    with pytest.raises(InvalidValueError, match="3 training queries to replay"):
+        tune(gsm8k, CONFIG, replay=lambda q: q.query_id in set(list(chosen)[:3]))
