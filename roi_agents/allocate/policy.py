@@ -53,8 +53,8 @@ class Setting(BaseModel):
         values: per candidate (``"<quantile>/<risk>"``), the mean value per episode it earned on
             the replayed episodes of the training part.
         margin: the paired gain over the default (``p90/step``) of the candidate that earned
-            most, and its standard error, when tuned: it is chosen only when the gain is above
-            the error.
+            most, and its standard error bootstrapped over the replayed queries, when tuned: it
+            is chosen only when the gain is above the error.
     """
 
     model_config = _STRICT

@@ -122,7 +122,8 @@ def print_tuned(tuned: Tuned, console: Console | None = None) -> None:
         )
     console.print(
         f"gain: the best candidate less the default ({DEFAULT[0]}/{DEFAULT[1]}), paired over "
-        "the same episodes; it is chosen only when the gain is above its SE"
+        "the same episodes, ± its SE bootstrapped over the replayed queries; it is chosen only "
+        "when the gain is above its SE"
     )
 
 

@@ -963,7 +963,9 @@ def _summarise(
     return out
 
 
-def _query_bootstrap(results: list[_Run], where: np.ndarray, resample: np.ndarray) -> np.ndarray:
+def _query_bootstrap(
+    results: list[_Run], where: np.ndarray | Sequence[Sequence[int]], resample: np.ndarray
+) -> np.ndarray:
     """A policy's mean value per episode in each bootstrap sample of the queries."""
     earned = np.zeros(resample.shape[1])
     for run, queries in zip(results, where, strict=True):

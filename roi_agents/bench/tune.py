@@ -7,8 +7,9 @@ earn, not by what they forecast: `tune` replays episodes drawn from the training
 cross-validated (the predictor fitted on the training part less the held-out fold, the
 episodes drawn from that fold), under each budget fraction, with each candidate setting, and
 keeps per budget the one that earned most. The default (``p90``, ``step``) is kept unless
-another beats it by more than the standard error of their paired difference, so that a tie in
-the noise changes nothing.
+another beats it by more than the standard error of their paired difference, bootstrapped
+over the replayed queries (episodes drawn from a fold reuse its queries, so an error over the
+episodes would be too small), so that a tie in the noise changes nothing.
 
 With a learned predictor composed with the prior (`ComposedPredictor`), how far to follow it
 (``follow``: 0, 0.5 or 1 times the weights its calibration fitted by log loss) is chosen first,
@@ -22,7 +23,6 @@ bench --policy`` on the same seed measures the tuned policy honestly.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -31,11 +31,14 @@ import numpy as np
 
 from roi_agents.allocate import Controller, Policy, Risk, Setting
 from roi_agents.bench.simulate import (
+    _BOOTSTRAPS,
     BenchConfig,
     _dearest_cost,
     _mean_costs,
     _ours,
     _play,
+    _query_bootstrap,
+    _Run,
     _step,
     choose_resource,
     fit_prior,
@@ -142,10 +145,13 @@ def tune(
     build = predictor or fit_prior(config.group_by)
     prices = list_prices(train)
     per_fold = max(1, config.episodes // folds)
-    # earned[fraction][(quantile, risk, follow)]: per replayed episode, fold after fold.
-    earned: dict[float, dict[tuple[Quantile, Risk, float], list[float]]] = {
+    # runs[fraction][(quantile, risk, follow)]: per replayed episode, fold after fold; where:
+    # each episode's steps as indices of their queries, for the bootstrap over queries.
+    runs: dict[float, dict[tuple[Quantile, Risk, float], list[_Run]]] = {
         f: {} for f in config.budgets
     }
+    where: list[list[int]] = []
+    index = {q.query_id: i for i, q in enumerate(replayable)}
     follows: tuple[float, ...] = (1.0,)
     for k, part in enumerate(parts):
         held = {q.query_id for q in part}
@@ -159,6 +165,7 @@ def tune(
             for _ in range(per_fold)
         ]
         for episode in episodes:
+            where.append([index[q.query_id] for q in episode])
             steps = [_step(q, config.group_by, prices) for q in episode]
             full = sum(_dearest_cost(q, dearest, resource) for q in episode)
             for fraction in config.budgets:
@@ -176,17 +183,27 @@ def tune(
                     run = _play(
                         episode, steps, fraction * full, resource, _ours(controller, resource)
                     )
-                    earned[fraction].setdefault((quantile, risk, follow), []).append(run.value)
+                    runs[fraction].setdefault((quantile, risk, follow), []).append(run)
             if progress is not None:
                 progress(1)
+    # Episodes reuse the queries of a fold: errors are bootstrapped over the queries replayed.
+    n = len(replayable)
+    resample = np.random.default_rng([config.seed, 4]).multinomial(
+        n, np.full(n, 1 / n), size=_BOOTSTRAPS
+    )
+
+    def earned(found: list[_Run]) -> _Earned:
+        mean = float(np.mean([r.value for r in found]))
+        return _Earned(mean, _query_bootstrap(found, where, resample))
+
     # How far to follow the learned model: at the default settings, over every budget.
     by_follow = {
-        f: np.sum([earned[b][(*DEFAULT, f)] for b in config.budgets], axis=0) for f in follows
+        f: _Earned.total([earned(runs[b][(*DEFAULT, f)]) for b in config.budgets]) for f in follows
     }
     follow, _, _ = _pick(by_follow, 1.0)
     settings = []
     for fraction in config.budgets:
-        values = {(q, r): np.asarray(v) for (q, r, f), v in earned[fraction].items() if f == follow}
+        values = {(q, r): earned(v) for (q, r, f), v in runs[fraction].items() if f == follow}
         chosen, gain, se = _pick(values, DEFAULT)
         settings.append(
             Setting(
@@ -194,7 +211,7 @@ def tune(
                 quantile=chosen[0],
                 risk=chosen[1],
                 fraction=fraction,
-                values={_label(c): float(v.mean()) for c, v in values.items()},
+                values={_label(c): v.mean for c, v in values.items()},
                 margin=(gain, se),
             )
         )
@@ -202,24 +219,34 @@ def tune(
         resource=resource,
         settings=settings,
         follow=follow,
-        follows={f"{f:g}": float(v.mean()) for f, v in by_follow.items()}
-        if len(follows) > 1
-        else {},
+        follows={f"{f:g}": v.mean for f, v in by_follow.items()} if len(follows) > 1 else {},
         data=data,
     )
     return Tuned(policy, folds, per_fold, len(train), len(replayable))
 
 
+@dataclass(frozen=True, slots=True)
+class _Earned:
+    """A candidate's mean value per episode, and the same in each bootstrap sample of queries."""
+
+    mean: float
+    boot: np.ndarray
+
+    @staticmethod
+    def total(parts: list[_Earned]) -> _Earned:
+        return _Earned(sum(p.mean for p in parts), np.sum([p.boot for p in parts], axis=0))
+
+
 K = TypeVar("K")
 
 
-def _pick(values: dict[K, np.ndarray], default: K) -> tuple[K, float, float]:
-    """The key that earned most if it beats ``default`` by more than one paired SE.
+def _pick(values: dict[K, _Earned], default: K) -> tuple[K, float, float]:
+    """The key that earned most if it beats ``default`` by more than the SE of the difference.
 
-    Else ``default``. Also returns the best key's paired gain over ``default`` and its SE.
+    Else ``default``. The SE is bootstrapped over the replayed queries (paired: the same
+    resamples for both). Also returns the best key's gain over ``default`` and that SE.
     """
-    best = max(values, key=lambda c: float(values[c].mean()))
-    gain = values[best] - values[default]
-    se = float(gain.std(ddof=1) / math.sqrt(gain.size)) if gain.size > 1 else 0.0
-    mean_gain = float(gain.mean())
-    return (best if mean_gain > se else default), mean_gain, se
+    best = max(values, key=lambda c: values[c].mean)
+    gain = values[best].mean - values[default].mean
+    se = float(np.std(values[best].boot - values[default].boot, ddof=1))
+    return (best if gain > se else default), gain, se
