@@ -13,8 +13,10 @@ episodes would be too small), so that a tie in the noise changes nothing.
 
 With a learned predictor composed with the prior (`ComposedPredictor`), how far to follow it
 (``follow``: 0, 0.5 or 1 times the weights its calibration fitted by log loss) is chosen first,
-by the value it earns at the default settings summed over the budgets, under the same rule
-(default 1), and the settings are then chosen at that ``follow``.
+by the value it earns at the default settings summed over the budgets, under the same rule with
+0 as the default: the learned model adds to the prior only where following it earns more than
+the prior alone by more than the error, never subtracts. The settings are then chosen at that
+``follow``.
 
 The test part (`split_queries` with the same seed and fraction) is never read, so ``roi-agents
 bench --policy`` on the same seed measures the tuned policy honestly.
@@ -66,7 +68,7 @@ CANDIDATES: tuple[tuple[Quantile, Risk], ...] = (
 DEFAULT: tuple[Quantile, Risk] = ("p90", "step")
 
 FOLLOWS: tuple[float, ...] = (0.0, 0.5, 1.0)
-"""How far a `ComposedPredictor` may follow its learned model: 1 is the default."""
+"""How far a `ComposedPredictor` may follow its learned model; the first is the default."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,11 +198,12 @@ def tune(
         mean = float(np.mean([r.value for r in found]))
         return _Earned(mean, _query_bootstrap(found, where, resample))
 
-    # How far to follow the learned model: at the default settings, over every budget.
+    # How far to follow the learned model: at the default settings, over every budget; not at
+    # all (the prior alone) unless following it earns more by more than the error.
     by_follow = {
         f: _Earned.total([earned(runs[b][(*DEFAULT, f)]) for b in config.budgets]) for f in follows
     }
-    follow, _, _ = _pick(by_follow, 1.0)
+    follow, _, _ = _pick(by_follow, follows[0])
     settings = []
     for fraction in config.budgets:
         values = {(q, r): earned(v) for (q, r, f), v in runs[fraction].items() if f == follow}

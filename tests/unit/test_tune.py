@@ -125,7 +125,7 @@ def test_with_a_composed_predictor_it_also_chooses_how_far_to_follow(gsm8k):
     tuned = tune(gsm8k, CONFIG, predictor=build)
     assert set(tuned.policy.follows) == {f"{f:g}" for f in FOLLOWS}
     assert len(set(tuned.policy.follows.values())) == 1  # no deviation: every follow alike
-    assert tuned.policy.follow == 1.0  # ties keep the default
+    assert tuned.policy.follow == 0.0  # ties keep the prior alone
     # bench --policy gives the composed predictor the policy's follow.
     policy = tuned.policy.model_copy(update={"follow": 0.5})
     run_bench(
