@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from roi_agents import __version__
 from roi_agents._text import printable
-from roi_agents.errors import MissingExtra, RoiAgentsError
+from roi_agents.errors import MissingExtra, RoiAgentsError, first_problem
 
 try:
     from rich.console import Console
@@ -57,9 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[bold red]error:[/] {escape(printable(error, 2_000))}", highlight=False)
         return 2
     except ValidationError as error:  # a flag's value out of range: name it, in one line
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "value"
-        shown = escape(printable(f"{where}: {first['msg']}", 2_000))
+        shown = escape(printable(first_problem(error, "value"), 2_000))
         console.print(f"[bold red]error:[/] {shown}", highlight=False)
         return 2
     return status
@@ -337,30 +335,15 @@ def _resolve_data(given: Sequence[Path] | None, prefer: str | None = None) -> li
 def _bench(args: argparse.Namespace, console: Console) -> int:
     from roi_agents.allocate import Policy
     from roi_agents.bench.report import plot_result, print_result, write_json
-    from roi_agents.bench.simulate import BenchConfig, run_bench
-    from roi_agents.data import load_replay
+    from roi_agents.bench.simulate import run_bench
 
-    factory = _predictor_factory(
-        args.predictor, composed=args.learned == "composed", group_by=args.group_by == "dataset"
-    )
-    paths = _resolve_data(args.data)
-    queries = load_replay(paths)
-    config = BenchConfig(
-        budgets=args.budgets,
-        episodes=args.episodes,
-        steps=args.steps,
-        seed=args.seed,
-        train_fraction=args.train_fraction,
-        resource=args.resource,
+    queries, label, factory, config = _replay(
+        args,
         quantile=args.quantile,
         risk=args.risk,
         policy=None if args.policy is None else Policy.load(args.policy),
-        resolution=args.resolution,
-        group_by=args.group_by == "dataset",
         online=args.online,
-        split=args.split,
     )
-    label = ", ".join(p.name for p in paths)
     total, done = config.episodes * len(config.budgets), 0
     with _Stages(console) as stages:
 
@@ -380,30 +363,12 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
 
 def _tune(args: argparse.Namespace, console: Console) -> int:
     from roi_agents.bench.report import print_tuned
-    from roi_agents.bench.simulate import BenchConfig
     from roi_agents.bench.tune import tune
-    from roi_agents.data import load_replay
     from roi_agents.errors import InvalidValueError
 
     if not args.out.parent.is_dir() or args.out.is_dir() or not os.access(args.out.parent, os.W_OK):
         raise InvalidValueError("out", f"{args.out}: not a file in a folder it can write")
-    factory = _predictor_factory(
-        args.predictor, composed=args.learned == "composed", group_by=args.group_by == "dataset"
-    )
-    paths = _resolve_data(args.data)
-    queries = load_replay(paths)
-    config = BenchConfig(
-        budgets=args.budgets,
-        episodes=args.episodes,
-        steps=args.steps,
-        seed=args.seed,
-        train_fraction=args.train_fraction,
-        resource=args.resource,
-        resolution=args.resolution,
-        group_by=args.group_by == "dataset",
-        split=args.split,
-    )
-    label = ", ".join(p.name for p in paths)
+    queries, label, factory, config = _replay(args)
     total, done = max(1, config.episodes // max(args.folds, 1)) * max(args.folds, 1), 0
     with _Stages(console) as stages:
 
@@ -425,6 +390,34 @@ def _tune(args: argparse.Namespace, console: Console) -> int:
     tuned.policy.save(args.out)
     console.print(f"wrote {args.out}")
     return 0
+
+
+def _replay(args: argparse.Namespace, **settings: Any) -> tuple[Any, str, Any, Any]:
+    """What `bench` and `tune` read from `_replay_arguments`.
+
+    The queries, their files' names, the predictor factory and the `BenchConfig` (with
+    ``settings`` of their own).
+    """
+    from roi_agents.bench.simulate import BenchConfig
+    from roi_agents.data import load_replay
+
+    factory = _predictor_factory(
+        args.predictor, composed=args.learned == "composed", group_by=args.group_by == "dataset"
+    )
+    paths = _resolve_data(args.data)
+    config = BenchConfig(
+        budgets=args.budgets,
+        episodes=args.episodes,
+        steps=args.steps,
+        seed=args.seed,
+        train_fraction=args.train_fraction,
+        resource=args.resource,
+        resolution=args.resolution,
+        group_by=args.group_by == "dataset",
+        split=args.split,
+        **settings,
+    )
+    return load_replay(paths), ", ".join(p.name for p in paths), factory, config
 
 
 def _not_fine_tuned(config: Any) -> Any:

@@ -20,6 +20,11 @@ Developer mistakes (`InvalidValueError`, `DataError`) are kept apart from run-ti
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 __all__ = [
     "BudgetExceeded",
     "DataError",
@@ -31,6 +36,7 @@ __all__ = [
     "RoiAgentsError",
     "UnknownReservation",
     "UnknownScope",
+    "first_problem",
 ]
 
 
@@ -133,3 +139,13 @@ class UnknownReservation(LedgerError, InvalidValueError):
 
 class ReservationConflict(LedgerError):
     """The reservation's state does not allow the call (e.g. commit after release)."""
+
+
+def first_problem(error: ValidationError, whole: str) -> str:
+    """The first problem pydantic found, in one line: ``where: what``.
+
+    ``where`` is the field's path, dotted, or ``whole`` when the problem is the whole value.
+    """
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or whole
+    return f"{where}: {first['msg']}"

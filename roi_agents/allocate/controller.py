@@ -139,9 +139,8 @@ def allocate(
 
         return solve_for
 
-    costs = table.costs[primary]
     solution, multiplier, bound = _price_in(
-        table, remaining, primary, secondary, solve_with(costs, capacity)
+        table, remaining, primary, secondary, solve_with(table.costs[primary], capacity)
     )
     if risk == "run" and quantile != "mean":
         solution, multiplier = _run_risk(
@@ -617,10 +616,11 @@ class Controller:
         self, pending: Sequence[Step], forecasts: Sequence[Forecast], remaining: Budget
     ) -> Plan:
         quantile, risk = self.quantile, self.risk
-        left = remaining.get(self.policy.resource) if self.policy is not None else None
-        if self.policy is not None and left is not None and pending:
-            setting = self.policy.setting_for(left / len(pending))
-            quantile, risk = setting.quantile, setting.risk
+        if self.policy is not None and pending:
+            left = remaining.get(self.policy.resource)
+            if left is not None:
+                setting = self.policy.setting_for(left / len(pending))
+                quantile, risk = setting.quantile, setting.risk
         return allocate(
             pending,
             forecasts,

@@ -30,7 +30,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
 
-from roi_agents.errors import InvalidValueError
+from roi_agents.errors import InvalidValueError, first_problem
 from roi_agents.types import Quantile, Resource
 
 __all__ = ["Policy", "Risk", "Setting"]
@@ -118,9 +118,7 @@ class Policy(BaseModel):
         try:
             return cls.model_validate_json(Path(path).read_bytes())
         except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "the file"
-            msg = f"{path} is not a policy: {where}: {first['msg']}"
+            msg = f"{path} is not a policy: {first_problem(error, 'the file')}"
             raise InvalidValueError("policy", msg) from None
         except (OSError, ValueError) as error:
             raise InvalidValueError("policy", f"cannot read {path}: {error}") from None

@@ -15,7 +15,7 @@ from pydantic import (
 )
 
 from roi_agents.data.replay import ReplayRecord, jsonl_lines
-from roi_agents.errors import DataError
+from roi_agents.errors import DataError, first_problem
 from roi_agents.telemetry import names
 from roi_agents.types import SKIP
 
@@ -127,9 +127,7 @@ def _check(path: str | Path, number: int, shape: type[BaseModel], data: Any) -> 
     try:
         shape.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "span"
-        raise DataError(str(path), number, f"{where}: {first['msg']}") from None
+        raise DataError(str(path), number, first_problem(error, "span")) from None
 
 
 def replay_records(path: str | Path) -> list[ReplayRecord]:
@@ -167,8 +165,6 @@ def replay_records(path: str | Path) -> list[ReplayRecord]:
                 }
             )
         except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "span"
-            raise DataError(str(path), number, f"{where}: {first['msg']}") from None
+            raise DataError(str(path), number, first_problem(error, "span")) from None
         out.append(record)
     return out
