@@ -1,18 +1,24 @@
 """Two ways of running ``ours``, compared episode by episode on the bench's episodes.
 
 Run: ``.venv/bin/python benchmarks/paired.py --data FILE --a SPEC --b SPEC [--quantile-a Q]
-[--quantile-b Q] [--guard success|cost|both] [--alpha A] [--seed S]``. A ``SPEC`` is the bench's
-``--predictor`` (``prior``, ``local:DIR``, ``vllm:URL@DIR``: composed with the prior as the bench
-composes it, or on its own with ``+alone``), with ``+online`` to feed it each step's outcome as
-``roi-agents bench --online`` does (a learned predictor alone guarded by the prior; each budget
-starts from the fitted predictor again). Both replay the same seeded episodes, and
-the script prints the mean per-episode difference in value, a less b, at each budget with its
-paired standard error: the bench's own figures come with unpaired errors, too wide to tell a
-small change from noise. Examples: ``--a local:DIR+online --b local:DIR`` (what learning online
-changes), ``--a local:NEW --b local:OLD`` (two checkpoints), ``--a prior --quantile-a mean --b
-prior`` (two plan quantiles). ``--guard success`` (or ``cost``) lets the guard overrule that part
-alone, the other always trusted, to tell which verdict a change comes from; ``--alpha`` sets the
-guard's level.
+[--quantile-b Q] [--risk-a R] [--risk-b R] [--guard success|cost|both] [--alpha A]
+[--seed S]``. A ``SPEC`` is the bench's ``--predictor`` (``prior``, ``local:DIR``,
+``vllm:URL@DIR``: composed with the prior as the bench composes it, or on its own with
+``+alone``), with ``+online`` to feed it each step's outcome as ``roi-agents bench --online``
+does (a learned predictor alone guarded by the prior; each budget starts from the fitted
+predictor again). Both replay the same seeded episodes, and the script prints the mean
+per-episode difference in value, a less b, at each budget with its paired standard error: the
+bench's own figures come with unpaired errors, too wide to tell a small change from noise.
+Examples: ``--a local:DIR+online --b local:DIR`` (what learning online changes), ``--a
+local:NEW --b local:OLD`` (two checkpoints), ``--a prior --quantile-a mean --b prior`` (two plan
+quantiles), ``--a prior --risk-a run --b prior`` (risk over the run or per step).
+
+It also prints what an online choice between the two would need: a run sees only one side per
+episode, so telling them apart at two standard errors takes about ``4 (sd_a² + sd_b²) / d²``
+episodes on each side, for a difference ``d`` and per-episode spreads ``sd``.
+
+``--guard success`` (or ``cost``) lets the guard overrule that part alone, the other always
+trusted, to tell which verdict a change comes from; ``--alpha`` sets the guard's level.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import get_args
 
 import numpy as np
 
+from roi_agents.allocate import Risk
 from roi_agents.bench.simulate import (
     BenchConfig,
     Setup,
@@ -56,11 +63,17 @@ class Side:
 
     @classmethod
     def build(
-        cls, spec: str, quantile: Quantile, queries: list[ReplayQuery], seed: int, alpha: float
+        cls,
+        spec: str,
+        quantile: Quantile,
+        risk: Risk,
+        queries: list[ReplayQuery],
+        seed: int,
+        alpha: float,
     ) -> Side:
         predictor = spec.removesuffix(ONLINE)
-        config = BenchConfig(seed=seed, quantile=quantile, online=spec.endswith(ONLINE))
-        name = spec if quantile == "p90" else f"{spec} at {quantile}"
+        config = BenchConfig(seed=seed, quantile=quantile, risk=risk, online=spec.endswith(ONLINE))
+        name = spec if (quantile, risk) == ("p90", "step") else f"{spec} at {quantile}/{risk}"
         factory = _predictor_factory(
             predictor.removesuffix(ALONE), composed=not predictor.endswith(ALONE)
         )
@@ -90,6 +103,8 @@ def main() -> None:
     quantiles = get_args(Quantile)
     parser.add_argument("--quantile-a", choices=quantiles, default="p90")
     parser.add_argument("--quantile-b", choices=quantiles, default="p90")
+    parser.add_argument("--risk-a", choices=get_args(Risk), default="step")
+    parser.add_argument("--risk-b", choices=get_args(Risk), default="step")
     parser.add_argument("--guard", choices=["success", "cost", "both"], default="both")
     parser.add_argument("--alpha", type=float, default=0.01, help="the guard's alpha")
     parser.add_argument("--seed", type=int, default=0)
@@ -103,8 +118,11 @@ def main() -> None:
         )
     queries = load_replay(args.data)
     a, b = (
-        Side.build(spec, quantile, queries, args.seed, args.alpha)
-        for spec, quantile in ((args.a, args.quantile_a), (args.b, args.quantile_b))
+        Side.build(spec, quantile, risk, queries, args.seed, args.alpha)
+        for spec, quantile, risk in (
+            (args.a, args.quantile_a, args.risk_a),
+            (args.b, args.quantile_b, args.risk_b),
+        )
     )
     ids = [[[q.query_id for q in episode] for episode in side.setup.episodes] for side in (a, b)]
     if ids[0] != ids[1]:
@@ -114,9 +132,13 @@ def main() -> None:
         values = np.array([a.values(fraction), b.values(fraction)]).T
         differences = values[:, 0] - values[:, 1]
         se = differences.std(ddof=1) / math.sqrt(len(differences))
+        spreads = values.std(axis=0, ddof=1)
+        needed = 4 * float(spreads @ spreads) / max(differences.mean() ** 2, 1e-12)
         print(
             f"  budget {fraction:g}: {differences.mean():+.3f} ± {se:.3f} "
-            f"(a {values[:, 0].mean():.2f}, b {values[:, 1].mean():.2f})"
+            f"(a {values[:, 0].mean():.2f} sd {spreads[0]:.2f}, "
+            f"b {values[:, 1].mean():.2f} sd {spreads[1]:.2f}); "
+            f"an online choice needs ~{needed:,.0f} episodes a side"
         )
 
 

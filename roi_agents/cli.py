@@ -368,7 +368,7 @@ def _tune(args: argparse.Namespace, console: Console) -> int:
 
     if not args.out.parent.is_dir() or args.out.is_dir() or not os.access(args.out.parent, os.W_OK):
         raise InvalidValueError("out", f"{args.out}: not a file in a folder it can write")
-    queries, label, factory, config = _replay(args)
+    queries, label, factory, config = _replay(args, cross_fit=True)
     total, done = max(1, config.episodes // max(args.folds, 1)) * max(args.folds, 1), 0
     with _Stages(console) as stages:
 
@@ -392,18 +392,19 @@ def _tune(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _replay(args: argparse.Namespace, **settings: Any) -> tuple[Any, str, Any, Any]:
+def _replay(
+    args: argparse.Namespace, *, cross_fit: bool = False, **settings: Any
+) -> tuple[Any, str, Any, Any]:
     """What `bench` and `tune` read from `_replay_arguments`.
 
     The queries, their files' names, the predictor factory and the `BenchConfig` (with
-    ``settings`` of their own).
+    ``settings`` of their own). ``cross_fit``: a composed predictor's weights are fitted afresh
+    on the queries the checkpoint was not fine-tuned on, among those the factory is given
+    (`fit_composed`'s ``held``).
     """
     from roi_agents.bench.simulate import BenchConfig
     from roi_agents.data import load_replay
 
-    factory = _predictor_factory(
-        args.predictor, composed=args.learned == "composed", group_by=args.group_by == "dataset"
-    )
     paths = _resolve_data(args.data)
     config = BenchConfig(
         budgets=args.budgets,
@@ -416,6 +417,12 @@ def _replay(args: argparse.Namespace, **settings: Any) -> tuple[Any, str, Any, A
         group_by=args.group_by == "dataset",
         split=args.split,
         **settings,
+    )
+    factory = _predictor_factory(
+        args.predictor,
+        composed=args.learned == "composed",
+        group_by=args.group_by == "dataset",
+        held=_not_fine_tuned(config) if cross_fit else None,
     )
     return load_replay(paths), ", ".join(p.name for p in paths), factory, config
 
@@ -432,19 +439,22 @@ def _not_fine_tuned(config: Any) -> Any:
     return replay
 
 
-def _predictor_factory(spec: str, *, composed: bool = True, group_by: bool = True) -> Any:
+def _predictor_factory(
+    spec: str, *, composed: bool = True, group_by: bool = True, held: Any = None
+) -> Any:
     """``prior`` -> None (the bench fits one); ``local:DIR`` / ``vllm:URL[@DIR]`` -> a factory.
 
     The learned predictors are wrapped in a `CachedPredictor`: re-planning asks again for the
     same pending steps, and a checkpoint answers them the same way. ``composed``: each call
-    of the factory composes it with a prior fitted on the training queries it is given.
+    of the factory composes it with a prior fitted on the training queries it is given
+    (`fit_composed`, with ``held``).
     """
     learned = _learned(spec)
     if learned is None or not composed:
         return None if learned is None else lambda train: learned
     from roi_agents.bench.simulate import fit_composed
 
-    return fit_composed(learned, group_by)
+    return fit_composed(learned, group_by, held)
 
 
 def _learned(spec: str) -> Any:

@@ -254,6 +254,30 @@ def test_the_bench_teaches_weights_only_in_groups_the_checkpoint_never_saw(share
         assert p == pytest.approx(rate, abs=0.03)
 
 
+def test_held_queries_refit_the_checkpoints_weights_on_those_given(shared_data):
+    queries = load_replay(shared_data / "gsm8k.jsonl")[:200]
+    checkpoint = Calibrated({"gsm8k": {}})  # its own weights: 1 (the defaults)
+    held = {q.query_id for q in queries[::4]}
+    refit = fit_composed(checkpoint, group_by=True, held=lambda q: q.query_id in held)
+    composed = refit(queries)
+    # Its forecasts are the same for every step: a deviation that predicts nothing, weighed 0,
+    # fitted on the held queries' rows alone.
+    assert composed.composition.rows == len(held) * len(queries[0].outcomes)
+    assert composed.composition.weight("success", "gpt-4-1106-preview") == 0.0
+    assert composed.composition.weight("cost", "gpt-4-1106-preview") == 0.0
+    # Given none of the held queries, the checkpoint's weights stand.
+    alone = refit([q for q in queries if q.query_id not in held])
+    assert alone.composition == checkpoint.calibration.composition
+    # The prior learned every outcome either way.
+    assert composed.prior.predict([_gsm8k_step()]) == (
+        fit_composed(checkpoint, group_by=True)(queries).prior.predict([_gsm8k_step()])
+    )
+
+
+def _gsm8k_step() -> Step:
+    return Step(id="x", group="gsm8k", options=[Option(name="gpt-4-1106-preview")])
+
+
 def test_follow_scales_the_deviation_and_zero_is_the_prior():
     prior = _fitted_prior(0.7, 400)
     steps = [_step(i, logit=(i - 20) / 10, log_cost=5.0 + (i - 20) / 20) for i in range(41)]
