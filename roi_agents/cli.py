@@ -91,12 +91,6 @@ def _parser() -> argparse.ArgumentParser:
         help="a policy.json from roi-agents tune: ours takes its quantile and risk per budget "
         "level from it (overrides --quantile and --risk)",
     )
-    bench.add_argument(
-        "--online",
-        action="store_true",
-        help="feed ours each step's outcome: the prior (and a composed predictor's weights) "
-        "learn; a learned predictor alone is guarded by the prior (GuardedPredictor)",
-    )
     bench.add_argument("--json", type=Path, help="write the result as JSON here")
     bench.add_argument("--plot", type=Path, help="write a PNG of value against budget here")
     bench.set_defaults(run=_bench)
@@ -289,6 +283,12 @@ def _replay_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of the queries predictors and tuned baselines learn from",
     )
     parser.add_argument(
+        "--online",
+        action="store_true",
+        help="feed ours each step's outcome: the prior (and a composed predictor's weights) "
+        "learn; a learned predictor alone is guarded by the prior (GuardedPredictor)",
+    )
+    parser.add_argument(
         "--learned",
         choices=["composed", "alone"],
         default="composed",
@@ -342,7 +342,6 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         quantile=args.quantile,
         risk=args.risk,
         policy=None if args.policy is None else Policy.load(args.policy),
-        online=args.online,
     )
     total, done = config.episodes * len(config.budgets), 0
     with _Stages(console) as stages:
@@ -416,6 +415,7 @@ def _replay(
         resolution=args.resolution,
         group_by=args.group_by == "dataset",
         split=args.split,
+        online=args.online,
         **settings,
     )
     factory = _predictor_factory(

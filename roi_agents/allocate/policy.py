@@ -80,6 +80,8 @@ class Policy(BaseModel):
         follows: per candidate ``follow``, the mean value per episode at the default settings
             summed over the budgets, when tuned with a learned predictor.
         data: what it was tuned on, in words.
+        online: tuned with the predictor learning from each step's outcome as the episodes
+            ran (``roi-agents tune --online``), as ``bench --online`` and the nodes run it.
     """
 
     model_config = _STRICT
@@ -89,6 +91,7 @@ class Policy(BaseModel):
     follow: Annotated[float, Field(ge=0.0)] = 1.0
     follows: dict[str, float] = Field(default_factory=dict)
     data: str = ""
+    online: bool = False
 
     def setting_for(self, per_step: float) -> Setting:
         """The setting whose ``per_step`` is nearest ``per_step`` in ratio (log scale)."""

@@ -99,6 +99,7 @@ def print_tuned(tuned: Tuned, console: Console | None = None) -> None:
         f"[bold]{policy.data}[/]: {tuned.train_queries} training queries "
         f"({tuned.replayed_queries} replayed), {tuned.folds} folds, {tuned.episodes} episodes "
         "per fold; value per episode on the held-out fold"
+        + (", the predictor learning online" if policy.online else "")
     )
     labels = list(policy.settings[0].values)
     table = Table(title_justify="left")

@@ -552,12 +552,7 @@ def prepare(
     build = predictor or fit_prior(config.group_by)
 
     def fit() -> Predictor:
-        model = build(train)
-        if config.policy is not None and isinstance(model, ComposedPredictor):
-            model.follow = config.policy.follow
-        if config.online and not isinstance(model, Learner):
-            return GuardedPredictor(model, fit_prior(config.group_by)(train))
-        return model
+        return fitted(build, train, config)
 
     model = fit()
     episodes = [
@@ -579,6 +574,22 @@ def prepare(
         list_prices(train),
         fit,
     )
+
+
+def fitted(
+    build: Callable[[list[ReplayQuery]], Predictor], train: list[ReplayQuery], config: BenchConfig
+) -> Predictor:
+    """``build(train)`` ready for a run under ``config``.
+
+    A composed predictor follows its policy's ``follow``; one that learns online but cannot
+    learn itself (a learned predictor alone) is guarded by a prior fitted on ``train``.
+    """
+    model = build(train)
+    if config.policy is not None and isinstance(model, ComposedPredictor):
+        model.follow = config.policy.follow
+    if config.online and not isinstance(model, Learner):
+        return GuardedPredictor(model, fit_prior(config.group_by)(train))
+    return model
 
 
 def _controller(model: Predictor, resource: Resource, config: BenchConfig) -> Controller:

@@ -16,7 +16,16 @@ With a learned predictor composed with the prior (`ComposedPredictor`), how far 
 by the value it earns at the default settings summed over the budgets, under the same rule with
 0 as the default: the learned model adds to the prior only where following it earns more than
 the prior alone by more than the error, never subtracts. The settings are then chosen at that
-``follow``.
+``follow``. ``roi-agents tune`` builds each fold's composed predictor with its weights fitted
+afresh on the other folds' held queries (`fit_composed`'s ``held``), so no fold is judged with
+weights fitted on its own outcomes.
+
+With ``config.online``, each candidate's predictor learns from every step's outcome as the
+fold's episodes run, as `run_bench` runs it online, so the settings are chosen for a predictor
+that learns. The choice itself stays fixed for a run: a run sees one setting per episode, and
+telling two settings apart that way takes hundreds to thousands of episodes of each
+(``benchmarks/paired.py`` prints the count: 350-3,500 for ``p90/run`` against ``p90/step`` on
+GPQA and simpleqa).
 
 The test part (`split_queries` with the same seed and fraction) is never read, so ``roi-agents
 bench --policy`` on the same seed measures the tuned policy honestly.
@@ -44,13 +53,14 @@ from roi_agents.bench.simulate import (
     _step,
     choose_resource,
     fit_prior,
+    fitted,
     list_prices,
     split_queries,
 )
 from roi_agents.data.replay import ReplayQuery, split_id
 from roi_agents.data.split import split_by
 from roi_agents.errors import DataError, InvalidValueError
-from roi_agents.predict.base import Predictor
+from roi_agents.predict.base import Learner, Predictor
 from roi_agents.predict.composed import ComposedPredictor
 from roi_agents.types import Quantile
 
@@ -157,9 +167,14 @@ def tune(
     follows: tuple[float, ...] = (1.0,)
     for k, part in enumerate(parts):
         held = {q.query_id for q in part}
-        model = build([q for q in train if q.query_id not in held])
+        rest = [q for q in train if q.query_id not in held]
+        model = fitted(build, rest, config)
         if isinstance(model, ComposedPredictor):
             follows = FOLLOWS
+        # Online, each budget, candidate and follow runs its own predictor through the fold's
+        # episodes in turn, learning from each step's outcome as `run_bench` does.
+        keys = list(itertools.product(config.budgets, candidates, follows))
+        learners = {key: fitted(build, rest, config) for key in keys} if config.online else {}
         rng = np.random.default_rng([config.seed, 3, k])
         size = min(config.steps, len(part))
         episodes = [
@@ -170,22 +185,22 @@ def tune(
             where.append([index[q.query_id] for q in episode])
             steps = [_step(q, config.group_by, prices) for q in episode]
             full = sum(_dearest_cost(q, dearest, resource) for q in episode)
-            for fraction in config.budgets:
-                for (quantile, risk), follow in itertools.product(candidates, follows):
-                    if isinstance(model, ComposedPredictor):
-                        model.follow = follow
-                    controller = Controller(
-                        predictor=model,
-                        resource=resource,
-                        quantile=quantile,
-                        resolution=config.resolution,
-                        solver=config.solver,
-                        risk=risk,
-                    )
-                    run = _play(
-                        episode, steps, fraction * full, resource, _ours(controller, resource)
-                    )
-                    runs[fraction].setdefault((quantile, risk, follow), []).append(run)
+            for fraction, (quantile, risk), follow in keys:
+                playing = learners.get((fraction, (quantile, risk), follow), model)
+                if isinstance(playing, ComposedPredictor):
+                    playing.follow = follow
+                controller = Controller(
+                    predictor=playing,
+                    resource=resource,
+                    quantile=quantile,
+                    resolution=config.resolution,
+                    solver=config.solver,
+                    risk=risk,
+                )
+                learner = playing if config.online and isinstance(playing, Learner) else None
+                decide = _ours(controller, resource)
+                run = _play(episode, steps, fraction * full, resource, decide, learner)
+                runs[fraction].setdefault((quantile, risk, follow), []).append(run)
             if progress is not None:
                 progress(1)
     # Episodes reuse the queries of a fold: errors are bootstrapped over the queries replayed.
@@ -224,6 +239,7 @@ def tune(
         follow=follow,
         follows={f"{f:g}": v.mean for f, v in by_follow.items()} if len(follows) > 1 else {},
         data=data,
+        online=config.online,
     )
     return Tuned(policy, folds, per_fold, len(train), len(replayable))
 

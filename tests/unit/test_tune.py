@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -147,3 +148,43 @@ def test_only_the_queries_given_are_replayed(gsm8k):
     assert (tuned.train_queries, tuned.replayed_queries) == (len(train), 200)
     with pytest.raises(InvalidValueError, match="3 training queries to replay"):
         tune(gsm8k, CONFIG, replay=lambda q: q.query_id in set(list(chosen)[:3]))
+
+
+def test_online_each_candidate_learns_from_its_own_episodes(gsm8k):
+    from roi_agents.predict.prior import PriorPredictor
+
+    class Counting(PriorPredictor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.observed = 0
+
+        def observe(self, *args, **kwargs) -> None:
+            self.observed += 1
+            super().observe(*args, **kwargs)
+
+    built: list[Counting] = []
+
+    def build(train):
+        prior = Counting()
+        for query in train:
+            for record in query.outcomes.values():
+                prior.record(record.option, query.dataset, record.spend, record.score)
+        built.append(prior)
+        return prior
+
+    online = dataclasses.replace(CONFIG, online=True)
+    tuned = tune(gsm8k, online, predictor=build)
+    assert tuned.policy.online
+    # Per fold: the fold's model, then one learner per budget and candidate, each taught by
+    # every step its own plans ran (3 episodes of 10 steps; a skip teaches nothing).
+    per_fold = 1 + len(CONFIG.budgets) * len(CANDIDATES)
+    assert len(built) == tuned.folds * per_fold
+    for fold in range(tuned.folds):
+        first, *learners = built[fold * per_fold : (fold + 1) * per_fold]
+        assert first.observed == 0
+        assert all(0 < p.observed <= tuned.episodes * CONFIG.steps for p in learners)
+    # Offline, nothing learns and the same build serves every candidate.
+    built.clear()
+    assert not tune(gsm8k, CONFIG, predictor=build).policy.online
+    assert len(built) == tuned.folds
+    assert not any(p.observed for p in built)
