@@ -9,9 +9,11 @@ thousand times. An option never seen forecasts from the constructor's defaults.
 Costs of reasoning models are heavier-tailed than a log-normal: a model that now and then
 thinks ten times longer than usual. Once a group (else its option) has `TAIL_ROWS` recorded
 costs, the forecast's p99, which sets a step's hard cap, is at least the split-conformal p99 of
-its most recent costs' standardised residuals, as in the learned predictor's calibration. Only
-the p99: the plan's quantile (p90) and the mean stay log-normal, since a plan at the empirical
-p90 of such costs afforded far fewer upgrades. (Replay bench, simpleqa.jsonl, 6 models: the
+its most recent costs' standardised residuals, as in the learned predictor's calibration, and
+its mean at least theirs (on simpleqa the log-normal put Gemini 3 Flash's mean cost at 0.0018
+USD, half the recorded 0.0039, and a plan budgeting the run's total at its means overspent).
+The plan's quantile (p90) stays log-normal, since a plan at the empirical p90 of such costs
+afforded far fewer upgrades. (Replay bench, simpleqa.jsonl, 6 models: the
 log-normal p99 was below 8% of Gemini 3.1 Pro's costs; steps cut off per episode at budgets
 0.1 / 0.25 / 0.5 fell from 0.71 / 0.98 / 1.42 to 0.53 / 0.70 / 0.52; with every quantile and
 the mean read from the recent costs, to 0.47 / 0.25 / 0.24, but the spend at 0.5 fell from 0.76
@@ -295,9 +297,11 @@ def _cost(
     *,
     count: bool = False,
 ) -> CostForecast:
-    """The log-normal forecast, its p99 raised to the recent costs' where theirs is higher."""
+    """The log-normal forecast, its mean and p99 raised to the recent costs' where higher."""
     fit = lognormal_cost(mu, sigma, offset, shift, ceiling, count=count)
     if tail is None:
         return fit
-    p99 = lognormal_quantile(mu, sigma, offset, tail.at(0.99), shift, ceiling, count=count)
-    return fit if p99 <= fit.p99 else fit.model_copy(update={"p99": p99})
+    recent = lognormal_cost(mu, sigma, offset, shift, ceiling, tail, count=count)
+    return fit.model_copy(
+        update={"mean": max(fit.mean, recent.mean), "p99": max(fit.p99, recent.p99)}
+    )

@@ -158,9 +158,12 @@ def test_a_heavy_tail_raises_the_p99_once_there_are_enough_costs():
     assert many.p99 > 1.5 * lognormal_p99
     assert np.mean(np.asarray(outputs) > many.p99) <= 0.011
     assert np.mean(np.asarray(outputs) > lognormal_p99) > 0.05
-    # Only the p99: the plan's p90 and the mean stay the log-normal's.
+    # The plan's p90 stays the log-normal's; the mean is the costs' own, which the log-normal
+    # understates (a plan budgeting the run's total at its means would overspend).
     assert many.p90 == round(math.exp(logs.mean() + 1.2815515655446004 * logs.std(ddof=1)) - 1)
-    assert many.mean == pytest.approx(math.exp(logs.mean() + logs.var(ddof=1) / 2) - 1)
+    lognormal_mean = math.exp(logs.mean() + logs.var(ddof=1) / 2) - 1
+    assert lognormal_mean < 0.9 * np.mean(outputs)
+    assert many.mean == pytest.approx(np.mean(outputs), rel=0.03)
 
 
 def test_an_ungraded_outcome_teaches_the_cost_and_not_the_success():
