@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["printable"]
+__all__ = ["printable", "shown"]
 
 
 def printable(text: object, limit: int = 120) -> str:
@@ -18,3 +18,17 @@ def printable(text: object, limit: int = 120) -> str:
     raw = str(text)
     shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in raw[: limit + 1])
     return shown[:limit] + "…" if len(shown) > limit else shown
+
+
+def shown(text: object, limit: int = 120) -> str:
+    r"""`printable` with rich's markup escaped, for a console line or a table cell.
+
+    An option named ``o3[high]`` shows as it is, not as ``o3`` styled ``high``.
+
+    Example:
+        >>> shown("o3[high]")
+        'o3\\[high]'
+    """
+    from rich.markup import escape
+
+    return escape(printable(text, limit))

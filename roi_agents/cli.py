@@ -8,7 +8,7 @@ Run ``roi-agents COMMAND --help`` for each command's flags.
 from __future__ import annotations
 
 import argparse
-import os
+import math
 import signal
 import sys
 import time
@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from roi_agents import __version__
-from roi_agents._text import printable
+from roi_agents._text import printable, shown
 from roi_agents.errors import MissingExtra, RoiAgentsError, first_problem
 
 try:
@@ -312,9 +312,11 @@ def _fractions(text: str) -> tuple[float, ...]:
     except ValueError:
         msg = f"expected comma-separated numbers, got {text!r}"
         raise argparse.ArgumentTypeError(msg) from None
-    if not values or any(not v > 0 for v in values):
-        msg = f"budget fractions must be > 0, got {text!r}"
+    if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
+        msg = f"budget fractions must be finite and > 0, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
+    if len(set(values)) < len(values):
+        raise argparse.ArgumentTypeError(f"a budget fraction is given twice in {text!r}")
     return values
 
 
@@ -337,6 +339,9 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     from roi_agents.bench.report import plot_result, print_result, write_json
     from roi_agents.bench.simulate import run_bench
 
+    _writable(args.json, "json")
+    _writable(args.plot, "plot")
+
     queries, label, factory, config = _replay(
         args,
         quantile=args.quantile,
@@ -353,6 +358,9 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
 
         result = run_bench(queries, config, data=label, predictor=factory, progress=advance)
     print_result(result, console)
+    if config.policy is not None:
+        for line in _unlike(config.policy, config, label):
+            console.print(f"[yellow]warning:[/] {shown(line, 400)}")
     if args.json:
         console.print(f"wrote {write_json(result, args.json)}")
     if args.plot:
@@ -363,10 +371,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
 def _tune(args: argparse.Namespace, console: Console) -> int:
     from roi_agents.bench.report import print_tuned
     from roi_agents.bench.tune import tune
-    from roi_agents.errors import InvalidValueError
 
-    if not args.out.parent.is_dir() or args.out.is_dir() or not os.access(args.out.parent, os.W_OK):
-        raise InvalidValueError("out", f"{args.out}: not a file in a folder it can write")
+    _writable(args.out, "out")
     queries, label, factory, config = _replay(args, cross_fit=True)
     total, done = max(1, config.episodes // max(args.folds, 1)) * max(args.folds, 1), 0
     with _Stages(console) as stages:
@@ -389,6 +395,45 @@ def _tune(args: argparse.Namespace, console: Console) -> int:
     tuned.policy.save(args.out)
     console.print(f"wrote {args.out}")
     return 0
+
+
+def _unlike(policy: Any, config: Any, data: str) -> list[str]:
+    """How a bench differs from what its policy was tuned on, one line each."""
+    lines = []
+    tuned = (policy.seed, policy.train_fraction, policy.split)
+    if policy.data and policy.data != data:
+        lines.append(f"the policy was tuned on {policy.data}, not {data}")
+    elif policy.seed is not None and tuned != (config.seed, config.train_fraction, config.split):
+        lines.append(
+            f"the policy was tuned with seed {policy.seed}, train fraction "
+            f"{policy.train_fraction}, split {policy.split}: its training part may hold this "
+            "bench's test queries (run tune and bench with the same three)"
+        )
+    if policy.online != config.online:
+        tuned_as, run_as = ("online", "offline") if policy.online else ("offline", "online")
+        lines.append(f"the policy was tuned {tuned_as}; this bench runs {run_as}")
+    return lines
+
+
+def _writable(path: Path | None, flag: str) -> None:
+    """Fail now, before the work, where ``path`` (if given) cannot be written.
+
+    Raises:
+        InvalidValueError: naming ``flag``.
+    """
+    from roi_agents.errors import InvalidValueError
+
+    if path is None:
+        return
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # as the writers do
+        with path.open("ab"):
+            pass
+    except OSError as error:
+        raise InvalidValueError(flag, f"cannot write {path}: {error.strerror}") from None
+    if not existed:
+        path.unlink()
 
 
 def _replay(
@@ -498,6 +543,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     from roi_agents.train import TrainConfig, train
     from roi_agents.train.report import print_train_report
 
+    _writable(args.json, "json")
+
     try:
         config = TrainConfig(
             data=args.data,
@@ -544,8 +591,9 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
     unit = "USD" if setup.resource == "usd" else "tokens"
     console.print(
         f"[bold]roi-agents demo[/]: {args.steps} recorded queries from "
-        f"{', '.join(p.name for p in paths)}; options {sorted(setup.means)}; budget "
-        f"{_amount(budget, unit)} = {args.budget:g} x always {setup.dearest}. Forecasts from the "
+        f"{shown(', '.join(p.name for p in paths), 400)}; options "
+        f"{shown(', '.join(sorted(setup.means)), 400)}; budget {_amount(budget, unit)} = "
+        f"{args.budget:g} x always {shown(setup.dearest)}. Forecasts from the "
         f"prior predictor fitted on {len(setup.train)} other queries; the controller re-plans "
         "after every step."
     )
@@ -585,8 +633,8 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
         planned = decision.expected_cost.get(setup.resource, 0.0)
         table.add_row(
             str(i),
-            query.query_id,
-            decision.option,
+            shown(query.query_id),
+            shown(decision.option),
             f"{decision.p_success:.2f}",
             _amount(planned, unit),
             _amount(outcome.cap, unit),
@@ -657,6 +705,8 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
 def _report(args: argparse.Namespace, console: Console) -> int:
     from roi_agents.telemetry.report import build_report, plot_report, print_report
 
+    for path, flag in ((args.json, "json"), (args.plot, "plot"), (args.html, "html")):
+        _writable(path, flag)
     report = build_report(args.traces)
     print_report(report, console)
     if args.json:

@@ -27,6 +27,7 @@ __all__ = [
     "CostForecast",
     "Decision",
     "Forecast",
+    "Name",
     "Option",
     "Plan",
     "Quantile",
@@ -53,6 +54,9 @@ MAX_COUNT = 2**53
 """The most tokens or tool calls a budget or an amount may hold (a double's integer range)."""
 MAX_USD = 1e15
 """The most USD a budget or an amount may hold."""
+Name = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")]
+"""A step's id or an option's name: shown in summaries, spans and ledger keys, so printable, no
+line breaks, at most 256 characters."""
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT, strict=True)]
 Usd = Annotated[float, Field(ge=0.0, le=MAX_USD, strict=True)]
 
@@ -171,7 +175,7 @@ class Option(BaseModel):
 
     model_config = _STRICT
 
-    name: Annotated[str, Field(min_length=1)]
+    name: Name
     model: str | None = None
     max_tokens: Annotated[int, Field(gt=0)] | None = None
     input_price: NonNegativeFloat = 0.0
@@ -226,8 +230,7 @@ class Step(BaseModel):
 
     model_config = _STRICT
 
-    # A name, shown in summaries, spans and ledger keys: printable, no line breaks.
-    id: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")]
+    id: Name
     text: str = ""
     weight: NonNegativeFloat = 1.0
     options: Annotated[tuple[Option, ...], Field(min_length=1)]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from operator import attrgetter
-from typing import Literal, NoReturn, cast
+from typing import Literal, NoReturn, cast, get_args
 
 import numpy as np
 
@@ -106,8 +106,8 @@ def allocate(
 
     Raises:
         InvalidValueError: on a forecast for an unknown step or option, a missing forecast,
-            duplicate step ids, a resolution outside [1e-6, 1], or a budget that limits
-            nothing.
+            duplicate step ids, a resolution outside [1e-6, 1], an unknown resource, quantile,
+            solver or risk, or a budget that limits nothing.
 
     Example:
         >>> from roi_agents.types import Budget, CostForecast, Forecast, Option, Step
@@ -117,7 +117,7 @@ def allocate(
         >>> allocate([step], [fc], Budget(tokens=1000)).next.option
         'fast'
     """
-    _check_resolution(resolution)
+    _check_settings(resolution, resource, quantile, solver, risk)
     limited = remaining.limited()
     if not limited:
         raise InvalidValueError("remaining", "the budget limits no resource")
@@ -196,10 +196,21 @@ def _run_risk(
     return best, best_multiplier
 
 
-def _check_resolution(resolution: float) -> None:
+def _check_settings(
+    resolution: float, resource: object, quantile: object, solver: object, risk: object
+) -> None:
+    """Name the first setting out of range, before any planning."""
     if not _MIN_RESOLUTION <= resolution <= 1:
         msg = f"must be in [{_MIN_RESOLUTION:g}, 1], got {resolution}"
         raise InvalidValueError("resolution", msg)
+    for name, value, allowed in (
+        ("resource", resource, get_args(Resource)),
+        ("quantile", quantile, get_args(Quantile)),
+        ("solver", solver, get_args(SolverName)),
+        ("risk", risk, get_args(Risk)),
+    ):
+        if value not in allowed:
+            raise InvalidValueError(name, f"must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def _price_in(
@@ -568,7 +579,10 @@ class Controller:
         risk: Risk = "step",
         policy: Policy | None = None,
     ) -> None:
-        _check_resolution(resolution)
+        _check_settings(resolution, resource, quantile, solver, risk)
+        if policy is not None and not isinstance(policy, Policy):
+            msg = f"must be a Policy (Policy.load reads a policy.json), got {type(policy).__name__}"
+            raise InvalidValueError("policy", msg)
         self.predictor = predictor
         self.resource: Resource = resource
         self.quantile: Quantile = quantile

@@ -24,11 +24,19 @@ Example:
 
 from __future__ import annotations
 
+import codecs
 import math
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    ValidationError,
+    model_validator,
+)
 
 from roi_agents.errors import InvalidValueError, first_problem
 from roi_agents.types import Quantile, Resource
@@ -39,6 +47,8 @@ Risk = Literal["step", "run"]
 """``step``: each option budgeted at the quantile; ``run``: the plan's total budgeted at it."""
 
 _STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+# The largest policy file read: a tuned one is a few kB.
+_MOST_BYTES = 10_000_000
 
 
 class Setting(BaseModel):
@@ -73,7 +83,7 @@ class Policy(BaseModel):
     Attributes:
         resource: what ``per_step`` counts; a plan whose budget does not limit it keeps the
             controller's own settings.
-        settings: at least one, any order.
+        settings: at least one, any order, each at its own ``per_step``.
         follow: how far a `ComposedPredictor` follows its learned model (its ``follow``; 1: as
             the checkpoint's calibration says, 0: the prior alone). Tuned with a learned
             predictor; give it to the `ComposedPredictor` you build.
@@ -82,16 +92,28 @@ class Policy(BaseModel):
         data: what it was tuned on, in words.
         online: tuned with the predictor learning from each step's outcome as the episodes
             ran (``roi-agents tune --online``), as ``bench --online`` and the nodes run it.
+        seed, train_fraction, split: the split whose training part it was tuned on, when
+            tuned: ``bench --policy`` measures it honestly only on that split's test part.
     """
 
     model_config = _STRICT
 
     resource: Resource
-    settings: Annotated[list[Setting], Field(min_length=1)]
+    settings: Annotated[tuple[Setting, ...], Field(min_length=1)]
     follow: Annotated[float, Field(ge=0.0)] = 1.0
     follows: dict[str, float] = Field(default_factory=dict)
     data: str = ""
     online: bool = False
+    seed: Annotated[int, Field(ge=0)] | None = None
+    train_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    split: Literal["query", "dataset"] | None = None
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Self:
+        steps = [s.per_step for s in self.settings]
+        if len(set(steps)) < len(steps):
+            raise ValueError("settings: two settings have the same per_step")
+        return self
 
     def setting_for(self, per_step: float) -> Setting:
         """The setting whose ``per_step`` is nearest ``per_step`` in ratio (log scale)."""
@@ -119,9 +141,14 @@ class Policy(BaseModel):
             InvalidValueError: when the file is missing or is not a policy.
         """
         try:
-            return cls.model_validate_json(Path(path).read_bytes())
+            with Path(path).open("rb") as file:
+                data = file.read(_MOST_BYTES + 1)
+        except OSError as error:
+            raise InvalidValueError("policy", f"cannot read {path}: {error}") from None
+        if len(data) > _MOST_BYTES:
+            raise InvalidValueError("policy", f"{path} is over {_MOST_BYTES:,} bytes: not a policy")
+        try:
+            return cls.model_validate_json(data.removeprefix(codecs.BOM_UTF8))
         except ValidationError as error:
             msg = f"{path} is not a policy: {first_problem(error, 'the file')}"
             raise InvalidValueError("policy", msg) from None
-        except (OSError, ValueError) as error:
-            raise InvalidValueError("policy", f"cannot read {path}: {error}") from None

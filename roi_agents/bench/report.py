@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from roi_agents._optional import pyplot
+from roi_agents._text import shown
 from roi_agents.bench.simulate import BenchResult
 from roi_agents.bench.tune import DEFAULT, Tuned
 
@@ -22,15 +23,18 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
     console = console or Console()
     unit = "USD" if result.resource == "usd" else result.resource.replace("_", " ")
     console.print(
-        f"[bold]{result.data}[/]: {result.config.episodes} episodes x {result.config.steps} "
-        f"steps, seed {result.config.seed}, budget in {unit} as a fraction of always "
-        f"[italic]{result.dearest}[/]; {result.train_queries} training / "
+        f"[bold]{shown(result.data, 400)}[/]: {result.config.episodes} episodes x "
+        f"{result.config.steps} steps, seed {result.config.seed}, budget in {unit} as a "
+        "fraction of always "
+        f"[italic]{shown(result.dearest)}[/]; {result.train_queries} training / "
         f"{result.test_queries} test queries ({result.distinct_test_queries} drawn); ours plans "
         + _plans_at(result)
         + (", learning online" if result.config.online else "")
     )
     if result.prices:
-        listed = ", ".join(f"{n} {i:g} / {o:g}" for n, (i, o) in sorted(result.prices.items()))
+        listed = ", ".join(
+            f"{shown(n)} {i:g} / {o:g}" for n, (i, o) in sorted(result.prices.items())
+        )
         console.print(f"list prices (USD per million input / output tokens): {listed}")
     for fraction, policies in result.budgets.items():
         table = Table(title=f"budget {fraction:g}", title_justify="left")
@@ -55,7 +59,7 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
             value = f"{r.value:.2f}" + _num(r.value_se_queries, " ± {:.2f}", "")
             value += " *" if r.value == best and name != "oracle" else ""
             table.add_row(
-                f"{name} ({r.choice})" if r.choice else name,
+                shown(f"{name} ({r.choice})" if r.choice else name, 400),
                 value,
                 _num(r.pct_oracle, "{:.1f}"),
                 _num(r.pgr, "{:.2f}"),
@@ -96,7 +100,7 @@ def print_tuned(tuned: Tuned, console: Console | None = None) -> None:
     console = console or Console()
     policy = tuned.policy
     console.print(
-        f"[bold]{policy.data}[/]: {tuned.train_queries} training queries "
+        f"[bold]{shown(policy.data, 400)}[/]: {tuned.train_queries} training queries "
         f"({tuned.replayed_queries} replayed), {tuned.folds} folds, {tuned.episodes} episodes "
         "per fold; value per episode on the held-out fold"
         + (", the predictor learning online" if policy.online else "")

@@ -94,7 +94,12 @@ class BenchConfig:
     def validate(self) -> None:
         """Raise `InvalidValueError` naming the first bad setting."""
         if not self.budgets or any(not (b > 0 and math.isfinite(b)) for b in self.budgets):
-            raise InvalidValueError("budgets", f"fractions must be > 0, got {self.budgets}")
+            msg = f"fractions must be finite and > 0, got {self.budgets}"
+            raise InvalidValueError("budgets", msg)
+        if len(set(self.budgets)) < len(self.budgets):
+            raise InvalidValueError("budgets", f"a fraction is given twice: {self.budgets}")
+        if self.seed < 0:
+            raise InvalidValueError("seed", f"must be >= 0, got {self.seed}")
         if self.episodes < 1:
             raise InvalidValueError("episodes", f"must be >= 1, got {self.episodes}")
         if self.steps < 1:
@@ -205,13 +210,15 @@ def _finite(x: object) -> object:
 
 
 def choose_resource(queries: Sequence[ReplayQuery]) -> Resource:
-    """USD when every outcome has a recorded cost, else tokens.
+    """USD when every outcome has a recorded cost and some cost is above 0, else tokens.
+
+    (Every ``cost_usd`` at 0, as for self-hosted models, would leave a budget of 0 USD.)
 
     Raises:
         DataError: when neither is recorded for every outcome.
     """
     records = [r for q in queries for r in q.outcomes.values()]
-    if all(r.cost_usd is not None for r in records):
+    if all(r.cost_usd is not None for r in records) and any(r.cost_usd for r in records):
         return "usd"
     if all(r.cost("tokens") is not None for r in records):
         return "tokens"
@@ -542,8 +549,6 @@ def prepare(
         msg = f"{len(test)} test queries, fewer than {config.steps} steps per episode"
         raise InvalidValueError("steps", msg)
     means = _mean_costs(train, resource)
-    if not means:
-        raise DataError("replay", None, "no option has a recorded cost in the training part")
     if config.policy is not None and config.policy.resource != resource:
         msg = f"the policy counts {config.policy.resource}, the bench's budget {resource}"
         raise InvalidValueError("policy", msg)
@@ -695,14 +700,27 @@ def _refit(
 _TEACH = 256
 
 
-def _mean_costs(queries: Sequence[ReplayQuery], resource: Resource) -> dict[str, float]:
+def _mean_costs(train: Sequence[ReplayQuery], resource: Resource) -> dict[str, float]:
+    """Each option's mean cost in ``resource`` over the training part.
+
+    Raises:
+        DataError: when no option has a recorded cost there, or every cost is 0 (a budget
+            that is a fraction of 0 buys nothing).
+    """
     totals: dict[str, list[float]] = {}
-    for query in queries:
+    for query in train:
         for option, record in query.outcomes.items():
             cost = record.cost(resource)
             if cost is not None:
                 totals.setdefault(option, []).append(cost)
-    return {o: float(np.mean(c)) for o, c in totals.items()}
+    if not totals:
+        raise DataError("replay", None, "no option has a recorded cost in the training part")
+    means = {o: float(np.mean(c)) for o, c in totals.items()}
+    if max(means.values()) <= 0:
+        msg = f"every recorded cost in {resource} is 0 in the training part: nothing to budget"
+        hint = " (try --resource tokens)" if resource == "usd" else ""
+        raise DataError("replay", None, msg + hint)
+    return means
 
 
 def _dearest_cost(query: ReplayQuery, dearest: str, resource: Resource) -> float:

@@ -59,7 +59,7 @@ from roi_agents.bench.simulate import (
 )
 from roi_agents.data.replay import ReplayQuery, split_id
 from roi_agents.data.split import split_by
-from roi_agents.errors import DataError, InvalidValueError
+from roi_agents.errors import InvalidValueError
 from roi_agents.predict.base import Learner, Predictor
 from roi_agents.predict.composed import ComposedPredictor
 from roi_agents.types import Quantile
@@ -143,8 +143,6 @@ def tune(
     resource = config.resource or choose_resource(queries)
     train, _ = split_queries(queries, config.train_fraction, config.seed, config.split)
     means = _mean_costs(train, resource)
-    if not means:
-        raise DataError("replay", None, "no option has a recorded cost in the training part")
     dearest = max(means, key=lambda o: means[o])
     replayable = [q for q in train if replay is None or replay(q)]
     too_few = f"{len(replayable)} training queries to replay are too few for {folds} folds"
@@ -240,6 +238,9 @@ def tune(
         follows={f"{f:g}": v.mean for f, v in by_follow.items()} if len(follows) > 1 else {},
         data=data,
         online=config.online,
+        seed=config.seed,
+        train_fraction=config.train_fraction,
+        split=config.split,
     )
     return Tuned(policy, folds, per_fold, len(train), len(replayable))
 

@@ -16,7 +16,9 @@ field               meaning
 ``text``            the prompt as the model saw it
 =================== ==========================================================================
 
-Any number of options per query is accepted, and a query may lack some options. Query ids need
+Ids, options and datasets are names (`Name`: printable, at most 256 characters); a cost is at
+most `MAX_USD` and a token count at most `MAX_COUNT`, as a budget's. Any number of options per
+query is accepted, and a query may lack some options. Query ids need
 only be unique within a file: when files are loaded together, a query whose id an earlier file
 already used gets the file's name after it (`FROM_FILE`), so queries of different files never
 merge; seeded splits read the id before it (`split_id`), whichever files are loaded.
@@ -34,15 +36,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeFloat,
-    NonNegativeInt,
     PrivateAttr,
     ValidationError,
     model_validator,
 )
 
 from roi_agents.errors import DataError
-from roi_agents.types import Resource, Spend
+from roi_agents.types import MAX_COUNT, MAX_USD, Name, Resource, Spend
 
 __all__ = [
     "ReplayQuery",
@@ -55,19 +55,22 @@ __all__ = [
 ]
 
 
+_Tokens = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+
+
 class ReplayRecord(BaseModel):
     """One recorded outcome: a query answered one way."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
-    query_id: Annotated[str, Field(min_length=1)]
-    option: Annotated[str, Field(min_length=1)]
+    query_id: Name
+    option: Name
     score: Annotated[float, Field(ge=0.0, le=1.0)]
-    cost_usd: NonNegativeFloat | None = None
-    input_tokens: NonNegativeInt | None = None
-    output_tokens: NonNegativeInt | None = None
-    thinking_tokens: NonNegativeInt | None = None
-    dataset: str | None = None
+    cost_usd: Annotated[float, Field(ge=0.0, le=MAX_USD)] | None = None
+    input_tokens: _Tokens | None = None
+    output_tokens: _Tokens | None = None
+    thinking_tokens: _Tokens | None = None
+    dataset: Name | None = None
     text: str = ""
     _where: tuple[str, int] | None = PrivateAttr(None)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.calibration import ResidualQuantiles, conformal_quantiles
-from roi_agents.predict.head import lognormal_cost, lognormal_quantile
+from roi_agents.predict.head import lognormal_cost
 from roi_agents.types import SKIP, CostForecast, Forecast, Option, Spend, Step
 
 __all__ = ["EFFORT", "EFFORT_STEP", "LOG_OFFSET", "PRIOR_STRENGTH", "TAIL_ROWS", "PriorPredictor"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from roi_agents._text import shown
 from roi_agents.train.metrics import Quality
 from roi_agents.train.pipeline import TrainReport
 
@@ -35,8 +36,8 @@ def print_train_report(report: TrainReport, console: Console) -> None:
             f"{rows['fit_available']} rows"
         )
     console.print(
-        f"[bold]checkpoint[/] {report.out}"
-        + (f" (base {report.base})" if report.base else "")
+        f"[bold]checkpoint[/] {shown(report.out, 400)}"
+        + (f" (base {shown(report.base, 400)})" if report.base else "")
         + f"; {fitted}, "
         f"{seconds['total']:.0f} s in all; evaluated {rows['test']} of "
         f"{rows['test_available']} held-out rows at {report.test_rows_per_second:.0f} rows/s.",
@@ -75,7 +76,7 @@ def print_train_report(report: TrainReport, console: Console) -> None:
 
     add("all", report.quality)
     for name, q in report.by_dataset.items():
-        add(f"dataset {name}", q)
+        add(f"dataset {shown(name)}", q)
     for name, q in report.by_option.items():
-        add(f"option {name}", q)
+        add(f"option {shown(name)}", q)
     console.print(table)

@@ -210,6 +210,11 @@ def test_usd_budget_derives_cost_from_prices():
     [
         ({"resolution": 0}, "resolution"),
         ({"remaining": Budget()}, "remaining"),
+        ({"risk": "RUN"}, "risk"),
+        ({"risk": None}, "risk"),
+        ({"quantile": "p95"}, "quantile"),
+        ({"solver": "milp"}, "solver"),
+        ({"resource": "dollars"}, "resource"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, field):
@@ -219,6 +224,16 @@ def test_bad_arguments_are_named(kwargs, field):
     with pytest.raises(InvalidValueError) as info:
         allocate(steps, fixed_forecasts(steps, TABLE), remaining, **args)
     assert info.value.field == field
+    # The controller names them when it is built, before any planning.
+    if field != "remaining":
+        with pytest.raises(InvalidValueError) as info:
+            Controller(**args)
+        assert info.value.field == field
+
+
+def test_a_policy_path_is_not_a_policy():
+    with pytest.raises(InvalidValueError, match=r"Policy\.load"):
+        Controller(policy="policy.json")  # type: ignore[arg-type]
 
 
 def test_forecast_errors_are_named():

@@ -5,7 +5,7 @@ import pytest
 
 from roi_agents.bench.simulate import BenchConfig, list_prices, run_bench
 from roi_agents.data import load_replay
-from roi_agents.errors import InvalidValueError
+from roi_agents.errors import DataError, InvalidValueError
 
 
 @pytest.fixture(scope="module")
@@ -142,11 +142,43 @@ def test_many_options_graded_scores_and_token_budgets(tmp_path):
     assert not math.isnan(policies["ours"].pgr)
 
 
+def test_option_names_show_as_they_are_and_zero_costs_budget_tokens(tmp_path):
+    from rich.console import Console
+
+    from roi_agents.bench.report import print_result
+
+    path = tmp_path / "effort.jsonl"
+    rows = [
+        {"query_id": f"q{q}", "option": option, "input_tokens": 20, "cost_usd": 0.0}
+        | {"output_tokens": tokens + q % 7, "score": float((q + tokens) % 3 > 0)}
+        for q in range(40)
+        for option, tokens in (("o3[high]", 400), ("o3[low]", 50), ("x[/]", 100))
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    # Every cost_usd is 0 (self-hosted models): a USD budget would be 0, so tokens it is.
+    result = run_bench(load_replay(path), BenchConfig(budgets=(0.3,), episodes=2, steps=5))
+    assert result.resource == "tokens"
+    assert result.budgets[0.3]["oracle"].value > 0
+    console = Console(record=True, width=400)
+    print_result(result, console)
+    shown = console.export_text()
+    for name in ("fixed:o3[high]", "fixed:o3[low]", "fixed:x[/]"):
+        assert name in shown
+    with pytest.raises(DataError, match="every recorded cost in usd is 0"):
+        run_bench(
+            load_replay(path), BenchConfig(budgets=(0.3,), episodes=2, steps=5, resource="usd")
+        )
+
+
 def test_bad_config_is_named(gsm8k):
     with pytest.raises(InvalidValueError, match="episodes"):
         run_bench(gsm8k, BenchConfig(episodes=0))
     with pytest.raises(InvalidValueError, match="budgets"):
         run_bench(gsm8k, BenchConfig(budgets=(0.0,)))
+    with pytest.raises(InvalidValueError, match="twice"):
+        run_bench(gsm8k, BenchConfig(budgets=(0.1, 0.1)))
+    with pytest.raises(InvalidValueError, match="seed"):
+        run_bench(gsm8k, BenchConfig(seed=-1))
     with pytest.raises(InvalidValueError, match="steps"):
         run_bench(gsm8k[:20], BenchConfig(steps=30))
 

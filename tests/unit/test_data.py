@@ -119,6 +119,14 @@ def test_files_loaded_together_keep_their_queries_apart(tmp_path):
         ({"query_id": "a", "option": "x", "score": 1}, "cost_usd"),
         ({"query_id": "a", "score": 1, "cost_usd": 1}, "option"),
         ({"query_id": "a", "option": "x", "score": 1, "cost_usd": -1}, "cost_usd"),
+        ({"query_id": "a", "option": "x", "score": 1, "cost_usd": 1e300}, "cost_usd"),
+        (
+            {"query_id": "a", "option": "x", "score": 1, "cost_usd": 1, "output_tokens": 2**60},
+            "output",
+        ),
+        ({"query_id": "a\t", "option": "x", "score": 1, "cost_usd": 1}, "query_id"),
+        ({"query_id": "a", "option": "x\x1b[2J", "score": 1, "cost_usd": 1}, "option"),
+        ({"query_id": "a", "option": "x", "score": 1, "cost_usd": 1, "dataset": "d\n"}, "dataset"),
     ],
 )
 def test_malformed_lines_name_file_line_and_field(tmp_path, line, message):

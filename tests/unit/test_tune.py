@@ -79,6 +79,12 @@ def test_bad_settings_are_named(gsm8k):
 def test_policy_round_trips_and_bad_files_are_named(tmp_path):
     policy = Policy(resource="tokens", settings=[Setting(per_step=10.0, risk="run")])
     policy.save(tmp_path / "p.json")
+    # Two settings at one per_step would leave their order to decide.
+    twice = [Setting(per_step=10.0, risk="run"), Setting(per_step=10.0, quantile="p99")]
+    with pytest.raises(ValueError, match="same per_step"):
+        Policy(resource="tokens", settings=twice)
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "p.json").read_bytes())
+    assert Policy.load(tmp_path / "bom.json") == policy
     assert Policy.load(tmp_path / "p.json") == policy
     (tmp_path / "bad.json").write_text('{"resource": "tokens", "settings": []}')
     with pytest.raises(InvalidValueError, match="not a policy"):
@@ -99,12 +105,26 @@ def test_cli_tune_then_bench_with_the_policy(shared_data, tmp_path, capsys):
     assert "p90/run" in capsys.readouterr().out
     result = tmp_path / "bench.json"
     assert main(["bench", "--data", data, *small, "--policy", str(out), "--json", str(result)]) == 0
-    assert "by its policy" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "by its policy" in shown
+    assert "warning" not in shown
+    # Another seed's test part may be this policy's training part; online is not offline.
+    assert main(["bench", "--data", data, *small, "--policy", str(out), "--seed", "1"]) == 0
+    assert "tuned with seed 0" in capsys.readouterr().out
+    assert main(["bench", "--data", data, *small, "--policy", str(out), "--online"]) == 0
+    assert "tuned offline; this bench runs online" in capsys.readouterr().out
     assert json.loads(result.read_text())["policy"]["settings"][0]["fraction"] == 0.25
     assert main(["bench", "--data", data, *small, "--policy", str(tmp_path / "nope.json")]) == 2
     assert "cannot read" in capsys.readouterr().out
-    assert main(["tune", "--data", data, *small, "--out", str(tmp_path / "no" / "p.json")]) == 2
-    assert "not a file in a folder it can write" in capsys.readouterr().out
+    assert main(["tune", "--data", data, *small, "--out", str(tmp_path)]) == 2
+    assert "cannot write" in capsys.readouterr().out
+    assert main(["bench", "--data", data, *small, "--json", str(tmp_path)]) == 2
+    assert "json: cannot write" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["bench", "--data", data, "--budgets", "0.1,0.1"])
+    assert "twice" in capsys.readouterr().err
+    assert main(["tune", "--data", data, *small, "--seed", "-1", "--out", str(out)]) == 2
+    assert "seed: must be >= 0" in capsys.readouterr().out
     assert main(["tune", "--data", data, *small, "--folds", "1", "--out", str(out)]) == 2
     assert "folds" in capsys.readouterr().out
 
