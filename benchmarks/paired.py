@@ -7,8 +7,10 @@ Run: ``.venv/bin/python benchmarks/paired.py --data FILE --a SPEC --b SPEC [--qu
 ``+alone``), with ``+online`` to feed it each step's outcome as ``roi-agents bench --online``
 does (a learned predictor alone guarded by the prior; each budget starts from the fitted
 predictor again). Both replay the same seeded episodes, and the script prints the mean
-per-episode difference in value, a less b, at each budget with its paired standard error: the
-bench's own figures come with unpaired errors, too wide to tell a small change from noise.
+per-episode difference in value, a less b, at each budget with its paired standard error,
+bootstrapped over the distinct test queries the episodes reuse: the bench's own figures come
+with unpaired errors, too wide to tell a small change from noise. ``--budgets``,
+``--episodes`` and ``--steps`` as the bench's.
 Examples: ``--a local:DIR+online --b local:DIR`` (what learning online changes), ``--a
 local:NEW --b local:OLD`` (two checkpoints), ``--a prior --quantile-a mean --b prior`` (two plan
 quantiles), ``--a prior --risk-a run --b prior`` (risk over the run or per step).
@@ -24,7 +26,7 @@ trusted, to tell which verdict a change comes from; ``--alpha`` sets the guard's
 from __future__ import annotations
 
 import argparse
-import math
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
@@ -33,16 +35,20 @@ import numpy as np
 
 from roi_agents.allocate import Risk
 from roi_agents.bench.simulate import (
+    _BOOTSTRAPS,
     BenchConfig,
     Setup,
     _controller,
     _ours,
     _play,
+    _query_bootstrap,
+    _Run,
     _step,
     prepare,
 )
 from roi_agents.cli import _predictor_factory
 from roi_agents.data import ReplayQuery, load_replay
+from roi_agents.errors import InvalidValueError, RoiAgentsError
 from roi_agents.predict.base import Learner
 from roi_agents.predict.guard import GuardedPredictor
 from roi_agents.types import Quantile, Step
@@ -68,11 +74,13 @@ class Side:
         quantile: Quantile,
         risk: Risk,
         queries: list[ReplayQuery],
-        seed: int,
+        base: BenchConfig,
         alpha: float,
     ) -> Side:
         predictor = spec.removesuffix(ONLINE)
-        config = BenchConfig(seed=seed, quantile=quantile, risk=risk, online=spec.endswith(ONLINE))
+        config = dataclasses.replace(
+            base, quantile=quantile, risk=risk, online=spec.endswith(ONLINE)
+        )
         name = spec if (quantile, risk) == ("p90", "step") else f"{spec} at {quantile}/{risk}"
         factory = _predictor_factory(
             predictor.removesuffix(ALONE), composed=not predictor.endswith(ALONE)
@@ -81,8 +89,8 @@ class Side:
         steps = [[_step(q, config.group_by, setup.prices) for q in ep] for ep in setup.episodes]
         return cls(name, setup, config, alpha, steps)
 
-    def values(self, fraction: float) -> list[float]:
-        """The value of each episode at budget ``fraction``."""
+    def runs(self, fraction: float) -> list[_Run]:
+        """Each episode played at budget ``fraction``."""
         setup, resource = self.setup, self.setup.resource
         model = setup.fit() if self.config.online else setup.predictor
         if isinstance(model, GuardedPredictor):
@@ -90,16 +98,16 @@ class Side:
         learner = model if self.config.online and isinstance(model, Learner) else None
         decide = _ours(_controller(model, resource, self.config), resource)
         return [
-            _play(episode, steps, fraction * full, resource, decide, learner).value
+            _play(episode, steps, fraction * full, resource, decide, learner)
             for episode, steps, full in zip(setup.episodes, self.steps, setup.full, strict=True)
         ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--a", required=True, help="SPEC[+alone][+online]")
-    parser.add_argument("--b", required=True, help="SPEC[+alone][+online]")
+    parser.add_argument("--data", type=Path, required=True, help="a replay file")
+    parser.add_argument("--a", required=True, help="SPEC[+alone][+online]: the first side")
+    parser.add_argument("--b", required=True, help="SPEC[+alone][+online]: the side it less")
     quantiles = get_args(Quantile)
     parser.add_argument("--quantile-a", choices=quantiles, default="p90")
     parser.add_argument("--quantile-b", choices=quantiles, default="p90")
@@ -107,8 +115,21 @@ def main() -> None:
     parser.add_argument("--risk-b", choices=get_args(Risk), default="step")
     parser.add_argument("--guard", choices=["success", "cost", "both"], default="both")
     parser.add_argument("--alpha", type=float, default=0.01, help="the guard's alpha")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the split's and episodes' seed")
+    parser.add_argument("--budgets", default="0.1,0.25,0.5", help="comma-separated fractions")
+    parser.add_argument("--episodes", type=int, default=100, help="episodes per budget")
+    parser.add_argument("--steps", type=int, default=30, help="steps per episode")
     args = parser.parse_args()
+    try:
+        compare(args)
+    except RoiAgentsError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Play both sides on the same episodes; print the paired difference per budget."""
+    if not 0 < args.alpha < 1:
+        raise InvalidValueError("alpha", f"must be in (0, 1), got {args.alpha}")
     if args.guard != "both":
         judged = GuardedPredictor._trusted
         GuardedPredictor._trusted = (  # type: ignore[method-assign]
@@ -116,9 +137,15 @@ def main() -> None:
                 part != args.guard or judged(self, option, group, part)
             )
         )
+    try:
+        budgets = tuple(float(x) for x in args.budgets.split(","))
+    except ValueError:
+        raise InvalidValueError("budgets", f"expected numbers, got {args.budgets!r}") from None
+    base = BenchConfig(budgets=budgets, episodes=args.episodes, steps=args.steps, seed=args.seed)
+    base.validate()
     queries = load_replay(args.data)
     a, b = (
-        Side.build(spec, quantile, risk, queries, args.seed, args.alpha)
+        Side.build(spec, quantile, risk, queries, base, args.alpha)
         for spec, quantile, risk in (
             (args.a, args.quantile_a, args.risk_a),
             (args.b, args.quantile_b, args.risk_b),
@@ -127,18 +154,39 @@ def main() -> None:
     ids = [[[q.query_id for q in episode] for episode in side.setup.episodes] for side in (a, b)]
     if ids[0] != ids[1]:
         raise SystemExit("the two sides drew different episodes; nothing to pair")
-    print(f"{args.data.name}: {a.name} - {b.name}, value per episode")
-    for fraction in a.config.budgets:
-        values = np.array([a.values(fraction), b.values(fraction)]).T
-        differences = values[:, 0] - values[:, 1]
-        se = differences.std(ddof=1) / math.sqrt(len(differences))
+    # Episodes reuse the test queries: the error is bootstrapped over them, paired.
+    drawn: dict[str, int] = {}
+    for episode in a.setup.episodes:
+        for query in episode:
+            drawn.setdefault(query.query_id, len(drawn))
+    where = [[drawn[q.query_id] for q in episode] for episode in a.setup.episodes]
+    n = len(drawn)
+    resample = np.random.default_rng([args.seed, 2]).multinomial(
+        n, np.full(n, 1 / n), size=_BOOTSTRAPS
+    )
+    print(
+        f"{args.data.name}: {a.name} - {b.name}, value per episode "
+        f"({len(where)} episodes of {base.steps} steps on {n} distinct test queries; ± "
+        "bootstrapped over them)"
+    )
+    for fraction in budgets:
+        runs = a.runs(fraction), b.runs(fraction)
+        values = np.array([[r.value for r in side] for side in runs]).T
+        difference = float(values[:, 0].mean() - values[:, 1].mean())
+        boot = _query_bootstrap(runs[0], where, resample) - _query_bootstrap(
+            runs[1], where, resample
+        )
+        se = float(np.std(boot, ddof=1))
         spreads = values.std(axis=0, ddof=1)
-        needed = 4 * float(spreads @ spreads) / max(differences.mean() ** 2, 1e-12)
+        if abs(difference) < 1e-12:
+            online = "no difference to tell apart"
+        else:
+            needed = 4 * float(spreads @ spreads) / difference**2
+            online = f"an online choice needs ~{needed:,.0f} episodes a side"
         print(
-            f"  budget {fraction:g}: {differences.mean():+.3f} ± {se:.3f} "
+            f"  budget {fraction:g}: {difference:+.3f} ± {se:.3f} "
             f"(a {values[:, 0].mean():.2f} sd {spreads[0]:.2f}, "
-            f"b {values[:, 1].mean():.2f} sd {spreads[1]:.2f}); "
-            f"an online choice needs ~{needed:,.0f} episodes a side"
+            f"b {values[:, 1].mean():.2f} sd {spreads[1]:.2f}); {online}"
         )
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "Plan",
     "Quantile",
     "Resource",
+    "Risk",
     "Spend",
     "Step",
 ]
@@ -43,6 +44,9 @@ RESOURCES: tuple[Resource, ...] = ("tokens", "usd", "tool_calls")
 
 Quantile = Literal["mean", "p50", "p90", "p99"]
 """Which point of a cost distribution a plan budgets for."""
+
+Risk = Literal["step", "run"]
+"""``step``: each option budgeted at the quantile; ``run``: the plan's total budgeted at it."""
 
 SKIP = "skip"
 """Name of the option that does nothing, costs nothing and is worth nothing. Every step has it."""
@@ -404,6 +408,7 @@ class Plan(BaseModel):
         remaining: the budget the plan was made for.
         resource: the resource solved for (a second one, if any, is priced in by a multiplier).
         quantile: the cost quantile budgeted for each step.
+        risk: whether the quantile applied to each step or to the plan's total.
         solver: ``"dp"`` (exact up to the discretisation) or ``"greedy"`` (LP-relaxation).
         expected_value: sum of the decisions' expected values.
         upper_bound: an upper bound on the best achievable expected value (LP relaxation), so
@@ -417,6 +422,7 @@ class Plan(BaseModel):
     remaining: Budget
     resource: Resource
     quantile: Quantile
+    risk: Risk = "step"
     solver: Literal["dp", "greedy"]
     expected_value: NonNegativeFloat
     upper_bound: NonNegativeFloat

@@ -41,7 +41,7 @@ from roi_agents.allocate._mckp import (
     polish,
     solve,
 )
-from roi_agents.allocate.policy import Policy, Risk
+from roi_agents.allocate.policy import Policy
 from roi_agents.errors import InvalidValueError
 from roi_agents.predict.base import Predictor
 from roi_agents.types import (
@@ -54,6 +54,7 @@ from roi_agents.types import (
     Plan,
     Quantile,
     Resource,
+    Risk,
     Step,
 )
 
@@ -151,7 +152,7 @@ def allocate(
             multiplier,
             lambda c, room: _price_in(table, remaining, primary, secondary, solve_with(c, room)),
         )
-    return table.plan(solution, remaining, primary, quantile, bound, multiplier)
+    return table.plan(solution, remaining, primary, quantile, risk, bound, multiplier)
 
 
 def _run_risk(
@@ -400,6 +401,7 @@ class _Table:
         remaining: Budget,
         primary: Resource,
         quantile: Quantile,
+        risk: Risk,
         bound: float,
         multiplier: float,
     ) -> Plan:
@@ -424,7 +426,7 @@ class _Table:
         planned_lists = {r: c.tolist() for r, c in planned.items()}
         values = self.values[rows, choice].tolist()
         p_success = self.p_success[rows, choice].tolist()
-        reasons, exhausted = self._reasons(choice, remaining, primary, quantile)
+        reasons, exhausted = self._reasons(choice, remaining, primary, quantile, risk)
         # What an exhausted step would take: its cheapest option (in the resource planned for).
         least = np.where(self.runnable, self.costs[primary], np.inf).argmin(axis=1)
         decisions = []
@@ -457,6 +459,7 @@ class _Table:
             remaining=remaining,
             resource=primary,
             quantile=quantile,
+            risk=risk,
             solver=solution.method,
             expected_value=solution.value,
             upper_bound=max(bound, solution.value),
@@ -464,9 +467,16 @@ class _Table:
         )
 
     def _reasons(
-        self, choice: IntArray, remaining: Budget, primary: Resource, quantile: Quantile
+        self,
+        choice: IntArray,
+        remaining: Budget,
+        primary: Resource,
+        quantile: Quantile,
+        risk: Risk,
     ) -> tuple[list[str], list[bool]]:
         """Each decision's one-line reason, and whether it is a skip for want of budget."""
+        # Over the run, a step's planned cost is its share of the total at the quantile.
+        at = f"its share of the run's {quantile}" if risk == "run" else quantile
         costs = self.costs[primary]
         left = float(remaining.get(primary) or 0.0)
         fmt = _formatter(primary)
@@ -495,7 +505,7 @@ class _Table:
                 continue
             text = (
                 f"{self.columns[i][j - 1].name}: p={p_success[i]:.2f} for "
-                f"{fmt(planned[i])} at {quantile}, {left_text} left"
+                f"{fmt(planned[i])} at {at}, {left_text} left"
             )
             if given_up[i] > 1e-12:
                 text += (

@@ -39,12 +39,10 @@ from pydantic import (
 )
 
 from roi_agents.errors import InvalidValueError, first_problem
-from roi_agents.types import Quantile, Resource
+from roi_agents.types import Quantile, Resource, Risk
 
 __all__ = ["Policy", "Risk", "Setting"]
 
-Risk = Literal["step", "run"]
-"""``step``: each option budgeted at the quantile; ``run``: the plan's total budgeted at it."""
 
 _STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 # The largest policy file read: a tuned one is a few kB.

@@ -62,6 +62,8 @@ UTILIZATION = "roi.budget.utilization"
 """Spent over budget of the resource planned for."""
 RESOURCE = "roi.resource"
 QUANTILE = "roi.plan.quantile"
+RISK = "roi.plan.risk"
+"""Whether a plan budgeted each step (``step``) or its total (``run``) at its quantile."""
 DECISIONS = "roi.decisions"
 SKIPS = "roi.skips"
 

@@ -396,7 +396,8 @@ class RunTrace:
 
         Attributes: the options chosen for the pending steps in order, the plan's expected
         value and its upper bound, its planned cost and what was left, in the resource it was
-        made for, and the solver.
+        made for, the solver, and the quantile and risk it planned at (a `Policy` may vary them
+        from plan to plan).
         """
         if self._span is None:
             return
@@ -412,6 +413,8 @@ class RunTrace:
                 names.PLAN_LEFT: -1.0 if left is None else left,
                 names.RESOURCE: resource,
                 names.PLAN_SOLVER: plan.solver,
+                names.QUANTILE: plan.quantile,
+                names.RISK: plan.risk,
             },
         )
 

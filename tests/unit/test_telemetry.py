@@ -488,3 +488,24 @@ def test_a_grown_budget_is_the_runs_from_then_on(providers):
     assert grown.attributes[f"{names.BUDGET}.tokens"] == 329
     second = [s for s in spans if s.name == names.SPAN_DECISION][1]
     assert second.attributes[f"{names.BUDGET_BEFORE}.tokens"] == 329 - 60
+
+
+def test_the_plan_event_says_the_quantile_and_risk_a_policy_chose(providers):
+    from roi_agents.allocate import Policy, Setting
+
+    tracer_provider, meter_provider, exporter, _ = providers
+    policy = Policy(
+        resource="tokens",
+        settings=[Setting(per_step=50, quantile="p99", risk="run"), Setting(per_step=5000)],
+    )
+    controller = Controller(policy=policy)
+    pending = [Step(id=f"s{i}", options=OPTIONS) for i in range(4)]
+    with RunTrace(
+        Budget(tokens=400), tracer_provider=tracer_provider, meter_provider=meter_provider
+    ) as run:
+        for budget in (400, 40_000):
+            forecasts = fixed_forecasts(pending, TABLE)
+            run.planned(controller.plan(pending, Budget(tokens=budget), forecasts=forecasts))
+    (plan,) = [s for s in exporter.get_finished_spans() if s.name == names.SPAN_PLAN]
+    made = [e.attributes for e in plan.events if e.name == names.EVENT_PLAN]
+    assert [(a[names.QUANTILE], a[names.RISK]) for a in made] == [("p99", "run"), ("p90", "step")]
