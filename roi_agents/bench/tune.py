@@ -24,7 +24,7 @@ With ``config.online``, each candidate's predictor learns from every step's outc
 fold's episodes run, as `run_bench` runs it online, so the settings are chosen for a predictor
 that learns. The choice itself stays fixed for a run: a run sees one setting per episode, and
 telling two settings apart that way takes hundreds to thousands of episodes of each
-(``benchmarks/paired.py`` prints the count: 350-3,500 for ``p90/run`` against ``p90/step`` on
+(``benchmarks/paired.py`` prints the count: 230-3,200 for ``p90/run`` against ``p90/step`` on
 GPQA and simpleqa).
 
 The test part (`split_queries` with the same seed and fraction) is never read, so ``roi-agents
