@@ -102,7 +102,7 @@ def print_tuned(tuned: Tuned, console: Console | None = None) -> None:
     console.print(
         f"[bold]{shown(policy.data, 400)}[/]: {tuned.train_queries} training queries "
         f"({tuned.replayed_queries} replayed), {tuned.folds} folds, {tuned.episodes} episodes "
-        "per fold; value per episode on the held-out fold"
+        f"of {tuned.steps} steps per fold; value per episode on the held-out fold"
         + (", the predictor learning online" if policy.online else "")
     )
     labels = list(policy.settings[0].values)
@@ -128,7 +128,7 @@ def print_tuned(tuned: Tuned, console: Console | None = None) -> None:
     console.print(
         f"gain: the best candidate less the default ({DEFAULT[0]}/{DEFAULT[1]}), paired over "
         "the same episodes, ± its SE bootstrapped over the replayed queries; it is chosen only "
-        "when the gain is above its SE"
+        "when the gain is above its SE and it earned more on every fold"
     )
 
 

@@ -9,7 +9,8 @@ episodes drawn from that fold), under each budget fraction, with each candidate 
 keeps per budget the one that earned most. The default (``p90``, ``step``) is kept unless
 another beats it by more than the standard error of their paired difference, bootstrapped
 over the replayed queries (episodes drawn from a fold reuse its queries, so an error over the
-episodes would be too small), so that a tie in the noise changes nothing.
+episodes would be too small), and on every fold (the bootstrap holds each fold's fitted
+predictor fixed, so it misses how the fit varies), so that a tie in the noise changes nothing.
 
 With a learned predictor composed with the prior (`ComposedPredictor`), how far to follow it
 (``follow``: 0, 0.5 or 1 times the weights its calibration fitted by log loss) is chosen first,
@@ -91,6 +92,8 @@ class Tuned:
         episodes: replayed episodes per fold, budget and candidate.
         train_queries: queries in the training part.
         replayed_queries: those the episodes were drawn from (``replay``).
+        steps: steps per episode: the config's, or (at least) the queries of the smallest fold
+            where it holds fewer.
     """
 
     policy: Policy
@@ -98,6 +101,7 @@ class Tuned:
     episodes: int
     train_queries: int
     replayed_queries: int
+    steps: int
 
 
 def _label(candidate: tuple[Quantile, Risk]) -> str:
@@ -208,8 +212,9 @@ def tune(
     )
 
     def earned(found: list[_Run]) -> _Earned:
-        mean = float(np.mean([r.value for r in found]))
-        return _Earned(mean, _query_bootstrap(found, where, resample))
+        values = np.array([r.value for r in found])
+        by_fold = values.reshape(folds, per_fold).mean(axis=1)  # episodes are fold after fold
+        return _Earned(float(values.mean()), _query_bootstrap(found, where, resample), by_fold)
 
     # How far to follow the learned model: at the default settings, over every budget; not at
     # all (the prior alone) unless following it earns more by more than the error.
@@ -242,31 +247,42 @@ def tune(
         train_fraction=config.train_fraction,
         split=config.split,
     )
-    return Tuned(policy, folds, per_fold, len(train), len(replayable))
+    played = min(config.steps, min(len(p) for p in parts))
+    return Tuned(policy, folds, per_fold, len(train), len(replayable), played)
 
 
 @dataclass(frozen=True, slots=True)
 class _Earned:
-    """A candidate's mean value per episode, and the same in each bootstrap sample of queries."""
+    """A candidate's mean value per episode.
+
+    In all, in each bootstrap sample of the queries, and on each fold's episodes.
+    """
 
     mean: float
     boot: np.ndarray
+    folds: np.ndarray
 
     @staticmethod
     def total(parts: list[_Earned]) -> _Earned:
-        return _Earned(sum(p.mean for p in parts), np.sum([p.boot for p in parts], axis=0))
+        return _Earned(
+            sum(p.mean for p in parts),
+            np.sum([p.boot for p in parts], axis=0),
+            np.sum([p.folds for p in parts], axis=0),
+        )
 
 
 K = TypeVar("K")
 
 
 def _pick(values: dict[K, _Earned], default: K) -> tuple[K, float, float]:
-    """The key that earned most if it beats ``default`` by more than the SE of the difference.
+    """The key that earned most, if it beats ``default`` by more than the error and on every fold.
 
     Else ``default``. The SE is bootstrapped over the replayed queries (paired: the same
-    resamples for both). Also returns the best key's gain over ``default`` and that SE.
+    resamples for both); it holds each fold's fitted predictor fixed, so it misses how the fit
+    varies, which the folds show. Also returns the best key's gain over ``default`` and that SE.
     """
     best = max(values, key=lambda c: values[c].mean)
     gain = values[best].mean - values[default].mean
     se = float(np.std(values[best].boot - values[default].boot, ddof=1))
-    return (best if gain > se else default), gain, se
+    everywhere = bool(np.all(values[best].folds > values[default].folds))
+    return (best if gain > se and everywhere else default), gain, se

@@ -32,6 +32,7 @@ def test_one_setting_per_budget_chosen_by_the_rule(tuned, gsm8k):
     assert policy.resource == "usd"
     assert [s.fraction for s in policy.settings] == [0.1, 0.5]
     assert (tuned.folds, tuned.episodes, tuned.train_queries) == (2, 3, len(train))
+    assert tuned.steps == CONFIG.steps
     for setting in policy.settings:
         assert setting.per_step == pytest.approx(setting.fraction * mean_dearest)
         assert set(setting.values) == {f"{q}/{r}" for q, r in CANDIDATES}
@@ -39,7 +40,9 @@ def test_one_setting_per_budget_chosen_by_the_rule(tuned, gsm8k):
         gain, se = setting.margin
         chosen = f"{setting.quantile}/{setting.risk}"
         best = max(setting.values, key=setting.values.get)
-        assert chosen == (best if gain > se else "/".join(DEFAULT))
+        assert chosen in (best, "/".join(DEFAULT))  # best only if it won on every fold too
+        if gain <= se:
+            assert chosen == "/".join(DEFAULT)
 
 
 def test_the_test_part_is_never_read(tuned, gsm8k):
@@ -208,3 +211,18 @@ def test_online_each_candidate_learns_from_its_own_episodes(gsm8k):
     assert not tune(gsm8k, CONFIG, predictor=build).policy.online
     assert len(built) == tuned.folds
     assert not any(p.observed for p in built)
+
+
+def test_a_gain_must_hold_on_every_fold():
+    import numpy as np
+
+    from roi_agents.bench.tune import _Earned, _pick
+
+    boot = np.random.default_rng(0).normal(0.0, 0.01, size=200)
+    default = _Earned(10.0, 10.0 + boot, np.array([10.0, 10.0]))
+    steady = _Earned(11.0, 11.0 + boot * 2, np.array([11.0, 11.0]))
+    one_fold = _Earned(11.0, 11.0 + boot * 2, np.array([12.5, 9.5]))  # the same gain, one fold
+    assert _pick({"d": default, "s": steady}, "d")[0] == "s"
+    chosen, gain, se = _pick({"d": default, "o": one_fold}, "d")
+    assert (chosen, gain) == ("d", 1.0)
+    assert se < gain
