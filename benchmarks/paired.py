@@ -13,7 +13,9 @@ with unpaired errors, too wide to tell a small change from noise. ``--budgets``,
 ``--episodes`` and ``--steps`` as the bench's.
 Examples: ``--a local:DIR+online --b local:DIR`` (what learning online changes), ``--a
 local:NEW --b local:OLD`` (two checkpoints), ``--a prior --quantile-a mean --b prior`` (two plan
-quantiles), ``--a prior --risk-a run --b prior`` (risk over the run or per step).
+quantiles), ``--a prior --risk-a run --b prior`` (risk over the run or per step), ``--a
+local:DIR --policy-a policy.json --b prior`` (a tuned policy, its ``follow`` too, against the
+prior).
 
 It also prints what an online choice between the two would need: a run sees only one side per
 episode, so telling them apart at two standard errors takes about ``4 (sd_a² + sd_b²) / d²``
@@ -33,7 +35,7 @@ from typing import get_args
 
 import numpy as np
 
-from roi_agents.allocate import Risk
+from roi_agents.allocate import Policy, Risk
 from roi_agents.bench.simulate import (
     _BOOTSTRAPS,
     BenchConfig,
@@ -82,6 +84,7 @@ class Side:
             base, quantile=quantile, risk=risk, online=spec.endswith(ONLINE)
         )
         name = spec if (quantile, risk) == ("p90", "step") else f"{spec} at {quantile}/{risk}"
+        name += " by its policy" if base.policy is not None else ""
         factory = _predictor_factory(
             predictor.removesuffix(ALONE), composed=not predictor.endswith(ALONE)
         )
@@ -113,6 +116,8 @@ def main() -> None:
     parser.add_argument("--quantile-b", choices=quantiles, default="p90")
     parser.add_argument("--risk-a", choices=get_args(Risk), default="step")
     parser.add_argument("--risk-b", choices=get_args(Risk), default="step")
+    parser.add_argument("--policy-a", type=Path, help="a policy.json for a (as bench --policy)")
+    parser.add_argument("--policy-b", type=Path, help="a policy.json for b")
     parser.add_argument("--guard", choices=["success", "cost", "both"], default="both")
     parser.add_argument("--alpha", type=float, default=0.01, help="the guard's alpha")
     parser.add_argument("--seed", type=int, default=0, help="the split's and episodes' seed")
@@ -145,10 +150,17 @@ def compare(args: argparse.Namespace) -> None:
     base.validate()
     queries = load_replay(args.data)
     a, b = (
-        Side.build(spec, quantile, risk, queries, base, args.alpha)
-        for spec, quantile, risk in (
-            (args.a, args.quantile_a, args.risk_a),
-            (args.b, args.quantile_b, args.risk_b),
+        Side.build(
+            spec,
+            quantile,
+            risk,
+            queries,
+            dataclasses.replace(base, policy=None if policy is None else Policy.load(policy)),
+            args.alpha,
+        )
+        for spec, quantile, risk, policy in (
+            (args.a, args.quantile_a, args.risk_a, args.policy_a),
+            (args.b, args.quantile_b, args.risk_b, args.policy_b),
         )
     )
     ids = [[[q.query_id for q in episode] for episode in side.setup.episodes] for side in (a, b)]

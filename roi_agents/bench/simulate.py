@@ -14,13 +14,13 @@ Policies:
   equal to the budget (training means), else the cheapest.
 * ``threshold``: RouteLLM-style router: the most expensive option when the predicted gain in
   success over the cheapest is at least a threshold, tuned on the training part to the budget.
-* ``ours``: the predictor and the `Controller`, re-planning after every step. With ``online``,
+* ``ours``: the predictor and the `Controller`, re-planning after every step; each budget's from
+  a predictor fitted afresh, which no baseline's forecasts touch. With ``online``,
   each step's outcome is fed back to the predictor, as in a deployment that learns from its own
   traffic (a step cut off at its cap as ``truncated``, with what it spent up to the cap): the
   prior learns it, a `ComposedPredictor` learns its weights too, and a learned predictor that
-  does not learn is wrapped in a `GuardedPredictor` over the prior fitted on the training part.
-  Each budget starts again from the fitted predictor, so no budget learns from another's
-  episodes.
+  does not learn is wrapped in a `GuardedPredictor` over the prior fitted on the training part;
+  no budget learns from another's episodes.
 * ``oracle``: the exact knapsack on the true outcomes (HiGHS): the ceiling.
 
 Options carry list prices where the training part's recorded USD costs are exactly prices times
@@ -472,7 +472,9 @@ def run_bench(
             "threshold-pairs": f"{pair[0]} / {pair[1]} at {pair_threshold:.3g}",
             "router": f"price {price:.3g} per {resource}",
         }
-        ours = setup.fit() if config.online else model
+        # Ours plans with a predictor of its own, fitted afresh: the baselines' forecasts (of
+        # the training steps too) would move a composed predictor's running means.
+        ours = setup.fit()
         policies["ours"] = _ours(_controller(ours, resource, config), resource)
         learner = ours if config.online and isinstance(ours, Learner) else None
         runs: dict[str, list[_Run]] = {name: [] for name in [*policies, "oracle"]}
@@ -503,8 +505,8 @@ class Setup:
         full: per episode, the cost of always taking the most expensive option; an episode's
             budget at fraction ``f`` is ``f * full[i]``.
         prices: the options' list prices (`list_prices` of the training part).
-        fit: fits the predictor again from the training part (as `predictor`, but guarded and
-            fresh for online learning when the config is ``online``).
+        fit: fits the predictor again from the training part, as `predictor` (guarded when the
+            config is ``online`` and it cannot learn): ours' own at each budget.
     """
 
     train: list[ReplayQuery]

@@ -288,3 +288,25 @@ def test_the_query_bootstrap_weights_each_step_by_its_query():
     assert _query_bootstrap(runs, where, resample).tolist() == [1.5, 1.5, 1.5]
     runs = [run([1.0, 0.0]), run([0.0, 1.0])]  # earned: query 0 -> 1, 1 -> 0, 2 -> 1
     assert _query_bootstrap(runs, where, resample).tolist() == [1.0, 0.0, 1.5]
+
+
+def test_ours_plans_with_a_predictor_no_baseline_forecast_with(gsm8k):
+    from roi_agents.bench.simulate import fit_prior
+    from roi_agents.predict.composed import ComposedPredictor
+
+    built = []
+
+    def build(train):
+        composed = ComposedPredictor(fit_prior(True)(train), fit_prior(True)(train))
+        built.append(composed)
+        return composed
+
+    config = BenchConfig(budgets=(0.1, 0.5), episodes=2, steps=5, seed=1)
+    run_bench(gsm8k, config, predictor=build)
+    shared, *ours = built
+    assert len(ours) == len(config.budgets)
+    # The baselines forecast the training steps with the shared one; ours forecast only the
+    # steps of its own episodes (2 x 5), so its running means are of those alone.
+    assert max(w.steps for w in shared.weights()) > 100
+    for composed in ours:
+        assert 0 < max(w.steps for w in composed.weights()) <= 10
