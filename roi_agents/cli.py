@@ -348,6 +348,9 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         risk=args.risk,
         policy=None if args.policy is None else Policy.load(args.policy),
     )
+    if config.policy is not None:
+        for line in _unlike(config.policy, config, label):
+            console.print(f"[yellow]warning:[/] {shown(line, 400)}")
     total, done = config.episodes * len(config.budgets), 0
     with _Stages(console) as stages:
 
@@ -358,9 +361,6 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
 
         result = run_bench(queries, config, data=label, predictor=factory, progress=advance)
     print_result(result, console)
-    if config.policy is not None:
-        for line in _unlike(config.policy, config, label):
-            console.print(f"[yellow]warning:[/] {shown(line, 400)}")
     if args.json:
         console.print(f"wrote {write_json(result, args.json)}")
     if args.plot:
@@ -641,7 +641,7 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
             _amount(outcome.spend, unit),
             result,
             _amount(left, unit),
-            decision.reason.split(": ", 1)[-1],
+            shown(decision.reason.split(": ", 1)[-1], 400),
         )
     console.print(table)
     spent = budget - left

@@ -68,6 +68,23 @@ def test_demo_prints_decisions_and_the_comparison(shared_data, monkeypatch, caps
     assert "fixed:gpt-4-1106-preview" in printed
 
 
+def test_demo_shows_option_names_with_brackets_as_they_are(tmp_path, capsys):
+    import json
+
+    rows = [
+        {"query_id": f"q{q}", "option": option, "input_tokens": 20, "dataset": "d"}
+        | {"output_tokens": tokens + q % 5, "cost_usd": cost, "score": float(q % every > 0)}
+        for q in range(40)
+        for option, tokens, cost, every in (("o3[/high]", 400, 0.04, 99), ("o3[low]", 50, 0.001, 2))
+    ]
+    path = tmp_path / "effort.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main(["demo", "--data", str(path), "--steps", "5", "--budget", "0.2"]) == 0
+    printed = capsys.readouterr().out
+    assert "o3[low]" in printed
+    assert "o3[/high] would add" in printed  # in a reason
+
+
 def test_no_data_says_how_to_get_it(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("ROI_AGENTS_DATA", raising=False)
     monkeypatch.setenv("ROI_AGENTS_HOME", str(tmp_path / "home"))
