@@ -392,6 +392,11 @@ def _tune(args: argparse.Namespace, console: Console) -> int:
             progress=advance,
         )
     print_tuned(tuned, console)
+    if tuned.steps < config.steps:
+        console.print(
+            f"[yellow]warning:[/] a fold holds {tuned.steps} queries to replay: its episodes had "
+            f"{tuned.steps} steps, not --steps {config.steps}"
+        )
     tuned.policy.save(args.out)
     console.print(f"wrote {args.out}")
     return 0

@@ -63,9 +63,8 @@ def print_result(result: BenchResult, console: Console | None = None) -> None:
                 value,
                 _num(r.pct_oracle, "{:.1f}"),
                 _num(r.pgr, "{:.2f}"),
-                _num(r.gap_closed, "{:.2f}") + _num(r.gap_closed_se, " ± {:.2f}", ""),
-                _num(r.gap_closed_all, "{:.2f}")
-                + _num(r.gap_closed_all_se_queries, " ± {:.2f}", ""),
+                _num(r.gap_closed, "{:.2f}") + _error(r.gap_closed_se, name),
+                _num(r.gap_closed_all, "{:.2f}") + _error(r.gap_closed_all_se_queries, name),
                 f"{r.spend:.4g}",
                 f"{r.budget:.4g}",
                 str(r.overruns),
@@ -130,6 +129,11 @@ def print_tuned(tuned: Tuned, console: Console | None = None) -> None:
         "the same episodes, ± its SE bootstrapped over the replayed queries; it is chosen only "
         "when the gain is above its SE and it earned more on every fold"
     )
+
+
+def _error(se: float, name: str) -> str:
+    """`` ± se``; none for the oracle, whose gap closed is 1 by definition."""
+    return "" if name == "oracle" else _num(se, " ± {:.2f}", "")
 
 
 def _num(x: float, fmt: str, missing: str = "-") -> str:

@@ -164,6 +164,8 @@ def test_option_names_show_as_they_are_and_zero_costs_budget_tokens(tmp_path):
     shown = console.export_text()
     for name in ("fixed:o3[high]", "fixed:o3[low]", "fixed:x[/]"):
         assert name in shown
+    (oracle,) = [line for line in shown.splitlines() if line.startswith("│ oracle")]
+    assert "1.00 ±" not in oracle  # its gap closed is 1 by definition
     with pytest.raises(DataError, match="every recorded cost in usd is 0"):
         run_bench(
             load_replay(path), BenchConfig(budgets=(0.3,), episodes=2, steps=5, resource="usd")

@@ -130,6 +130,10 @@ def test_cli_tune_then_bench_with_the_policy(shared_data, tmp_path, capsys):
     assert "seed: must be >= 0" in capsys.readouterr().out
     assert main(["tune", "--data", data, *small, "--folds", "1", "--out", str(out)]) == 2
     assert "folds" in capsys.readouterr().out
+    # GPQA's training folds hold about 48 queries: longer episodes are cut, and it says so.
+    gpqa = ["--data", str(shared_data / "gpqa.jsonl"), "--budgets", "0.25", "--episodes", "2"]
+    assert main(["tune", *gpqa, "--steps", "60", "--out", str(out)]) == 0
+    assert "not --steps 60" in capsys.readouterr().out
 
 
 def test_with_a_composed_predictor_it_also_chooses_how_far_to_follow(gsm8k):
