@@ -37,7 +37,6 @@ import numpy as np
 
 from roi_agents.allocate import Policy, Risk
 from roi_agents.bench.simulate import (
-    _BOOTSTRAPS,
     BenchConfig,
     Setup,
     _controller,
@@ -47,6 +46,8 @@ from roi_agents.bench.simulate import (
     _Run,
     _step,
     prepare,
+    query_index,
+    resamples,
 )
 from roi_agents.cli import _predictor_factory
 from roi_agents.data import ReplayQuery, load_replay
@@ -167,15 +168,8 @@ def compare(args: argparse.Namespace) -> None:
     if ids[0] != ids[1]:
         raise SystemExit("the two sides drew different episodes; nothing to pair")
     # Episodes reuse the test queries: the error is bootstrapped over them, paired.
-    drawn: dict[str, int] = {}
-    for episode in a.setup.episodes:
-        for query in episode:
-            drawn.setdefault(query.query_id, len(drawn))
-    where = [[drawn[q.query_id] for q in episode] for episode in a.setup.episodes]
-    n = len(drawn)
-    resample = np.random.default_rng([args.seed, 2]).multinomial(
-        n, np.full(n, 1 / n), size=_BOOTSTRAPS
-    )
+    where, n = query_index(a.setup.episodes)
+    resample = resamples(n, [args.seed, 2])  # the bench's
     print(
         f"{args.data.name}: {a.name} - {b.name}, value per episode "
         f"({len(where)} episodes of {base.steps} steps on {n} distinct test queries; ± "

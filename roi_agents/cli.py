@@ -19,12 +19,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from roi_agents import __version__
-from roi_agents._text import printable, shown
+from roi_agents._text import shown
 from roi_agents.errors import MissingExtra, RoiAgentsError, first_problem
 
 try:
     from rich.console import Console
-    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -54,11 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.run(args, console)
     except RoiAgentsError as error:
-        console.print(f"[bold red]error:[/] {escape(printable(error, 2_000))}", highlight=False)
+        console.print(f"[bold red]error:[/] {shown(error, 2_000)}", highlight=False)
         return 2
     except ValidationError as error:  # a flag's value out of range: name it, in one line
-        shown = escape(printable(first_problem(error, "value"), 2_000))
-        console.print(f"[bold red]error:[/] {shown}", highlight=False)
+        console.print(
+            f"[bold red]error:[/] {shown(first_problem(error, 'value'), 2_000)}", highlight=False
+        )
         return 2
     return status
 

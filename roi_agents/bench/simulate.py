@@ -441,14 +441,8 @@ def run_bench(
         unlimited=unlimited,
         prices=setup.prices,
     )
-    # Each step's query as an index into the distinct queries drawn, for the query bootstrap.
-    ids = dict.fromkeys(q.query_id for ep in episodes for q in ep)
-    drawn = {query_id: k for k, query_id in enumerate(ids)}
-    where = np.array([[drawn[q.query_id] for q in ep] for ep in episodes])
-    result.distinct_test_queries = len(drawn)
-    resample = np.random.default_rng([config.seed, 2]).multinomial(
-        len(drawn), np.full(len(drawn), 1 / len(drawn)), size=_BOOTSTRAPS
-    )
+    where, result.distinct_test_queries = query_index(episodes)
+    resample = resamples(result.distinct_test_queries, [config.seed, 2])
     train_steps = [_step(q, config.group_by, setup.prices) for q in train]
     gains = _gains(model, train_steps, cheapest, dearest)
     train_table = _forecast_table(model, train_steps, resource)
@@ -683,11 +677,7 @@ def _refit(
     own = [q for q in queries if held(q)]
     if not own:
         return None
-    level = PriorPredictor(group_by=group_by)
-    for query in queries:
-        if not held(query):
-            for record in query.outcomes.values():
-                level.record(record.option, query.dataset, record.spend, record.score)
+    level = fit_prior(group_by)([q for q in queries if not held(q)])
     steps = [_step(q, group_by, prices) for q in own]
     forecasts = [
         f for s in range(0, len(steps), _TEACH) for f in learned.predict(steps[s : s + _TEACH])
@@ -1033,6 +1023,21 @@ def _summarise(
                 np.std(boot[name] - boot[best_all], ddof=1) / margin
             )
     return out
+
+
+def query_index(episodes: Sequence[Sequence[ReplayQuery]]) -> tuple[np.ndarray, int]:
+    """Each step's query as an index into the distinct queries drawn, and how many there are.
+
+    For the query bootstrap (`_query_bootstrap`).
+    """
+    ids = dict.fromkeys(q.query_id for episode in episodes for q in episode)
+    drawn = {query_id: k for k, query_id in enumerate(ids)}
+    return np.array([[drawn[q.query_id] for q in episode] for episode in episodes]), len(drawn)
+
+
+def resamples(n: int, seed: Sequence[int]) -> np.ndarray:
+    """`_BOOTSTRAPS` resamples of ``n`` queries with replacement: how often each is drawn."""
+    return np.random.default_rng(list(seed)).multinomial(n, np.full(n, 1 / n), size=_BOOTSTRAPS)
 
 
 def _query_bootstrap(

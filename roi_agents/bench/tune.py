@@ -43,7 +43,6 @@ import numpy as np
 
 from roi_agents.allocate import Controller, Policy, Risk, Setting
 from roi_agents.bench.simulate import (
-    _BOOTSTRAPS,
     BenchConfig,
     _dearest_cost,
     _mean_costs,
@@ -56,6 +55,7 @@ from roi_agents.bench.simulate import (
     fit_prior,
     fitted,
     list_prices,
+    resamples,
     split_queries,
 )
 from roi_agents.data.replay import ReplayQuery, split_id
@@ -206,10 +206,7 @@ def tune(
             if progress is not None:
                 progress(1)
     # Episodes reuse the queries of a fold: errors are bootstrapped over the queries replayed.
-    n = len(replayable)
-    resample = np.random.default_rng([config.seed, 4]).multinomial(
-        n, np.full(n, 1 / n), size=_BOOTSTRAPS
-    )
+    resample = resamples(len(replayable), [config.seed, 4])
 
     def earned(found: list[_Run]) -> _Earned:
         values = np.array([r.value for r in found])
