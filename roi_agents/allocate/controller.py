@@ -26,6 +26,7 @@ and respects each next decision's cap can never exceed its budget, whatever the 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Literal, NoReturn, cast, get_args
@@ -568,7 +569,8 @@ class Controller:
         risk: ``"step"`` (each option at ``quantile``) or ``"run"`` (the plan's total at it).
         policy: settings per budget level (`roi-agents tune`): each turn plans with the
             quantile and risk of the one nearest the budget per pending step, in place of
-            ``quantile`` and ``risk``.
+            ``quantile`` and ``risk``. Its resource must be ``resource``; a turn whose budget
+            does not limit it plans at ``quantile`` and ``risk`` with a `RuntimeWarning`.
 
     Example:
         >>> from roi_agents.predict import PriorPredictor
@@ -592,6 +594,12 @@ class Controller:
         _check_settings(resolution, resource, quantile, solver, risk)
         if policy is not None and not isinstance(policy, Policy):
             msg = f"must be a Policy (Policy.load reads a policy.json), got {type(policy).__name__}"
+            raise InvalidValueError("policy", msg)
+        if policy is not None and policy.resource != resource:
+            msg = (
+                f"was tuned on {policy.resource} budgets (its per_step counts {policy.resource}):"
+                f" build the Controller with resource={policy.resource!r}, not {resource!r}"
+            )
             raise InvalidValueError("policy", msg)
         self.predictor = predictor
         self.resource: Resource = resource
@@ -642,7 +650,14 @@ class Controller:
         quantile, risk = self.quantile, self.risk
         if self.policy is not None and pending:
             left = remaining.get(self.policy.resource)
-            if left is not None:
+            if left is None:
+                warnings.warn(
+                    f"the budget does not limit {self.policy.resource}, which the policy's"
+                    f" settings are chosen by: planned at {quantile}/{risk}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            else:
                 setting = self.policy.setting_for(left / len(pending))
                 quantile, risk = setting.quantile, setting.risk
         return allocate(

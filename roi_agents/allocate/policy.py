@@ -79,8 +79,9 @@ class Policy(BaseModel):
     """Settings per budget level; `setting_for` picks the one for a turn.
 
     Attributes:
-        resource: what ``per_step`` counts; a plan whose budget does not limit it keeps the
-            controller's own settings.
+        resource: what ``per_step`` counts, and what the controller it plans for solves; a
+            turn whose budget does not limit it keeps the controller's own settings (with a
+            warning).
         settings: at least one, any order, each at its own ``per_step``.
         follow: how far a `ComposedPredictor` follows its learned model (its ``follow``; 1: as
             the checkpoint's calibration says, 0: the prior alone). Tuned with a learned

@@ -409,12 +409,16 @@ def test_a_policy_sets_each_turns_quantile_and_risk_by_the_budget_per_step():
     assert loose.quantile == "p50"
     expected = allocate(steps, forecasts, Budget(tokens=600), quantile="p99", risk="run")
     assert [d.option for d in tight.decisions] == [d.option for d in expected.decisions]
-    # A budget that does not limit the policy's resource keeps the controller's own settings.
+    # A policy tuned on another resource than the controller solves is refused; a budget that
+    # does not limit the policy's resource keeps the controller's own settings, and says so.
     usd = Policy(resource="usd", settings=[Setting(per_step=1.0, quantile="p99")])
-    assert (
-        Controller(policy=usd).plan(steps, Budget(tokens=600), forecasts=forecasts).quantile
-        == "p90"
-    )
+    with pytest.raises(InvalidValueError, match="resource='usd'"):
+        Controller(policy=usd)
+    with pytest.warns(RuntimeWarning, match="does not limit usd"):
+        plan = Controller(resource="usd", policy=usd).plan(
+            steps, Budget(tokens=600), forecasts=forecasts
+        )
+    assert plan.quantile == "p90"
 
 
 def test_run_risk_with_a_quantile_below_the_mean_budgets_that_option_at_its_quantile():
