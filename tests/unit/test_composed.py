@@ -181,6 +181,39 @@ def test_fit_composition_recovers_the_weights_that_made_the_outcomes():
     assert {OWN: 0.0} in (blind.success, blind.cost)
 
 
+def _two_options(weights: dict[str, float], n: int = 1500) -> Composition:
+    """Weights fitted on outcomes whose success follows the deviation by ``weights`` per option."""
+    rng = random.Random(2)
+    deep = Option(name="deep")
+    prior = PriorPredictor()
+    for k in range(400):
+        for name in weights:
+            prior.record(name, "g", Spend(output_tokens=200), float(k % 2 == 0))
+    steps, outcomes = [], {}
+    for i in range(n):
+        d = rng.gauss(0, 1.5)
+        step = Step(id=f"s{i}", text=f"{d} 5", group="g", options=[FAST, deep])
+        steps.append(step)
+        for name, w in weights.items():
+            won = rng.random() < 1 / (1 + math.exp(-w * d))
+            outcomes[(step.id, name)] = (float(won), Spend(output_tokens=200))
+    return fit_composition(steps, Reader().predict(steps), prior, outcomes)
+
+
+def test_weights_per_option_only_where_held_out_outcomes_back_them():
+    # The options follow the deviation alike: one pooled weight, none per option (per option
+    # they would only fit noise: on GSM8K's 133 held-out queries GPT-4's came out at 0.22
+    # against a pooled 0.88, and the composed predictor lost 0.18 per episode at budget 0.5).
+    alike = _two_options({"fast": 1.0, "deep": 1.0})
+    assert set(alike.success) == {OWN}
+    assert alike.weight("success", "deep") == pytest.approx(1.0, abs=0.15)
+    # One follows it, the other does not: a weight of each's own.
+    unlike = _two_options({"fast": 1.5, "deep": 0.0})
+    assert set(unlike.success) == {OWN, "fast", "deep"}
+    assert unlike.weight("success", "fast") == pytest.approx(1.5, abs=0.3)
+    assert abs(unlike.weight("success", "deep")) < 0.2
+
+
 def test_a_calibration_without_composition_loads_with_the_defaults(tmp_path):
     stored = {
         "tokens": {"z": [0.0] * 105},
