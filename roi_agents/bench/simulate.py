@@ -30,6 +30,7 @@ token forecast, the prompt's size being known.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -44,7 +45,8 @@ from roi_agents.data.replay import ReplayQuery, split_id
 from roi_agents.data.split import split_by
 from roi_agents.errors import DataError, InvalidValueError
 from roi_agents.predict.base import Learner, Predictor
-from roi_agents.predict.calibration import Composition
+from roi_agents.predict.cache import CachedPredictor
+from roi_agents.predict.calibration import Calibration, Composition
 from roi_agents.predict.composed import ComposedPredictor, fit_composition
 from roi_agents.predict.guard import GuardedPredictor
 from roi_agents.predict.prior import PriorPredictor
@@ -642,8 +644,11 @@ def fit_composed(
         prices = list_prices(train)
         if held is not None:
             known = [q for q in train if q.dataset in composed.known_groups]
-            refit = _refit(learned, known, held, group_by, prices)
-            composed.composition = refit or composed.composition
+            remapped = _remapped(learned, known, held)
+            refit = _refit(remapped, known, held, group_by, prices)
+            composed = ComposedPredictor(
+                remapped, composed.prior, composition=refit or composed.composition
+            )
         new = []
         for query in train:
             if query.dataset in composed.known_groups:
@@ -661,6 +666,34 @@ def fit_composed(
         return composed
 
     return build
+
+
+def _remapped(
+    learned: Predictor, queries: list[ReplayQuery], held: Callable[[ReplayQuery], bool]
+) -> Predictor:
+    """``learned`` with its calibration maps refitted on the ``held`` queries among ``queries``.
+
+    The checkpoint fitted its maps (base rates, success maps, conformal cost quantiles) on all
+    its held queries, the very ones `tune` replays: its forecasts of a replayed query had read
+    its outcome, and following them looked better than it was (simpleqa: the replays chose
+    ``follow`` 0.5, which lost 0.3-0.5 per episode to the prior on the test part). As it is
+    when it has no raw outputs to refit from (`LocalPredictor.outputs`) or no held query.
+    """
+    from roi_agents.train.examples import to_examples
+    from roi_agents.train.pipeline import calibrate
+
+    inner = learned.predictor if isinstance(learned, CachedPredictor) else learned
+    outputs = getattr(inner, "outputs", None)
+    stored = getattr(inner, "calibration", None)
+    own = [q for q in queries if held(q)]
+    if outputs is None or not isinstance(stored, Calibration) or not own:
+        return learned
+    rows = to_examples(r for q in own for r in q.outcomes.values())
+    fitted_on = to_examples(r for q in queries if not held(q) for r in q.outcomes.values())
+    maps = calibrate(rows, outputs([e.text for e in rows]), fitted_on)
+    remapped = copy.copy(inner)
+    remapped.calibration = maps.model_copy(update={"labels": stored.labels})  # type: ignore[attr-defined]
+    return CachedPredictor(remapped) if inner is not learned else remapped
 
 
 def _refit(

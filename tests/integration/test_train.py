@@ -228,3 +228,33 @@ def test_a_trace_file_trains_a_predictor(tmp_path, trained_checkpoint):
     )
     assert report.rows["test"] > 0
     assert (tmp_path / "from-traces" / "calibration.json").exists()
+
+
+def test_tune_forecasts_each_fold_with_maps_fitted_on_the_other_held_queries(
+    trained_checkpoint, small_replay
+):
+    from roi_agents.bench.simulate import fit_composed
+    from roi_agents.data import load_replay
+    from roi_agents.predict.cache import CachedPredictor
+
+    queries = load_replay(small_replay)
+    learned = CachedPredictor(LocalPredictor(trained_checkpoint))
+    held = {q.query_id for q in queries[::3]}
+    build = fit_composed(learned, group_by=True, held=lambda q: q.query_id in held)
+    given = [q for q in queries if q.query_id not in list(held)[:10]]  # a fold left out
+    composed = build(given)
+    # The maps are refitted on the held queries given, not the checkpoint's own; the
+    # checkpoint's predictor (and its cache) is left as it was.
+    remapped = composed.learned.predictor
+    assert remapped is not learned.predictor
+    assert remapped.calibration.rows == sum(len(q.outcomes) for q in given if q.query_id in held)
+    assert remapped.calibration.rows != learned.predictor.calibration.rows
+    assert remapped.calibration.labels == learned.predictor.calibration.labels
+    assert learned.predictor.calibration == Calibration.load(trained_checkpoint)
+    step = Step(
+        id="x",
+        text=queries[0].text,
+        group="gsm8k",
+        options=[Option(name=o) for o in queries[0].outcomes],
+    )
+    assert composed.learned.predict([step]) != learned.predict([step])
