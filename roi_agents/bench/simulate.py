@@ -640,14 +640,20 @@ def fit_composed(
     checkpoint's own weights made following look better there than it was on the test part; on
     simpleqa its own maps did (follow 0.5 chosen, 0 with the maps refitted).
     """
+    # Per training part, its refitted maps and weights: `tune` builds a predictor per fold and,
+    # online, per budget, candidate and follow, each time from the same part.
+    refitted: dict[frozenset[str], tuple[Predictor, Composition | None]] = {}
 
     def build(train: list[ReplayQuery]) -> ComposedPredictor:
         composed = ComposedPredictor(learned, PriorPredictor(group_by=group_by))
         prices = list_prices(train)
         if held is not None:
-            known = [q for q in train if q.dataset in composed.known_groups]
-            remapped = _remapped(learned, known, held)
-            refit = _refit(remapped, known, held, group_by, prices)
+            part = frozenset(q.query_id for q in train)
+            if part not in refitted:
+                known = [q for q in train if q.dataset in composed.known_groups]
+                remapped = _remapped(learned, known, held)
+                refitted[part] = remapped, _refit(remapped, known, held, group_by, prices)
+            remapped, refit = refitted[part]
             composed = ComposedPredictor(
                 remapped, composed.prior, composition=refit or composed.composition
             )

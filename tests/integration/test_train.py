@@ -258,3 +258,8 @@ def test_tune_forecasts_each_fold_with_maps_fitted_on_the_other_held_queries(
         options=[Option(name=o) for o in queries[0].outcomes],
     )
     assert composed.learned.predict([step]) != learned.predict([step])
+    # Built again from the same part (tune does, per fold and setting), the maps are not refitted.
+    again = build(given)
+    assert again is not composed
+    assert again.learned is composed.learned
+    assert again.composition == composed.composition
